@@ -1,0 +1,211 @@
+"""Typed configuration: one dataclass per Hydra group, registered in Hydra's ConfigStore.
+
+The YAML files under `conf/` only hold values; the schema lives here. Because the primary configs
+(`conf/pretrain.yaml`, `conf/evaluate.yaml`) start from these schemas, a misspelled key fails when Hydra
+composes the config, and `to_object()` runs every `__post_init__` check, so a bad value fails before any
+model is built, with the dotted key and the allowed values in the message.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
+SCHEDULES = ("cosine", "constant")
+LOSSES = ("clip",)
+WANDB_MODES = ("online", "offline", "disabled")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the dotted key and what to do."""
+
+
+def _one_of(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "bmca-tiny"  # open_clip architecture (ViT-L-14, ...), or an hf-hub:/local-dir: id
+    pretrained: str | None = None  # open_clip tag, or a .pt/.safetensors file; null = random init
+    cache_dir: str | None = None  # where open_clip/huggingface_hub keep downloaded weights
+    grad_checkpointing: bool = False  # recompute activations in backward to save memory
+    force_image_size: int | None = None  # override the architecture's input resolution
+
+    def __post_init__(self):
+        _check(bool(self.name), "model.name", self.name, "an open_clip model name such as ViT-L-14")
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = (
+        MISSING  # tar shards: a folder, a file, a brace pattern or URL; join several with '::'
+    )
+    resampled: bool = True  # draw shards with replacement (no epochs); false = epochs over the shard list
+    shuffle_buffer: int = 2000  # samples held in the shuffle buffer of each dataloader worker
+    shuffle_initial: int = 500  # samples buffered before the first one is yielded
+    num_workers: int = 2  # dataloader worker processes per rank (0 = read in the main process)
+    image_key: str = "jpg"  # tar member extension of the image
+    caption_key: str = "txt"  # tar member extension of the caption
+    max_bad_fraction: float = 0.5  # stop with an error if more than this share of samples fails to decode
+
+    def __post_init__(self):
+        _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        _check(0 < self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "in (0, 1]")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4  # peak learning rate, reached after warmup
+    weight_decay: float = (
+        0.2  # AdamW decay for weight matrices (never norms, biases, embeddings, logit_scale)
+    )
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 100  # linear warmup from 0 to lr
+    schedule: str = "cosine"  # cosine decay to lr_min after warmup, or constant
+    lr_min: float = 0.0  # final learning rate of the cosine schedule
+    grad_clip_norm: float | None = 1.0  # clip the global gradient norm; null = no clipping
+
+    def __post_init__(self):
+        _check(self.lr > 0, "optim.lr", self.lr, "a positive float")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a float >= 0")
+        _check(
+            0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+            "optim.beta1/beta2",
+            (self.beta1, self.beta2),
+            "in [0, 1)",
+        )
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "an integer >= 0")
+        _one_of("optim.schedule", self.schedule, SCHEDULES)
+        _check(0 <= self.lr_min <= self.lr, "optim.lr_min", self.lr_min, "between 0 and optim.lr")
+        clip = self.grad_clip_norm
+        _check(clip is None or clip > 0, "optim.grad_clip_norm", clip, "a positive float or null")
+
+
+@dataclass
+class LossConfig:
+    name: str = "clip"  # contrastive loss: open_clip's ClipLoss
+    local_loss: bool = True  # each rank computes logits for its own samples against all (saves memory)
+    gather_with_grad: bool = True  # gather features with gradients (required for exact local_loss)
+
+    def __post_init__(self):
+        _one_of("loss.name", self.name, LOSSES)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimizer steps to run in total
+    batch_size: int = 256  # micro-batch per device; contrastive batch = batch_size * accum_freq * world
+    accum_freq: int = 1  # micro-batches whose features are cached so one loss spans all of them
+    precision: str = "fp32"  # fp32 | amp_bf16 | amp_fp16 (amp_fp16 uses a GradScaler and needs CUDA)
+    device: str = "auto"  # auto picks cuda when available
+    seed: int = 0  # seeds model init, data order and augmentation
+    log_every: int = 10  # steps between metric lines
+    logit_scale_max: float = math.log(100)  # clamp, as in CLIP, so the temperature cannot collapse
+
+    def __post_init__(self):
+        _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.accum_freq >= 1, "train.accum_freq", self.accum_freq, "an integer >= 1")
+        _one_of("train.precision", self.precision, PRECISIONS)
+        _one_of("train.device", self.device, DEVICES)
+        _check(self.log_every >= 1, "train.log_every", self.log_every, "an integer >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000  # save every N steps (and always at the end)
+    keep_last: int = 3  # older step checkpoints are deleted
+    dir: str | None = None  # default: <output_dir>/checkpoints
+
+    def __post_init__(self):
+        _check(self.every_steps >= 1, "checkpoint.every_steps", self.every_steps, "an integer >= 1")
+        _check(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, "an integer >= 1")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"  # online | offline | disabled
+    project: str = "bmca-clip"
+    entity: str | None = None
+    name: str | None = None  # default: the run name
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        _one_of("logger.wandb.mode", self.mode, WANDB_MODES)
+
+
+@dataclass
+class LoggerConfig:
+    progress_bar: bool = True  # tqdm bar on rank 0
+    jsonl: bool = True  # one JSON line per logged step in <output_dir>/metrics.jsonl
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class PretrainConfig:
+    """What `train.py` runs: the composed groups plus where the run lives."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    name: str = "default"  # run name; the run lives in output_dir
+    output_dir: str = "runs/${name}"  # fixed per run name so that resume=latest finds it again
+    resume: str | None = None  # null | latest | path to a checkpoint file
+
+
+@dataclass
+class EvaluateConfig:
+    """What `eval.py` runs: a suite of tasks over one or more checkpoints of one architecture."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    suite: Any = MISSING  # the suite group (conf/suite/<name>.yaml): its name and task list
+    checkpoint: Any = None  # a checkpoint path, a list of them, or null for the model as configured
+    data_root: str = "data"  # folder that task sources are relative to
+    output_dir: str = "runs/eval/${suite.name}"  # per-task JSON and the summary go here
+    batch_size: int = 64
+    num_workers: int = 0
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        _one_of("device", self.device, DEVICES)
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+
+    @property
+    def checkpoints(self) -> list[str | None]:
+        if self.checkpoint is None or isinstance(self.checkpoint, str):
+            return [self.checkpoint]
+        return list(self.checkpoint)
+
+
+def register_configs() -> None:
+    """Register the schemas that conf/pretrain.yaml and conf/evaluate.yaml start from."""
+    cs = ConfigStore.instance()
+    cs.store(name="pretrain_schema", node=PretrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def to_object(cfg: DictConfig, schema: type) -> Any:
+    """Resolve a composed config into its dataclass, running every check."""
+    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    return OmegaConf.to_object(merged)

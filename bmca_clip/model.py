@@ -1,0 +1,112 @@
+"""Model factory: open_clip models by name, pretrained weights from tags, hub ids or local files.
+
+open_clip does the building, the downloading and the state-dict massaging (it strips the `module.` prefix
+of DDP-saved files such as BMC_CLIP_CF.pt and accepts safetensors). This module adds our small configs,
+our own checkpoints as a weight source, and error messages that say what to download and where to put it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.factory import parse_model_name
+
+from bmca_clip.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+@dataclass
+class ClipBundle:
+    """A model with the transforms and tokenizer that belong to it."""
+
+    model: torch.nn.Module
+    preprocess_train: Any
+    preprocess_eval: Any
+    tokenizer: Any
+
+
+class ModelLoadError(RuntimeError):
+    """Weights or architecture could not be loaded; the message says what to do."""
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBundle:
+    """Create the model named by `cfg` with its train/eval transforms and tokenizer."""
+    name, pretrained = cfg.name, cfg.pretrained
+    schema, _ = parse_model_name(name)
+    if schema is None and name.replace("/", "-") not in open_clip.list_models():
+        raise ModelLoadError(
+            f"model.name={name!r} is not an open_clip architecture. Known names include: "
+            f"{', '.join(open_clip.list_models()[:12])}, ... (see open_clip.list_models()), "
+            "or use hf-hub:<org>/<repo> or local-dir:<folder>."
+        )
+    # A local file (ours, open_clip's, safetensors, DDP-prefixed) is loaded after building: open_clip
+    # cannot read our trainer checkpoints, and load_model_weights handles every form with one message.
+    weights_file = pretrained if pretrained and Path(pretrained).is_file() else None
+    if pretrained and not weights_file and schema is None:
+        _check_pretrained_available(name, pretrained)
+    try:
+        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+            name,
+            pretrained=None if weights_file else pretrained,
+            device=device,
+            cache_dir=cfg.cache_dir,
+            force_image_size=cfg.force_image_size,
+            output_dict=True,
+        )
+    except (RuntimeError, OSError, ValueError) as err:
+        raise ModelLoadError(_explain_load_failure(name, pretrained, err)) from err
+    if weights_file:
+        load_model_weights(model, weights_file)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return ClipBundle(model, preprocess_train, preprocess_eval, open_clip.get_tokenizer(name))
+
+
+def _check_pretrained_available(name: str, pretrained: str) -> None:
+    if Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors", ".npz"):
+        raise ModelLoadError(f"model.pretrained={pretrained!r}: no such file. Check the path.")
+    tags = open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
+    if pretrained not in tags:
+        raise ModelLoadError(
+            f"model.pretrained={pretrained!r} is neither a file nor a known tag for {name}. "
+            f"Known tags: {', '.join(tags) or 'none'}."
+        )
+
+
+def _explain_load_failure(name: str, pretrained: str | None, err: Exception) -> str:
+    what = f"{name} with weights {pretrained!r}" if pretrained else name
+    hint = (
+        "If this machine is offline, download the weights elsewhere (e.g. `hf download <repo> <file>` or "
+        "open_clip.create_model_and_transforms on a connected machine), copy the file here and pass "
+        "model.pretrained=/path/to/file.safetensors (or .pt); set model.cache_dir to reuse a hub cache."
+    )
+    return f"could not load {what}: {err}. {hint}"
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load weights from our checkpoint, an open_clip .pt/.safetensors, or a DDP `module.`-prefixed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint {path}: no such file")
+    try:
+        obj = (
+            torch.load(path, map_location="cpu", weights_only=True) if path.suffix != ".safetensors" else None
+        )
+    except Exception as err:
+        raise ModelLoadError(f"checkpoint {path} could not be read ({err}); is it complete?") from err
+    if isinstance(obj, dict) and "model" in obj and "step" in obj:
+        model.load_state_dict(obj["model"])
+        return
+    try:
+        open_clip.load_checkpoint(model, str(path))
+    except Exception as err:
+        raise ModelLoadError(f"weights in {path} do not fit this architecture: {err}") from err
