@@ -1,0 +1,117 @@
+"""Step checkpoints: written atomically, pruned to the last K, found again by `resume=latest`.
+
+A checkpoint is one `step_NNNNNNNN.pt` file holding plain tensors and Python containers only, so it loads
+with `torch.load(weights_only=True)`: model, optimizer, scheduler, grad scaler, step, samples seen, the data
+position, RNG states, the resolved config and library versions. It is first written to a temporary name in
+the same folder and then renamed, so a crash mid-write never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step_(\d{8})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was asked for; the message names the file or folder."""
+
+
+def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
+    return Path(ckpt_dir) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete step checkpoints in `ckpt_dir`, oldest first (temporary files are ignored)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep_last: int) -> Path:
+    """Write `state` as the checkpoint of `step`, atomically, then delete all but the newest `keep_last`."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_path(ckpt_dir, step)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    for old in list_checkpoints(ckpt_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable or incomplete ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise CheckpointError(f"{path} is not a bmca-clip training checkpoint (no 'model'/'step' entries)")
+    return state
+
+
+def resolve_resume(resume: str | None, ckpt_dir: Path) -> tuple[Path, dict] | None:
+    """The checkpoint to resume from: `latest` = newest readable one in ckpt_dir (older ones if it is
+    corrupt), or an explicit path. None when starting fresh."""
+    if resume is None:
+        return None
+    if resume != "latest":
+        return Path(resume), load_checkpoint(Path(resume))
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as err:
+            log.warning("%s; trying the previous checkpoint", err)
+    log.info("resume=latest: no checkpoint in %s yet, starting from step 0", ckpt_dir)
+    return None
+
+
+def rng_state() -> dict:
+    """All RNG states as tensors and plain ints, loadable with weights_only=True."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].copy()),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy(), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,0 +1,1 @@
+"""Data: BIOMEDICA sample format, synthetic corpus, WebDataset training pipeline."""

@@ -1,0 +1,95 @@
+"""Where metrics go: a progress bar, a JSONL file and wandb, from rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bmca_clip.config import LoggerConfig
+
+log = logging.getLogger(__name__)
+
+
+class MetricLogger:
+    """Console progress bar, `metrics.jsonl` and wandb behind one `log(step, metrics)` call."""
+
+    def __init__(
+        self,
+        cfg: LoggerConfig,
+        out_dir: Path,
+        *,
+        total_steps: int,
+        start_step: int,
+        run_name: str,
+        config: dict,
+        enabled: bool = True,
+    ):
+        self.enabled = enabled
+        self.bar = self.jsonl = self.wandb_run = None
+        if not enabled:
+            return
+        if cfg.progress_bar:
+            self.bar = tqdm(
+                total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
+            )
+        if cfg.jsonl:
+            self.jsonl = open(Path(out_dir) / "metrics.jsonl", "a", encoding="utf-8")
+        if cfg.wandb.mode != "disabled":
+            self.wandb_run = _start_wandb(cfg, out_dir, run_name, config)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        line = f"step {step}: " + "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{metrics.get('lr', 0):.2e}"
+            )
+            self.bar.write(line)
+        else:
+            log.info(line)
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.jsonl.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def advance(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _start_wandb(cfg: LoggerConfig, out_dir: Path, run_name: str, config: dict):
+    import wandb  # imported late: it is slow to import and most test runs never use it
+
+    # The run id is stored beside the run, so a restarted job continues the same wandb run.
+    id_file = Path(out_dir) / "wandb_run_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    id_file.write_text(run_id)
+    return wandb.init(
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        name=cfg.wandb.name or run_name,
+        tags=list(cfg.wandb.tags),
+        mode=cfg.wandb.mode,
+        dir=str(out_dir),
+        id=run_id,
+        resume="allow",
+        config=config,
+    )

@@ -1,0 +1,82 @@
+"""`run(cfg)`: build everything a training run needs from its config, resume if asked, and train."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from omegaconf import OmegaConf
+
+import bmca_clip
+from bmca_clip.checkpoint import resolve_resume, set_rng_state
+from bmca_clip.config import PretrainConfig
+from bmca_clip.data.pipeline import build_train_loader
+from bmca_clip.dist import init_distributed
+from bmca_clip.model import build_model
+from bmca_clip.tracking import MetricLogger
+from bmca_clip.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "bmca_clip": bmca_clip.__version__,
+        "torch": str(torch.__version__),
+        "open_clip": str(open_clip.__version__),
+    }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(cfg: PretrainConfig) -> dict[str, float]:
+    """Train as `cfg` says; returns the last logged metrics. The caller closes the process group."""
+    dist = init_distributed(cfg.train.device)
+    out_dir = Path(cfg.output_dir)
+    ckpt_dir = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    if dist.is_main:
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+
+    seed_everything(cfg.train.seed)  # the same on every rank: all ranks must start from identical weights
+    bundle = build_model(cfg.model, dist.device)
+    trainer = Trainer(cfg, dist, bundle.model, ckpt_dir)
+    data_state = None
+    if (found := resolve_resume(cfg.resume, ckpt_dir)) is not None:
+        path, state = found
+        trainer.load_state_dict(state)
+        set_rng_state(state["rng"])
+        data_state = state.get("data")
+        log.info("resumed from %s at step %d", path, trainer.step)
+    loader = build_train_loader(
+        cfg.data,
+        bundle.preprocess_train,
+        bundle.tokenizer,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed + 1000 * dist.rank,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        state=data_state,
+    )
+    logger = MetricLogger(
+        cfg.logger,
+        out_dir,
+        total_steps=cfg.train.steps,
+        start_step=trainer.step,
+        run_name=cfg.name,
+        config=resolved,
+        enabled=dist.is_main,
+    )
+    try:
+        return trainer.train(loader, logger, {"config": resolved, "versions": library_versions()})
+    finally:
+        logger.close()

@@ -1,0 +1,205 @@
+"""The training step and loop: feature-cache accumulation, mixed precision, clipping, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from bmca_clip.checkpoint import rng_state, save_checkpoint
+from bmca_clip.config import PretrainConfig
+from bmca_clip.data.pipeline import DataError, TrainLoader
+from bmca_clip.dist import DistInfo
+from bmca_clip.loss import build_loss
+from bmca_clip.optim import build_optimizer, build_scheduler
+from bmca_clip.tracking import MetricLogger
+
+log = logging.getLogger(__name__)
+
+_AUTOCAST_DTYPES = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule and counters; `state_dict()` is everything a resume needs."""
+
+    def __init__(self, cfg: PretrainConfig, dist: DistInfo, model: torch.nn.Module, checkpoint_dir: Path):
+        self.cfg, self.dist, self.checkpoint_dir = cfg, dist, checkpoint_dir
+        if cfg.train.precision == "amp_fp16" and dist.device.type != "cuda":
+            raise ValueError("train.precision=amp_fp16 needs a CUDA device; use fp32 or amp_bf16 on the CPU")
+        model = model.to(dist.device)
+        if dist.world_size > 1:
+            ids = [dist.device.index] if dist.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        self.model = model
+        self.optimizer = build_optimizer(unwrap(model), cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
+        self.scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.train.precision == "amp_fp16")
+        self.loss_fn = build_loss(cfg.loss, dist)
+        self.step = 0
+        self.samples_seen = 0
+
+    def autocast(self):
+        dtype = _AUTOCAST_DTYPES[self.cfg.train.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=dtype)
+
+    def _features(self, images, texts) -> dict:
+        with self.autocast():
+            return self.model(images, texts)
+
+    def train_step(self, micro_batches: list[dict]) -> dict[str, torch.Tensor]:
+        """One optimizer step over `micro_batches`, whose features form one contrastive batch.
+
+        With several micro-batches (open_clip's accum_freq), features of all of them are first computed
+        without gradients and cached; then each micro-batch is recomputed with gradients and its fresh
+        features replace its cached ones in the full-batch loss. Summed over micro-batches, this is the
+        gradient of the full-batch loss, in the memory of one micro-batch.
+        """
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        dev = self.dist.device
+        batches = [
+            (b["images"].to(dev, non_blocking=True), b["texts"].to(dev, non_blocking=True))
+            for b in micro_batches
+        ]
+        if len(batches) > 1:
+            with torch.no_grad():
+                cached = [self._features(img, txt) for img, txt in batches]
+        for j, (images, texts) in enumerate(batches):
+            last = j == len(batches) - 1
+            # DDP all-reduces gradients only on the last backward; the others accumulate locally.
+            sync = (
+                contextlib.nullcontext()
+                if last or not hasattr(self.model, "no_sync")
+                else self.model.no_sync()
+            )
+            with sync:
+                out = self._features(images, texts)
+                image_f, text_f, scale = out["image_features"], out["text_features"], out["logit_scale"]
+                if len(batches) > 1:
+                    image_f = torch.cat(
+                        [
+                            out["image_features"] if i == j else c["image_features"]
+                            for i, c in enumerate(cached)
+                        ]
+                    )
+                    text_f = torch.cat(
+                        [out["text_features"] if i == j else c["text_features"] for i, c in enumerate(cached)]
+                    )
+                    # The loss depends on logit_scale directly in every pass; let only the last pass send that
+                    # gradient, or it would be counted len(batches) times (open_clip counts it k times).
+                    scale = scale if last else scale.detach()
+                with self.autocast():
+                    loss = self.loss_fn(image_f, text_f, scale)
+                self.scaler.scale(loss).backward()
+        return self._optimizer_step(loss)
+
+    def _optimizer_step(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.cfg.optim.grad_clip_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        with torch.no_grad():
+            unwrap(self.model).logit_scale.clamp_(0, self.cfg.train.logit_scale_max)
+        # Tensors, not floats: calling .item() here would force a device sync every step.
+        return {
+            "loss": loss.detach(),
+            "grad_norm": grad_norm.detach(),
+            "logit_scale": unwrap(self.model).logit_scale.detach().exp(),
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.samples_seen = state["step"], state["samples_seen"]
+
+    def train(self, loader: TrainLoader, logger: MetricLogger, checkpoint_extra: dict) -> dict[str, float]:
+        """Run until train.steps; log every train.log_every steps; checkpoint every checkpoint.every_steps."""
+        cfg = self.cfg
+        batches: Iterator[dict] = iter(loader)
+        per_step = cfg.train.batch_size * cfg.train.accum_freq * self.dist.world_size
+        last: dict[str, float] = {}
+        window = _Window()
+        while self.step < cfg.train.steps:
+            t0 = time.perf_counter()
+            micro = [next(batches) for _ in range(cfg.train.accum_freq)]
+            window.data_time += time.perf_counter() - t0
+            metrics = self.train_step(micro)
+            self.step += 1
+            self.samples_seen += per_step
+            window.steps += 1
+            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                last = {k: v.item() for k, v in metrics.items()}  # device sync, once per log line
+                last.update(
+                    window.rates(per_step, self.dist.world_size),
+                    lr=self.scheduler.get_last_lr()[0],
+                    samples_seen=self.samples_seen,
+                )
+                last.update(_data_health(loader, cfg.data.max_bad_fraction))
+                logger.log(self.step, last)
+                window = _Window()
+            logger.advance(self.step)
+            if self.step % cfg.checkpoint.every_steps == 0 or self.step == cfg.train.steps:
+                self.save(loader, checkpoint_extra)
+        return last
+
+    def save(self, loader: TrainLoader, extra: dict):
+        if not self.dist.is_main:
+            return None
+        state = self.state_dict() | {"data": loader.state_dict(), "rng": rng_state()} | extra
+        path = save_checkpoint(state, self.checkpoint_dir, self.step, self.cfg.checkpoint.keep_last)
+        log.info("saved %s", path)
+        return path
+
+
+class _Window:
+    """Wall time, data-wait time and steps since the last log line."""
+
+    def __init__(self):
+        self.start, self.data_time, self.steps = time.perf_counter(), 0.0, 0
+
+    def rates(self, per_step: int, world_size: int) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start
+        total = per_step * self.steps / elapsed
+        return {
+            "samples_per_s": total,
+            "samples_per_s_per_device": total / world_size,
+            "data_wait_fraction": self.data_time / elapsed,
+        }
+
+
+def _data_health(loader: TrainLoader, max_bad_fraction: float) -> dict[str, float]:
+    seen, skipped = loader.stats()
+    bad = sum(skipped.values())
+    if seen >= 100 and bad / seen > max_bad_fraction:
+        raise DataError(
+            f"{bad} of the last {seen} samples could not be decoded ({skipped}); above data.max_bad_fraction="
+            f"{max_bad_fraction}. Check the shards (data.train_shards) before training on what is left."
+        )
+    return {"samples_skipped": float(bad)}
