@@ -1,0 +1,1 @@
+"""Evaluation harness: tasks declared as YAML, one evaluate function per task type."""

@@ -1,0 +1,180 @@
+"""Run tasks and suites: build each task's dataset, score it with its type's evaluator, collect results.
+
+EVALUATORS maps a task type to the one function that scores it; a new type (multiple_choice) adds an
+entry here and a TaskType in tasks.py. A task whose data or declaration is wrong (TaskError) becomes a
+result with status "failed" and the message, and the suite goes on; any other exception is a bug and
+propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bmca_clip.eval.datasets import build_dataset
+from bmca_clip.eval.metrics import Scores
+from bmca_clip.eval.retrieval import chance_recall, evaluate_retrieval, parse_recall_metric
+from bmca_clip.eval.tasks import Suite, Task, TaskError
+from bmca_clip.eval.zeroshot import evaluate_classification, zero_shot_classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskResult:
+    """The outcome of one task for one model; report.py writes it as JSON (schema there)."""
+
+    task: str
+    type: str
+    domain: str
+    status: str  # "ok" or "failed"
+    main_metric: str
+    metrics: dict[str, float | None] = field(default_factory=dict)  # fractions in [0, 1]; None = undefined
+    notes: dict[str, str] = field(default_factory=dict)  # why a metric is None
+    n: int | None = None  # number of images scored
+    chance: float | None = None  # main metric of random guessing: 1/K, or a random ranking's recall
+    classes: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
+    source: dict = field(default_factory=dict)  # the task's source block: loader, path, split, revision...
+    licence: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def main_value(self) -> float | None:
+        return self.metrics.get(self.main_metric) if self.status == "ok" else None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to run, shared by every task of a run."""
+
+    device: torch.device
+    batch_size: int = 64
+    num_workers: int = 0
+    amp_dtype: torch.dtype | None = None  # None = fp32
+
+
+def _loader(dataset: Dataset, run: RunSettings) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=run.batch_size,
+        shuffle=False,
+        num_workers=run.num_workers,
+        pin_memory=run.device.type == "cuda",
+    )
+
+
+def _classification(task: Task, dataset, model, tokenizer, run: RunSettings) -> tuple[Scores, float]:
+    classifier = zero_shot_classifier(
+        model, tokenizer, task.classes, task.templates, run.device, amp_dtype=run.amp_dtype
+    )
+    scores = evaluate_classification(
+        model, classifier, _loader(dataset, run), run.device, task.metrics, run.amp_dtype
+    )
+    return scores, 1.0 / len(task.classes)
+
+
+def _retrieval(task: Task, dataset, model, tokenizer, run: RunSettings) -> tuple[Scores, float | None]:
+    loader = _loader(dataset, run)
+    scores = evaluate_retrieval(
+        model, tokenizer, loader, dataset.captions, run.device, task.metrics, run.amp_dtype
+    )
+    _, k = parse_recall_metric(task.main_metric)
+    return scores, chance_recall(dataset.text_to_image, len(dataset), [k])[task.main_metric]
+
+
+# task type -> evaluate(task, dataset, model, tokenizer, run) -> (scores, chance level of the main metric)
+EVALUATORS: dict[str, Callable[..., tuple[Scores, float | None]]] = {
+    "classification": _classification,
+    "retrieval": _retrieval,
+}
+
+
+def _message(exc: TaskError) -> str:
+    # A DataLoader worker re-raises our error with its whole traceback as the message; keep our line.
+    text = str(exc)
+    if "Original Traceback" in text:
+        return text.strip().splitlines()[-1].split("TaskError: ", 1)[-1]
+    return text
+
+
+def _run_task(task: Task, model, preprocess, tokenizer, data_root, run: RunSettings) -> TaskResult:
+    start = time.perf_counter()
+    result = TaskResult(
+        task=task.name,
+        type=task.type,
+        domain=task.domain,
+        status="failed",
+        main_metric=task.main_metric,
+        classes=list(task.classes),
+        templates=list(task.templates),
+        source=asdict(task.source),
+        licence=task.licence,
+    )
+    try:
+        dataset = build_dataset(task, data_root, preprocess)
+        scores, result.chance = EVALUATORS[task.type](task, dataset, model, tokenizer, run)
+    except TaskError as exc:
+        result.error = _message(exc)
+        log.warning("task %s failed: %s", task.name, result.error)
+    else:
+        result.status, result.n = "ok", len(dataset)
+        result.metrics, result.notes = scores.metrics, scores.notes
+        log.info("task %s: %s = %s (n=%d)", task.name, task.main_metric, result.main_value, result.n)
+    result.seconds = round(time.perf_counter() - start, 3)
+    return result
+
+
+def evaluate_task(
+    task: Task,
+    model: torch.nn.Module,
+    preprocess: Callable,
+    tokenizer: Callable,
+    device: torch.device | str,
+    data_root: str | Path,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+) -> TaskResult:
+    """Score one task zero-shot; returns status "failed" with the message when its data is wrong."""
+    return evaluate_suite(
+        [task], model, preprocess, tokenizer, device, data_root, batch_size, num_workers, amp_dtype
+    )[0]
+
+
+def evaluate_suite(
+    suite: Suite | Sequence[Task],
+    model: torch.nn.Module,
+    preprocess: Callable,
+    tokenizer: Callable,
+    device: torch.device | str,
+    data_root: str | Path,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+    on_result: Callable[[TaskResult], None] | None = None,
+) -> list[TaskResult]:
+    """Score every task of a suite in order. on_result(result) runs after each task, e.g. to write its
+    JSON at once so that a crash later keeps the finished tasks. The model is put in eval mode and
+    restored to its previous mode afterwards (so this can run mid-training)."""
+    tasks = suite.tasks if isinstance(suite, Suite) else tuple(suite)
+    run = RunSettings(torch.device(device), batch_size, num_workers, amp_dtype)
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        with torch.no_grad():
+            for task in tasks:
+                results.append(_run_task(task, model, preprocess, tokenizer, data_root, run))
+                if on_result is not None:
+                    on_result(results[-1])
+    finally:
+        model.train(was_training)
+    return results

@@ -1,0 +1,105 @@
+"""Task and suite YAMLs: the shipped ones load, and mistakes fail with the key and the allowed values."""
+
+import pytest
+from eval_fixtures import COLOR_TASK_BODY, RETRIEVAL_TASK_BODY, write_task_yaml
+
+from bmca_clip.eval.harness import EVALUATORS
+from bmca_clip.eval.tasks import TASK_TYPES, TaskError, list_suites, list_tasks, load_suite, load_task
+
+
+def test_demo_suite_loads_its_three_tasks():
+    suite = load_suite("demo")
+    assert [t.name for t in suite.tasks] == ["synthetic_modality", "synthetic_color", "synthetic_retrieval"]
+    modality = suite.tasks[0]
+    assert modality.classes == (
+        "fluorescence micrograph",
+        "H&E histology slide",
+        "chest x-ray",
+        "ultrasound scan",
+        "bar chart",
+        "chemical structure",
+    )
+    assert suite.tasks[1].classes == ("red", "green", "blue", "yellow")
+    assert suite.tasks[2].type == "retrieval" and suite.tasks[2].source.caption_column == "caption"
+    assert "demo" in list_suites()
+
+
+def test_every_shipped_task_loads_and_every_type_has_an_evaluator():
+    for name in list_tasks():
+        task = load_task(name)
+        assert task.main_metric in task.metrics
+    assert set(TASK_TYPES) == set(EVALUATORS)
+
+
+def test_defaults_fill_metrics_and_add_auroc_for_binary_tasks(tmp_path):
+    body = COLOR_TASK_BODY.replace("[red, green, blue, yellow]", "[normal, tumour]")
+    task = load_task(write_task_yaml(tmp_path, "binary", body))
+    assert task.metrics == ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+    assert task.source.split == "test"
+
+
+def _assert_fails(tmp_path, body, *expected, name="t"):
+    path = write_task_yaml(tmp_path, name, body)
+    with pytest.raises(TaskError) as info:
+        load_task(path)
+    for text in (str(path), *expected):
+        assert text in str(info.value)
+    return str(info.value)
+
+
+def test_unknown_key_names_key_and_allowed_keys(tmp_path):
+    _assert_fails(tmp_path, COLOR_TASK_BODY + "promts: []\n", "'promts'", "allowed keys", "templates")
+    body = COLOR_TASK_BODY.replace("  file: test.csv", "  files: test.csv")
+    _assert_fails(tmp_path, body, "'source.files'", "image_column")
+
+
+def test_unknown_type_names_allowed_types(tmp_path):
+    body = COLOR_TASK_BODY.replace("type: classification", "type: segmentation")
+    _assert_fails(tmp_path, body, "'type'", "segmentation", "classification, retrieval")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("loader: csv", "loader: parquet", ("source.loader", "parquet", "csv")),
+        ("label_encoding: int", "label_encoding: onehot", ("source.label_encoding", "int, string")),
+        ("domain: synthetic", "domain: pathalogy", ("'domain'", "pathology")),
+        ("main_metric: balanced_accuracy", "main_metric: f1", ("main_metric", "'f1'", "macro_f1")),
+        ("main_metric: balanced_accuracy", "main_metric: auroc", ("auroc", "2 classes", "has 4")),
+        ("main_metric: balanced_accuracy", "main_metric: top4_accuracy", ("top4_accuracy", "has 4")),
+        ('"a {} square."', '"a {c} square."', ("templates", "positional {}")),
+        ("  label_column: label\n", "", ("source.label_column", "required")),
+    ],
+)
+def test_bad_values_name_key_and_allowed_values(tmp_path, old, new, expected):
+    assert old in COLOR_TASK_BODY
+    _assert_fails(tmp_path, COLOR_TASK_BODY.replace(old, new), *expected)
+
+
+def test_retrieval_metric_names_are_checked(tmp_path):
+    body = RETRIEVAL_TASK_BODY.replace("main_metric: text_to_image_R@1", "main_metric: recall@1")
+    _assert_fails(tmp_path, body, "recall@1", "image_to_text_R@<k>", "text_to_image_R@<k>")
+
+
+def test_name_must_match_file_and_label_map_must_name_classes(tmp_path):
+    path = tmp_path / "other.yaml"
+    path.write_text("name: t\n" + COLOR_TASK_BODY)
+    with pytest.raises(TaskError, match="must equal the file name 'other'"):
+        load_task(path)
+    body = COLOR_TASK_BODY.replace("label_encoding: int", "label_encoding: string\n  label_map: {R: rouge}")
+    _assert_fails(tmp_path, body, "source.label_map", "rouge")
+
+
+def test_unknown_task_names_it_and_the_available_ones(tmp_path):
+    with pytest.raises(TaskError, match="unknown task 'no_such_task'.*synthetic_color"):
+        load_task("no_such_task")
+    suite = tmp_path / "mine.yaml"
+    suite.write_text("name: mine\ntasks: [synthetic_color, synthetic_colour]\n")
+    with pytest.raises(TaskError) as info:
+        load_suite(suite)
+    message = str(info.value)
+    assert "synthetic_colour" in message and "synthetic_modality" in message and str(suite) in message
+
+
+def test_task_error_is_a_value_error():
+    assert issubclass(TaskError, ValueError)
