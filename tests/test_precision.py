@@ -1,0 +1,47 @@
+"""Precision modes: bf16 autocast runs on the CPU (slower there, it is for GPUs); fp16 needs CUDA."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+from conftest import compose_config
+
+from bmca_clip.config import PretrainConfig, to_object
+from bmca_clip.dist import DistInfo
+from bmca_clip.trainer import Trainer
+
+
+def _trainer(tmp_path, precision: str) -> Trainer:
+    cfg = to_object(
+        compose_config("pretrain", ["model=bmca-tiny", f"train.precision={precision}"]), PretrainConfig
+    )
+    return Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True), tmp_path)
+
+
+def test_amp_bf16_step_is_finite_and_updates_weights(tmp_path):
+    trainer = _trainer(tmp_path, "amp_bf16")
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    batch = {"images": torch.randn(8, 3, 32, 32), "texts": torch.randint(1, 49000, (8, 32))}
+    metrics = trainer.train_step([batch, batch])
+    assert torch.isfinite(metrics["loss"]) and torch.isfinite(metrics["grad_norm"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_amp_fp16_on_cpu_is_refused_with_advice(tmp_path):
+    with pytest.raises(ValueError, match="amp_fp16 needs a CUDA device"):
+        _trainer(tmp_path, "amp_fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_amp_fp16_on_gpu_uses_a_grad_scaler(tmp_path):
+    cfg = to_object(
+        compose_config("pretrain", ["model=bmca-tiny", "train.precision=amp_fp16"]), PretrainConfig
+    )
+    dist = DistInfo(device=torch.device("cuda", 0))
+    trainer = Trainer(cfg, dist, open_clip.create_model("bmca-tiny", output_dict=True), tmp_path)
+    batch = {"images": torch.randn(8, 3, 32, 32), "texts": torch.randint(1, 49000, (8, 32))}
+    assert torch.isfinite(trainer.train_step([batch])["loss"])
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() > 0
