@@ -15,6 +15,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from bmca_clip.data.filters import BalanceConfig, FilterConfig
+
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
 SCHEDULES = ("cosine", "constant")
 LOSSES = ("clip",)
@@ -49,30 +51,55 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One place shards come from: a hub dataset repo (optionally one folder of it), or explicit shards."""
+
+    repo_id: str | None = None  # hub dataset repo, e.g. BIOMEDICA/biomedica_webdataset_24M
+    revision: str = "main"  # branch, tag or commit; resolved to a commit once and recorded in the manifest
+    subset: str | None = None  # folder inside the repo, e.g. commercial; null = every .tar in the repo
+    pattern: str | None = None  # brace pattern inside the repo, used when listing the repo is impossible
+    shards: str | None = None  # instead of a repo: a folder, file, brace pattern or URL; '::' joins several
+    weight: float = 1.0  # share of samples drawn from this source (normalised over sources; 0 = off)
+
+    def __post_init__(self):
+        _check(self.weight >= 0, "data.sources.<name>.weight", self.weight, "a float >= 0")
+        _check((self.repo_id is None) != (self.shards is None), "data.sources.<name>", self.repo_id or self.shards,
+               "exactly one of repo_id or shards")
+
+
+@dataclass
 class DataConfig:
-    train_shards: str = (
-        MISSING  # tar shards: a folder, a file, a brace pattern or URL; join several with '::'
-    )
+    # Tar shards: a folder, a file, a brace pattern or URL ('::' joins several); shorthand for one source.
+    train_shards: str | None = None
+    sources: dict[str, SourceConfig] = field(default_factory=dict)  # named sources, mixed by weight
+    filter: FilterConfig = field(default_factory=FilterConfig)  # which samples to keep, by metadata
+    balance: BalanceConfig = field(default_factory=BalanceConfig)  # per-concept sampling weights
     resampled: bool = True  # draw shards with replacement (no epochs); false = epochs over the shard list
-    shuffle_buffer: int = 2000  # samples held in the shuffle buffer of each dataloader worker
+    shuffle_buffer: int = 2000  # samples held in the shuffle buffer of each stream (refilled per shard)
     shuffle_initial: int = 500  # samples buffered before the first one is yielded
     num_workers: int = 2  # dataloader worker processes per rank (0 = read in the main process)
     image_key: str = "jpg"  # tar member extension of the image
     caption_key: str = "txt"  # tar member extension of the caption
     max_bad_fraction: float = 0.5  # stop with an error if more than this share of samples fails to decode
+    cache_dir: str | None = None  # where shard manifests (and, with cache_limit_gb, shards) are kept
+    cache_limit_gb: float = 0.0  # local shard cache for repeated epochs; 0 = stream only, never store
+    retries: int = 5  # tries per HTTP request before a shard counts as failed
+    timeout_s: float = 60.0  # a transfer that delivers nothing for this long is retried
 
     def __post_init__(self):
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(0 < self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "in (0, 1]")
+        # Neither set is caught where data is built (a default-constructed schema must pass); both is a mistake.
+        _check(not (self.train_shards and self.sources), "data.train_shards", self.train_shards,
+               "null when data.sources is set (one or the other)")
+        _check(self.retries >= 1, "data.retries", self.retries, "an integer >= 1")
 
 
 @dataclass
 class OptimConfig:
     lr: float = 5e-4  # peak learning rate, reached after warmup
-    weight_decay: float = (
-        0.2  # AdamW decay for weight matrices (never norms, biases, embeddings, logit_scale)
-    )
+    weight_decay: float = 0.2  # AdamW decay of weight matrices; never norms, biases, embeddings, logit_scale
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
