@@ -63,8 +63,12 @@ class SourceConfig:
 
     def __post_init__(self):
         _check(self.weight >= 0, "data.sources.<name>.weight", self.weight, "a float >= 0")
-        _check((self.repo_id is None) != (self.shards is None), "data.sources.<name>", self.repo_id or self.shards,
-               "exactly one of repo_id or shards")
+        _check(
+            (self.repo_id is None) != (self.shards is None),
+            "data.sources.<name>",
+            self.repo_id or self.shards,
+            "exactly one of repo_id or shards",
+        )
 
 
 @dataclass
@@ -85,14 +89,21 @@ class DataConfig:
     cache_limit_gb: float = 0.0  # local shard cache for repeated epochs; 0 = stream only, never store
     retries: int = 5  # tries per HTTP request before a shard counts as failed
     timeout_s: float = 60.0  # a transfer that delivers nothing for this long is retried
+    retry_backoff_s: float = (
+        1.0  # first retry delay; doubles per try with jitter (Retry-After wins if longer)
+    )
 
     def __post_init__(self):
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(0 < self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "in (0, 1]")
         # Neither set is caught where data is built (a default-constructed schema must pass); both is a mistake.
-        _check(not (self.train_shards and self.sources), "data.train_shards", self.train_shards,
-               "null when data.sources is set (one or the other)")
+        _check(
+            not (self.train_shards and self.sources),
+            "data.train_shards",
+            self.train_shards,
+            "null when data.sources is set (one or the other)",
+        )
         _check(self.retries >= 1, "data.retries", self.retries, "an integer >= 1")
 
 

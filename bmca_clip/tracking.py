@@ -43,7 +43,14 @@ class MetricLogger:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        line = f"step {step}: " + "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+        # The console gets the headline numbers and any data trouble; every counter goes to JSONL and wandb.
+        main = {k: v for k, v in metrics.items() if "/" not in k}
+        trouble = {
+            k[5:]: v for k, v in metrics.items() if k.startswith("data/") and k[5:] not in ("decoded", "kept")
+        }
+        line = f"step {step}: " + "  ".join(f"{k}={_fmt(v)}" for k, v in main.items())
+        if trouble:
+            line += "  data: " + " ".join(f"{k}={v:g}" for k, v in trouble.items())
         if self.bar is not None:
             self.bar.set_postfix(
                 loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{metrics.get('lr', 0):.2e}"

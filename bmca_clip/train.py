@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import bmca_clip
 from bmca_clip.checkpoint import resolve_resume, set_rng_state
 from bmca_clip.config import PretrainConfig
-from bmca_clip.data.pipeline import build_train_loader
+from bmca_clip.data.pipeline import PilTransform, build_train_loader
 from bmca_clip.dist import init_distributed
 from bmca_clip.model import build_model
 from bmca_clip.tracking import MetricLogger
@@ -59,7 +59,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         log.info("resumed from %s at step %d", path, trainer.step)
     loader = build_train_loader(
         cfg.data,
-        bundle.preprocess_train,
+        PilTransform(bundle.preprocess_train),
         bundle.tokenizer,
         batch_size=cfg.train.batch_size,
         seed=cfg.train.seed + 1000 * dist.rank,

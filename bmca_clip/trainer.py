@@ -195,11 +195,14 @@ class _Window:
 
 
 def _data_health(loader: TrainLoader, max_bad_fraction: float) -> dict[str, float]:
-    seen, skipped = loader.stats()
-    bad = sum(skipped.values())
+    """Data counters for the log line; stops training when too much of the data fails to decode."""
+    counters = loader.counters()
+    bad = sum(n for name, n in counters.items() if name.startswith("skipped/"))
+    seen = bad + counters.get("decoded", 0)
     if seen >= 100 and bad / seen > max_bad_fraction:
+        failing = {k: v for k, v in counters.items() if k.startswith(("skipped/", "shards_failed/"))}
         raise DataError(
-            f"{bad} of the last {seen} samples could not be decoded ({skipped}); above data.max_bad_fraction="
-            f"{max_bad_fraction}. Check the shards (data.train_shards) before training on what is left."
+            f"{bad} of the last {seen} samples could not be decoded ({failing}); above data.max_bad_fraction="
+            f"{max_bad_fraction}. Check the shards (data.train_shards / data.sources) before training on what is left."
         )
-    return {"samples_skipped": float(bad)}
+    return {f"data/{name}": float(n) for name, n in sorted(counters.items())}

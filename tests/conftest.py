@@ -35,6 +35,7 @@ def tiny_train_overrides(corpus: Path, out_dir: Path, **extra) -> list[str]:
     """Overrides for a fast CPU run of the tiny model on the corpus."""
     values = {
         "model": "bmca-tiny",
+        "data": "local",
         "data.train_shards": str(corpus / "train"),
         "data.num_workers": 0,
         "data.shuffle_buffer": 100,

@@ -14,7 +14,7 @@ from conftest import REPO
 from PIL import Image
 
 from bmca_clip.config import DataConfig
-from bmca_clip.data.pipeline import DataError, build_train_loader, expand_shards
+from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader, expand_shards
 from bmca_clip.trainer import _data_health
 
 
@@ -39,7 +39,7 @@ def _loader(shards, **cfg):
     data = DataConfig(train_shards=str(shards), num_workers=0, shuffle_buffer=10, shuffle_initial=5, **cfg)
     return build_train_loader(
         data,
-        open_clip.image_transform(32, is_train=True),
+        PilTransform(open_clip.image_transform(32, is_train=True)),
         open_clip.get_tokenizer("bmca-tiny"),
         batch_size=4,
         seed=0,
@@ -55,9 +55,10 @@ def test_corrupt_images_and_empty_captions_are_skipped_and_counted(tmp_path):
         if len(keys) >= 28:
             break
     assert all(k.startswith("good") for k in keys)
-    seen, skipped = loader.stats()
-    assert sum(skipped.values()) >= 1 and seen >= 28
-    assert set(skipped) <= {"OSError", "ValueError", "SyntaxError", "UnidentifiedImageError"}
+    counters = loader.counters()
+    skipped = {k: v for k, v in counters.items() if k.startswith("skipped/")}
+    assert sum(skipped.values()) >= 1 and counters["decoded"] >= 28
+    assert set(skipped) <= {"skipped/OSError", "skipped/ValueError", "skipped/SyntaxError"}
 
 
 def test_mostly_broken_data_stops_training_with_a_clear_message(tmp_path):
@@ -89,6 +90,7 @@ def test_cli_missing_shards_is_one_clear_line(tmp_path):
             sys.executable,
             "train.py",
             "model=bmca-tiny",
+            "data=local",
             f"data.train_shards={tmp_path}/nothing",
             f"output_dir={tmp_path}/run",
             "train.device=cpu",

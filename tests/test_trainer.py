@@ -12,7 +12,7 @@ from conftest import compose_config, tiny_train_overrides
 from bmca_clip import train as train_mod
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from bmca_clip.config import DataConfig, PretrainConfig, to_object
-from bmca_clip.data.pipeline import build_train_loader
+from bmca_clip.data.pipeline import PilTransform, build_train_loader
 from bmca_clip.dist import DistInfo
 from bmca_clip.trainer import Trainer
 
@@ -118,11 +118,15 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(corpus, tmp_path, work
     assert [r["loss"] for r in first] == pytest.approx([r["loss"] for r in second], rel=1e-6)
 
 
-def _keys(corpus, batches: int, state=None, workers=2, seed=0):
+def _keys(corpus, batches: int, state=None, workers=2, seed=0, resampled=True):
     cfg = DataConfig(
-        train_shards=str(corpus / "train"), num_workers=workers, shuffle_buffer=50, shuffle_initial=10
+        train_shards=str(corpus / "train"),
+        num_workers=workers,
+        shuffle_buffer=50,
+        shuffle_initial=10,
+        resampled=resampled,
     )
-    preprocess = open_clip.image_transform(32, is_train=True)
+    preprocess = PilTransform(open_clip.image_transform(32, is_train=True))
     loader = build_train_loader(
         cfg, preprocess, open_clip.get_tokenizer("bmca-tiny"), batch_size=8, seed=seed, state=state
     )
@@ -133,12 +137,17 @@ def _keys(corpus, batches: int, state=None, workers=2, seed=0):
             return out, loader.state_dict()
 
 
-def test_stream_is_deterministic_and_resumes_by_sample_key(corpus):
-    full, _ = _keys(corpus, 7)
-    again, _ = _keys(corpus, 7)
+@pytest.mark.parametrize("resampled", [True, False])
+def test_stream_is_deterministic_and_resumes_by_sample_key(corpus, resampled):
+    full, _ = _keys(corpus, 31, resampled=resampled)  # 31 x 8 samples: crosses shard boundaries (100/shard)
+    again, _ = _keys(corpus, 31, resampled=resampled)
     assert full == again
-    assert _keys(corpus, 7, seed=1)[0] != full
-    first, state = _keys(corpus, 3)  # 3 batches: the next one is due from the second worker
-    rest, _ = _keys(corpus, 4, state=state)
+    assert _keys(corpus, 31, seed=1, resampled=resampled)[0] != full
+    first, state = _keys(corpus, 13, resampled=resampled)  # odd: the next batch is due from the second worker
+    for position in state["positions"].values():
+        for _shard, taken in position["sources"]:
+            assert taken <= 100  # the position is inside one shard: a resume re-reads at most that shard
+    rest, _ = _keys(corpus, 18, state=state, resampled=resampled)
     assert first + rest == full
-    assert len({k for batch in full for k in batch}) == 7 * 8  # no sample repeated within this window
+    if not resampled:  # epochs: each stream reads its own shards, so nothing repeats within an epoch
+        assert len({k for batch in full for k in batch}) == 31 * 8

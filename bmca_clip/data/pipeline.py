@@ -1,10 +1,17 @@
-"""The training stream: WebDataset tar shards -> seeded shuffle -> decoded, tokenised batches.
+"""The training stream: sources of tar shards -> filter and balance -> seeded shuffle -> mix -> batches.
 
-Everything random is seeded from (seed, rank, stream): the same config yields the same batches, and a
-stream's position is one integer, the number of shuffled samples it has passed (its cursor). Each batch
-carries the cursor of its stream, the trainer keeps the cursor of the last batch it consumed, and a resumed
-run starts every stream at its cursor: the samples that follow are exactly those an uninterrupted run sees.
-Samples before the cursor are skipped before decoding, so a resume costs reading them, not decoding them.
+Each rank runs one stream per dataloader worker. A stream reads every source shard by shard; the shard
+sequence of (stream, source) and the shuffle buffer inside each shard are seeded from
+(seed, stream, source, shard number), and the source of each sample is drawn from a hash of
+(seed, stream, sample number). So a stream's position is a few integers: the sample number, and per
+source the shard number and how many samples of that shard were taken. Each batch carries that position;
+a resumed stream reopens each source's current shard and skips the samples already taken (read, not
+decoded): resuming costs at most one shard read per source, and yields exactly the samples an
+uninterrupted run would have.
+
+The shuffle buffer is emptied at the end of every shard, which is what makes the position that small.
+BIOMEDICA shards hold ~10,000 samples, so a buffer of a few thousand still mixes within a shard, and the
+mixing across shards comes from streams, workers and ranks reading different shards at once.
 
 Dataloader workers are served round-robin, so the stream that produced the next batch is known; a resumed
 loader rotates its worker-to-stream mapping so that its first batch comes from that stream.
@@ -12,11 +19,12 @@ loader rotates its worker-to-stream mapping so that its first batch comes from t
 
 from __future__ import annotations
 
+import bisect
 import io
 import logging
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import braceexpand
@@ -26,8 +34,20 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bmca_clip.config import DataConfig
+from bmca_clip.data.filters import (
+    ConceptBalancer,
+    MetadataFilter,
+    key_uniform,
+    parse_metadata,
+    source_probabilities,
+)
+from bmca_clip.data.hub import HttpPolicy, HubError, ShardError, default_cache_dir, discover, open_shard
 
 log = logging.getLogger(__name__)
+
+# A source whose shards give nothing this many times in a row is broken, not unlucky.
+MAX_EMPTY_SHARDS_IN_A_ROW = 20
+DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, SyntaxError)
 
 
 class DataError(RuntimeError):
@@ -40,7 +60,7 @@ def expand_shards(spec: str) -> list[str]:
     for part in filter(None, (p.strip() for p in spec.split("::"))):
         for item in braceexpand.braceexpand(part):
             path = Path(item)
-            if "://" in item or item.startswith("pipe:"):
+            if "://" in item:
                 urls.append(item)
             elif path.is_dir():
                 found = sorted(str(p) for p in path.rglob("*.tar"))
@@ -59,59 +79,201 @@ def expand_shards(spec: str) -> list[str]:
     return urls
 
 
+@dataclass
+class Source:
+    name: str
+    urls: list[str]
+    probability: float
+
+
+def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
+    """The sources to read, with their shard URLs and sampling probabilities (hub repos listed here)."""
+    if cfg.train_shards:
+        return [Source("shards", expand_shards(cfg.train_shards), 1.0)]
+    if not cfg.sources:
+        raise DataError("no training data: set data.train_shards, or pick a preset such as data=biomedica")
+    probs = source_probabilities({name: src.weight for name, src in cfg.sources.items()})
+    sources = []
+    for name, src in cfg.sources.items():
+        if probs[name] == 0:
+            continue
+        try:
+            urls = (
+                discover(src, default_cache_dir(cfg.cache_dir), policy).urls()
+                if src.repo_id
+                else expand_shards(src.shards)
+            )
+        except HubError as err:
+            raise DataError(f"data.sources.{name}: {err}") from None
+        sources.append(Source(name, urls, probs[name]))
+        log.info("source %s: %d shards, sampling probability %.3f", name, len(urls), probs[name])
+    return sources
+
+
 def _seed(*parts: int) -> int:
     return hash(tuple(parts)) & 0x7FFF_FFFF_FFFF
 
 
-def shard_order(
-    urls: list[str], *, seed: int, stream: int, num_streams: int, resampled: bool
-) -> Iterator[dict]:
-    """Endless shard sequence of one stream: drawn with replacement, or epochs over its own share."""
-    if resampled:
-        rng = random.Random(_seed(seed, stream, 1))
+def _uniform(*parts: int) -> float:
+    return random.Random(_seed(*parts)).random()
+
+
+def _count(counters: dict[str, int], name: str, n: int = 1) -> None:
+    counters[name] = counters.get(name, 0) + n
+
+
+@dataclass
+class StreamContext:
+    """What every source reader of one stream shares."""
+
+    cfg: DataConfig
+    seed: int
+    stream: int  # global stream number: rank * streams_per_rank + local stream
+    num_streams: int
+    policy: HttpPolicy
+    keep: MetadataFilter
+    balance: ConceptBalancer
+    counters: dict
+
+
+class SourceReader:
+    """The samples of one source for one stream, shard after shard; `position` = (shard number, taken)."""
+
+    def __init__(self, source: Source, index: int, ctx: StreamContext, position=(0, 0)):
+        self.source, self.index, self.ctx = source, index, ctx
+        self.shard, self.taken = position
+        self._samples = self._generate()
+
+    def next(self) -> dict:
+        return next(self._samples)
+
+    def _assignment(self, i: int) -> tuple[str, int, int]:
+        """(url, part, parts) of this stream's i-th shard; with fewer shards than streams, streams
+        sharing a shard take every parts-th sample of it, so no sample is read twice and no stream idles."""
+        urls, g, n, c = self.source.urls, self.ctx.stream, len(self.source.urls), self.ctx
+        if c.cfg.resampled:
+            return urls[random.Random(_seed(c.seed, g, self.index, i, 1)).randrange(n)], 0, 1
+        if n < c.num_streams:
+            return urls[g % n], g // n, len(range(g % n, c.num_streams, n))
+        own = urls[g :: c.num_streams]
+        order = list(own)
+        random.Random(_seed(c.seed, g, self.index, i // len(own), 2)).shuffle(order)
+        return order[i % len(own)], 0, 1
+
+    def _generate(self) -> Iterator[dict]:
+        empty_in_a_row, last_problem = 0, "no sample passed the filters"
         while True:
-            yield {"url": rng.choice(urls)}
-    share = urls[stream::num_streams]
-    if not share:
-        raise DataError(
-            f"{len(urls)} shards cannot give each of {num_streams} data streams (ranks x workers) its own "
-            "shard; use data.resampled=true or fewer data.num_workers"
-        )
-    for epoch in range(2**62):
-        order = list(share)
-        random.Random(_seed(seed, stream, epoch, 2)).shuffle(order)
-        yield from ({"url": u} for u in order)
+            url, part, parts = self._assignment(self.shard)
+            got = 0
+            try:
+                for n, sample in enumerate(self._shuffled(url, part, parts)):
+                    if n < self.taken:
+                        continue  # resuming: already consumed before the checkpoint
+                    self.taken, got = n + 1, got + 1
+                    yield sample
+            except ShardError as err:
+                _count(self.ctx.counters, f"shards_failed/{err.reason}")
+                last_problem = str(err)
+                log.warning("%s", err)
+            empty_in_a_row = 0 if got else empty_in_a_row + 1
+            if empty_in_a_row >= MAX_EMPTY_SHARDS_IN_A_ROW:
+                raise DataError(
+                    f"source {self.source.name}: {empty_in_a_row} shards in a row gave no usable sample "
+                    f"(last: {last_problem}); check the shards, the HF token and data.filter"
+                )
+            self.shard, self.taken = self.shard + 1, 0
+
+    def _shuffled(self, url: str, part: int, parts: int) -> Iterator[dict]:
+        c = self.ctx
+        rng = random.Random(_seed(c.seed, c.stream, self.index, self.shard, 3))
+        kept = self._kept(self._samples_of(url, part, parts))
+        return wds.shuffle(c.cfg.shuffle_buffer, c.cfg.shuffle_initial, rng=rng)(kept)
+
+    def _samples_of(self, url: str, part: int, parts: int) -> Iterator[dict]:
+        with open_shard(url, self.ctx.policy, self.ctx.counters) as stream:
+            files = wds.tariterators.tar_file_iterator(stream, handler=_raise)
+            try:
+                for n, sample in enumerate(
+                    wds.tariterators.group_by_keys(_with_url(files, url), handler=_raise)
+                ):
+                    if n % parts == part:
+                        yield sample
+            except ShardError:
+                raise
+            except Exception as err:  # tarfile's errors on a truncated or non-tar body
+                raise ShardError(url, "unreadable_tar", f"{type(err).__name__}: {err}") from None
+
+    def _kept(self, samples: Iterator[dict]) -> Iterator[dict]:
+        """The samples that pass the filter and the balancing draw, slimmed to what decoding needs: the
+        json (with BIOMEDICA's full article text) never enters the shuffle buffer or a batch."""
+        c, cfg = self.ctx, self.ctx.cfg
+        wanted = (cfg.image_key, cfg.caption_key, "__key__", "__url__")
+        needs_meta = c.keep.needs_metadata or c.balance.active
+        for n, sample in enumerate(samples):
+            if c.keep.active or c.balance.active:
+                try:
+                    meta = parse_metadata(sample.get("json", b"{}")) if needs_meta else {}
+                except ValueError:
+                    _count(c.counters, "filtered/bad_metadata")
+                    continue
+                reason = c.keep.reason(meta, sample.get(cfg.caption_key, b"").decode("utf-8", "replace"))
+                if reason is None and c.balance.active and not c.balance.accept(meta, self._draw(sample, n)):
+                    reason = "balance"
+                if reason is not None:
+                    _count(c.counters, f"filtered/{reason}")
+                    continue
+            _count(c.counters, "kept")
+            yield {k: sample[k] for k in wanted if k in sample}
+
+    def _draw(self, sample: dict, n: int) -> float:
+        c = self.ctx
+        if (
+            c.cfg.balance.fixed_subset
+        ):  # the same samples pass on every visit: a fixed subset, as in the paper
+            return key_uniform(sample["__key__"], c.seed)
+        return _uniform(c.seed, c.stream, self.index, self.shard, n, 5)
+
+
+def _raise(exn: Exception) -> bool:
+    raise exn
+
+
+def _with_url(files, url: str):
+    for f in files:
+        f["__url__"] = url
+        yield f
 
 
 @dataclass
 class SampleDecoder:
-    """Turns raw tar members into (image tensor, caption); seeds augmentation from the sample's place."""
+    """Raw tar members -> (image tensor, caption); augmentation is seeded from the sample's place."""
 
-    preprocess: Callable
+    image_fn: Callable[[bytes], torch.Tensor]
     image_key: str = "jpg"
     caption_key: str = "txt"
 
     def __call__(self, sample: dict, aug_seed: int) -> tuple[torch.Tensor, str]:
-        if self.image_key not in sample or self.caption_key not in sample:
-            raise ValueError(f"missing {self.image_key!r} or {self.caption_key!r}")
-        caption = sample[self.caption_key].decode("utf-8").strip()
+        if self.image_key not in sample:
+            raise ValueError(f"no {self.image_key!r} member")
+        caption = sample.get(self.caption_key, b"").decode("utf-8").strip()
         if not caption:
-            raise ValueError("empty caption")
-        with Image.open(io.BytesIO(sample[self.image_key])) as img:
-            image = img.convert("RGB")
+            raise ValueError("empty or missing caption")
         # The random crop depends on the sample alone, not on what this process drew before: that is what
         # makes a resumed stream augment exactly as the uninterrupted one. fork_rng leaves the global RNG be.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(aug_seed)
-            return self.preprocess(image), caption
+            return self.image_fn(sample[self.image_key]), caption
 
 
-@dataclass
-class StreamStats:
-    """Counters of one stream, shipped with each batch so the trainer can log and police them."""
+class PilTransform:
+    """bytes -> PIL -> a torchvision-style transform (e.g. open_clip's preprocess); picklable."""
 
-    seen: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
+    def __init__(self, preprocess: Callable):
+        self.preprocess = preprocess
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        with Image.open(io.BytesIO(data)) as img:
+            return self.preprocess(img.convert("RGB"))
 
 
 class TrainStream(IterableDataset):
@@ -119,7 +281,7 @@ class TrainStream(IterableDataset):
 
     def __init__(
         self,
-        urls,
+        sources,
         decoder,
         tokenizer,
         cfg: DataConfig,
@@ -128,114 +290,113 @@ class TrainStream(IterableDataset):
         seed,
         rank=0,
         world_size=1,
-        num_workers=1,
-        cursors=None,
+        positions=None,
         first_stream=0,
+        policy: HttpPolicy | None = None,
     ):
-        self.urls, self.decoder, self.tokenizer, self.cfg = urls, decoder, tokenizer, cfg
+        self.sources, self.decoder, self.tokenizer, self.cfg = sources, decoder, tokenizer, cfg
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.num_local = max(1, num_workers)
-        self.cursors = dict(cursors or {})
-        self.first_stream = first_stream
+        self.num_local = max(1, cfg.num_workers)
+        self.positions = dict(positions or {})
+        self.first_stream, self.policy = first_stream, policy or HttpPolicy()
 
     def __iter__(self):
         info = get_worker_info()
         local = ((info.id if info else 0) + self.first_stream) % self.num_local
-        yield from self._batches(local, self.rank * self.num_local + local)
+        yield from self._batches(local)
 
-    def _batches(self, local: int, stream: int):
-        cfg, start = self.cfg, self.cursors.get(local, 0)
-        shards = shard_order(
-            self.urls,
-            seed=self.seed,
-            stream=stream,
-            num_streams=self.world_size * self.num_local,
-            resampled=cfg.resampled,
+    def _batches(self, local: int):
+        stream = self.rank * self.num_local + local
+        start = self.positions.get(local, {"sample": 0, "sources": [(0, 0)] * len(self.sources)})
+        counters: dict[str, int] = {}
+        ctx = StreamContext(
+            self.cfg,
+            self.seed,
+            stream,
+            self.world_size * self.num_local,
+            self.policy,
+            MetadataFilter(self.cfg.filter),
+            ConceptBalancer(self.cfg.balance),
+            counters,
         )
-        samples = wds.tarfile_samples(shards, handler=_warn_and_skip)
-        shuffled = wds.shuffle(
-            cfg.shuffle_buffer, cfg.shuffle_initial, rng=random.Random(_seed(self.seed, stream, 3))
-        )
-        stats, images, captions, keys = StreamStats(), [], [], []
-        for index, sample in enumerate(shuffled(iter(samples))):
-            if index < start:
-                continue
-            stats.seen += 1
+        readers = [
+            SourceReader(s, i, ctx, tuple(p))
+            for i, (s, p) in enumerate(zip(self.sources, start["sources"], strict=True))
+        ]
+        cumulative = [sum(s.probability for s in self.sources[: i + 1]) for i in range(len(self.sources))]
+        t, images, captions, keys = start["sample"], [], [], []
+        while True:
+            pick = min(bisect.bisect_right(cumulative, _uniform(self.seed, stream, t, 6)), len(readers) - 1)
+            sample = readers[pick].next()
+            t += 1
             try:
-                image, caption = self.decoder(sample, _seed(self.seed, stream, index, 4))
-            except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as err:
-                reason = type(err).__name__
-                stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+                image, caption = self.decoder(sample, _seed(self.seed, stream, t, 4))
+            except DECODE_ERRORS as err:
+                _count(counters, f"skipped/{type(err).__name__}")
                 log.debug("skipping sample %s from %s: %s", sample.get("__key__"), sample.get("__url__"), err)
                 continue
+            _count(counters, "decoded")
             images.append(image)
             captions.append(caption)
             keys.append(sample["__key__"])
             if len(images) == self.batch_size:
+                position = {"sample": t, "sources": [(r.shard, r.taken) for r in readers]}
                 yield {
                     "images": torch.stack(images),
                     "texts": self.tokenizer(captions),
                     "keys": keys,
                     "stream": local,
-                    "cursor": index + 1,
-                    "seen": stats.seen,
-                    "skipped": dict(stats.skipped),
+                    "position": position,
+                    "counters": dict(counters),
                 }
                 images, captions, keys = [], [], []
 
 
-def _warn_and_skip(exn: Exception) -> bool:
-    log.warning("skipping unreadable shard data: %s", exn)
-    return True
-
-
 class TrainLoader:
-    """Iterates batches and remembers, per stream, the cursor of the last batch handed out."""
+    """Iterates batches and remembers, per stream, the position after the last batch handed out."""
 
     def __init__(self, dataset: TrainStream, num_workers: int):
         self.dataset, self.num_workers = dataset, num_workers
-        self.cursors = dict(dataset.cursors)
+        self.positions = dict(dataset.positions)
         self.next_stream = dataset.first_stream
-        self.seen = 0
-        self.skipped: dict[str, int] = {}
-        self._last_stats: dict[int, tuple[int, dict]] = {}
+        self._counters: dict[int, dict[str, int]] = {}
 
     def __iter__(self):
         loader = DataLoader(
             self.dataset,
             batch_size=None,
             num_workers=self.num_workers,
-            persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if self.num_workers else None,
         )
         for batch in loader:
             stream = batch.pop("stream")
-            self.cursors[stream] = batch.pop("cursor")
-            self._last_stats[stream] = (batch.pop("seen"), batch.pop("skipped"))
+            self.positions[stream] = batch.pop("position")
+            self._counters[stream] = batch.pop("counters")
             self.next_stream = (stream + 1) % self.dataset.num_local
             yield batch
 
-    def stats(self) -> tuple[int, dict[str, int]]:
-        """Samples read and skipped (by reason) since this loader started, over all its streams."""
-        seen, skipped = 0, {}
-        for stream_seen, stream_skipped in self._last_stats.values():
-            seen += stream_seen
-            for reason, n in stream_skipped.items():
-                skipped[reason] = skipped.get(reason, 0) + n
-        return seen, skipped
+    def counters(self) -> dict[str, int]:
+        """Counts since this loader started, summed over its streams: decoded, kept, skipped/<reason>,
+        filtered/<reason>, shards_failed/<reason>, retries."""
+        total: dict[str, int] = {}
+        for stream_counters in self._counters.values():
+            for name, n in stream_counters.items():
+                _count(total, name, n)
+        return total
 
     def state_dict(self) -> dict:
         return {
-            "cursors": {str(k): v for k, v in self.cursors.items()},
+            "positions": {str(k): v for k, v in self.positions.items()},
             "next_stream": self.next_stream,
             "num_streams": self.dataset.num_local,
+            "sources": [s.name for s in self.dataset.sources],
         }
 
 
 def build_train_loader(
     cfg: DataConfig,
-    preprocess,
+    image_fn: Callable[[bytes], torch.Tensor],
     tokenizer,
     *,
     batch_size: int,
@@ -245,20 +406,12 @@ def build_train_loader(
     state: dict | None = None,
 ) -> TrainLoader:
     """The training batches of this rank; `state` is a TrainLoader.state_dict() to resume from."""
-    urls = expand_shards(cfg.train_shards)
-    cursors, first = {}, 0
-    if state:
-        if state["num_streams"] != max(1, cfg.num_workers):
-            raise DataError(
-                f"the checkpoint's data position was saved with {state['num_streams']} streams per rank "
-                f"(data.num_workers), this run has {max(1, cfg.num_workers)}: set "
-                f"data.num_workers={state['num_streams']} to resume exactly"
-            )
-        cursors = {int(k): v for k, v in state["cursors"].items()}
-        first = state["next_stream"]
-    decoder = SampleDecoder(preprocess, cfg.image_key, cfg.caption_key)
+    policy = HttpPolicy(retries=cfg.retries, timeout_s=cfg.timeout_s, backoff_s=cfg.retry_backoff_s)
+    sources = resolve_sources(cfg, policy)
+    positions, first = _check_resume_state(state, cfg, sources)
+    decoder = SampleDecoder(image_fn, cfg.image_key, cfg.caption_key)
     dataset = TrainStream(
-        urls,
+        sources,
         decoder,
         tokenizer,
         cfg,
@@ -266,8 +419,25 @@ def build_train_loader(
         seed=seed,
         rank=rank,
         world_size=world_size,
-        num_workers=cfg.num_workers,
-        cursors=cursors,
+        positions=positions,
         first_stream=first,
+        policy=policy,
     )
     return TrainLoader(dataset, cfg.num_workers)
+
+
+def _check_resume_state(state: dict | None, cfg: DataConfig, sources: list[Source]) -> tuple[dict, int]:
+    if not state:
+        return {}, 0
+    streams = max(1, cfg.num_workers)
+    if state["num_streams"] != streams:
+        raise DataError(
+            f"the checkpoint's data position was saved with {state['num_streams']} streams per rank "
+            f"(data.num_workers), this run has {streams}: set data.num_workers={state['num_streams']} to resume exactly"
+        )
+    if state["sources"] != [s.name for s in sources]:
+        raise DataError(
+            f"the checkpoint's data position is for sources {state['sources']}, this run reads "
+            f"{[s.name for s in sources]}: resume with the same data config"
+        )
+    return {int(k): v for k, v in state["positions"].items()}, state["next_stream"]
