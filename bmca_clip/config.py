@@ -89,9 +89,8 @@ class DataConfig:
     cache_limit_gb: float = 0.0  # local shard cache for repeated epochs; 0 = stream only, never store
     retries: int = 5  # tries per HTTP request before a shard counts as failed
     timeout_s: float = 60.0  # a transfer that delivers nothing for this long is retried
-    retry_backoff_s: float = (
-        1.0  # first retry delay; doubles per try with jitter (Retry-After wins if longer)
-    )
+    retry_backoff_s: float = 1.0  # first retry delay; doubles per try with jitter (a longer Retry-After wins)
+    max_empty_shards: int = 20  # a source whose shards give no sample this many times in a row stops training
 
     def __post_init__(self):
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")

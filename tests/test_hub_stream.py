@@ -227,3 +227,25 @@ def test_train_py_streams_from_the_hub_and_never_leaks_the_token(hub, tmp_path, 
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
     assert any(r["headers"].get("Authorization") == f"Bearer {TOKEN}" for r in hub.requests)
+
+
+def test_local_shard_cache_serves_repeated_epochs_within_its_size_limit(hub, tmp_path):
+    write_repo(tmp_path / "repo", {f"commercial/{i:06d}.tar": 10 for i in range(3)})
+    hub.add_dataset(REPO_ID, tmp_path / "repo")
+    cfg = _cfg(tmp_path, {"commercial": _source()}, cache_limit_gb=1.0)
+    first, _ = _read(cfg, 3)  # one epoch: 30 samples, every shard streamed once and cached
+    streamed = sum("/resolve/" in r["path"] for r in hub.requests)
+    again, counters = _read(cfg, 6)  # a new run: two epochs, all from the cache
+    assert again[:30] == first
+    assert sum("/resolve/" in r["path"] for r in hub.requests) == streamed
+    assert counters["shards_from_cache"] >= 3
+    shard_size = (tmp_path / "repo" / "commercial" / "000000.tar").stat().st_size
+
+    small = _cfg(
+        tmp_path,
+        {"commercial": _source()},
+        cache_limit_gb=1.5 * shard_size / 2**30,
+        cache_dir=str(tmp_path / "small"),
+    )
+    _read(small, 3)
+    assert len(list((tmp_path / "small" / "shards").glob("*.tar"))) == 1  # the limit holds one shard

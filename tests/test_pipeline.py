@@ -4,6 +4,7 @@ a missing shard path or a mostly broken corpus stops with a message that says wh
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from conftest import REPO
 from PIL import Image
 
 from bmca_clip.config import DataConfig
+from bmca_clip.data.filters import BalanceConfig, FilterConfig
 from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader, expand_shards
 from bmca_clip.trainer import _data_health
 
@@ -103,3 +105,50 @@ def test_cli_missing_shards_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert f"error: data.train_shards: {tmp_path}/nothing does not exist" in proc.stderr
     assert "bmca_clip.data.synthetic" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _labels_by_key(corpus) -> dict[str, list[str]]:
+    urls = sorted(str(p) for p in (corpus / "train").rglob("*.tar"))
+    return {
+        s["__key__"]: json.loads(s["json"])["image_primary_label"]
+        for s in wds.WebDataset(urls, shardshuffle=False)
+    }
+
+
+def _stream(corpus, n: int, **data_kw):
+    data = DataConfig(
+        train_shards=str(corpus / "train"), num_workers=0, shuffle_buffer=50, shuffle_initial=10, **data_kw
+    )
+    loader = build_train_loader(
+        data,
+        PilTransform(open_clip.image_transform(32, is_train=True)),
+        open_clip.get_tokenizer("bmca-tiny"),
+        batch_size=20,
+        seed=0,
+    )
+    keys = []
+    for batch in loader:
+        keys += batch["keys"]
+        if len(keys) >= n:
+            return keys, loader.counters()
+
+
+def test_concept_filter_keeps_only_the_listed_concepts_and_counts_the_rest(corpus):
+    labels = _labels_by_key(corpus)
+    keep = ["Clinical Imaging", "Microscopy"]
+    keys, counters = _stream(corpus, 200, filter=FilterConfig(include_primary=keep))
+    assert all(set(labels[k]) & set(keep) for k in keys)
+    assert counters["filtered/primary_label"] > 0 and counters["kept"] >= 200
+
+
+def test_concept_weights_give_the_expected_proportions(corpus):
+    """Charts are 1/6 of the corpus; weight 0.2 (others 1) should leave 0.2/6 / (5/6 + 0.2/6) = 3.85%."""
+    labels = _labels_by_key(corpus)
+    before = sum("Plots and Charts" in labels[k] for k in labels) / len(labels)
+    keys, counters = _stream(
+        corpus, 600, balance=BalanceConfig(weights={"Plots and Charts": 0.2}, fixed_subset=False)
+    )
+    observed = sum("Plots and Charts" in labels[k] for k in keys) / len(keys)
+    expected = before * 0.2 / (1 - before + before * 0.2)
+    assert abs(observed - expected) < 0.03, (observed, expected)  # ~3.5 standard errors at n=600
+    assert counters["filtered/balance"] > 0

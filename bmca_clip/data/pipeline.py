@@ -41,12 +41,18 @@ from bmca_clip.data.filters import (
     parse_metadata,
     source_probabilities,
 )
-from bmca_clip.data.hub import HttpPolicy, HubError, ShardError, default_cache_dir, discover, open_shard
+from bmca_clip.data.hub import (
+    HttpPolicy,
+    HubError,
+    ShardCache,
+    ShardError,
+    default_cache_dir,
+    discover,
+    open_shard,
+)
 
 log = logging.getLogger(__name__)
 
-# A source whose shards give nothing this many times in a row is broken, not unlucky.
-MAX_EMPTY_SHARDS_IN_A_ROW = 20
 DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, SyntaxError)
 
 
@@ -134,6 +140,7 @@ class StreamContext:
     keep: MetadataFilter
     balance: ConceptBalancer
     counters: dict
+    cache: ShardCache | None = None
 
 
 class SourceReader:
@@ -176,7 +183,7 @@ class SourceReader:
                 last_problem = str(err)
                 log.warning("%s", err)
             empty_in_a_row = 0 if got else empty_in_a_row + 1
-            if empty_in_a_row >= MAX_EMPTY_SHARDS_IN_A_ROW:
+            if empty_in_a_row >= self.ctx.cfg.max_empty_shards:
                 raise DataError(
                     f"source {self.source.name}: {empty_in_a_row} shards in a row gave no usable sample "
                     f"(last: {last_problem}); check the shards, the HF token and data.filter"
@@ -190,7 +197,7 @@ class SourceReader:
         return wds.shuffle(c.cfg.shuffle_buffer, c.cfg.shuffle_initial, rng=rng)(kept)
 
     def _samples_of(self, url: str, part: int, parts: int) -> Iterator[dict]:
-        with open_shard(url, self.ctx.policy, self.ctx.counters) as stream:
+        with open_shard(url, self.ctx.policy, self.ctx.counters, self.ctx.cache) as stream:
             files = wds.tariterators.tar_file_iterator(stream, handler=_raise)
             try:
                 for n, sample in enumerate(
@@ -232,6 +239,12 @@ class SourceReader:
         ):  # the same samples pass on every visit: a fixed subset, as in the paper
             return key_uniform(sample["__key__"], c.seed)
         return _uniform(c.seed, c.stream, self.index, self.shard, n, 5)
+
+
+def _shard_cache(cfg: DataConfig) -> ShardCache | None:
+    if cfg.cache_limit_gb <= 0:
+        return None
+    return ShardCache(default_cache_dir(cfg.cache_dir), int(cfg.cache_limit_gb * 2**30))
 
 
 def _raise(exn: Exception) -> bool:
@@ -318,6 +331,7 @@ class TrainStream(IterableDataset):
             MetadataFilter(self.cfg.filter),
             ConceptBalancer(self.cfg.balance),
             counters,
+            _shard_cache(self.cfg),
         )
         readers = [
             SourceReader(s, i, ctx, tuple(p))
