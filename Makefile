@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bmca-installed
 DEMO_DATA := data/synthetic
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench-data clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Decode + augment throughput, ours vs PIL + open_clip's transform (figures in docs/benchmarks.md).
+bench-data: install
+	$(PY) bench/datapipe.py --n 400 --size 224
 
 lint: install
 	$(PY) -m ruff check bmca_clip tests train.py eval.py

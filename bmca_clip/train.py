@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 import bmca_clip
 from bmca_clip.checkpoint import resolve_resume, set_rng_state
 from bmca_clip.config import PretrainConfig
-from bmca_clip.data.pipeline import PilTransform, build_train_loader
+from bmca_clip.data.decode import from_open_clip
+from bmca_clip.data.pipeline import build_train_loader
 from bmca_clip.dist import init_distributed
 from bmca_clip.model import build_model
 from bmca_clip.tracking import MetricLogger
@@ -59,7 +60,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         log.info("resumed from %s at step %d", path, trainer.step)
     loader = build_train_loader(
         cfg.data,
-        PilTransform(bundle.preprocess_train),
+        from_open_clip(bundle.model, is_train=True),  # uint8 from the workers, normalised on the device
         bundle.tokenizer,
         batch_size=cfg.train.batch_size,
         seed=cfg.train.seed + 1000 * dist.rank,
