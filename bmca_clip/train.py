@@ -15,7 +15,7 @@ import bmca_clip
 from bmca_clip.checkpoint import resolve_resume, set_rng_state
 from bmca_clip.config import PretrainConfig
 from bmca_clip.data.decode import from_open_clip
-from bmca_clip.data.pipeline import build_train_loader
+from bmca_clip.data.pipeline import DataError, build_train_loader
 from bmca_clip.dist import init_distributed
 from bmca_clip.model import build_model
 from bmca_clip.tracking import MetricLogger
@@ -38,6 +38,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _rank_data_state(state: dict, rank: int, world_size: int) -> dict:
+    ranks = state["data"]["ranks"]
+    if len(ranks) != world_size:
+        raise DataError(
+            f"the checkpoint holds data positions for {len(ranks)} ranks and this run has {world_size}: "
+            "resume on the same number of processes to continue the data stream exactly"
+        )
+    return ranks[rank]
+
+
 def run(cfg: PretrainConfig) -> dict[str, float]:
     """Train as `cfg` says; returns the last logged metrics. The caller closes the process group."""
     dist = init_distributed(cfg.train.device)
@@ -56,7 +66,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         path, state = found
         trainer.load_state_dict(state)
         set_rng_state(state["rng"])
-        data_state = state.get("data")
+        data_state = _rank_data_state(state, dist.rank, dist.world_size)
         log.info("resumed from %s at step %d", path, trainer.step)
     loader = build_train_loader(
         cfg.data,

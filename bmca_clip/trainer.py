@@ -176,9 +176,14 @@ class Trainer:
         return last
 
     def save(self, loader: TrainLoader, extra: dict):
+        """Write a checkpoint from rank 0; every rank must call this (the data positions are gathered)."""
+        positions = [loader.state_dict()]
+        if self.dist.world_size > 1:  # collective: each rank's streams are at their own positions
+            positions = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(positions, loader.state_dict())
         if not self.dist.is_main:
             return None
-        state = self.state_dict() | {"data": loader.state_dict(), "rng": rng_state()} | extra
+        state = self.state_dict() | {"data": {"ranks": positions}, "rng": rng_state()} | extra
         path = save_checkpoint(state, self.checkpoint_dir, self.step, self.cfg.checkpoint.keep_last)
         log.info("saved %s", path)
         return path
