@@ -8,6 +8,7 @@ our own checkpoints as a weight source, and error messages that say what to down
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBun
             cache_dir=cfg.cache_dir,
             force_image_size=cfg.force_image_size,
             output_dict=True,
+            **({"init_logit_bias": cfg.init_logit_bias} if cfg.init_logit_bias is not None else {}),
         )
     except (RuntimeError, OSError, ValueError) as err:
         raise ModelLoadError(_explain_load_failure(name, pretrained, err)) from err
@@ -68,7 +70,28 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBun
         load_model_weights(model, weights_file)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    freeze(model, cfg)
     return ClipBundle(model, preprocess_train, preprocess_eval, open_clip.get_tokenizer(name))
+
+
+def freeze(model: torch.nn.Module, cfg: ModelConfig) -> list[str]:
+    """Freeze what `cfg` asks for; returns the names of the frozen parameters (logged, and tested)."""
+    if cfg.lock_image:
+        model.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_groups)
+    if cfg.lock_text:
+        # open_clip asserts on freeze_layer_norm=False for native text towers (its LayerNorms are frozen
+        # with the rest), so only the supported form is ever passed.
+        model.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
+    patterns = [re.compile(p) for p in cfg.freeze]
+    for name, param in model.named_parameters():
+        if any(p.search(name) for p in patterns):
+            param.requires_grad = False
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    if frozen:
+        total = sum(p.numel() for p in model.parameters())
+        n_frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        log.info("frozen: %d tensors, %.1f%% of %d parameters", len(frozen), 100 * n_frozen / total, total)
+    return frozen
 
 
 def _check_pretrained_available(name: str, pretrained: str) -> None:

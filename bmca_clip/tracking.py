@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from pathlib import Path
 
 from tqdm import tqdm
@@ -87,7 +88,7 @@ def _start_wandb(cfg: LoggerConfig, out_dir: Path, run_name: str, config: dict):
 
     # The run id is stored beside the run, so a restarted job continues the same wandb run.
     id_file = Path(out_dir) / "wandb_run_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
     id_file.write_text(run_id)
     return wandb.init(
         project=cfg.wandb.project,

@@ -18,6 +18,7 @@ from bmca_clip.data.decode import from_open_clip
 from bmca_clip.data.pipeline import DataError, build_train_loader
 from bmca_clip.dist import init_distributed
 from bmca_clip.model import build_model
+from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm
 from bmca_clip.tracking import MetricLogger
 from bmca_clip.trainer import Trainer
 
@@ -58,6 +59,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     if dist.is_main:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
 
+    if dist.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     seed_everything(cfg.train.seed)  # the same on every rank: all ranks must start from identical weights
     bundle = build_model(cfg.model, dist.device)
     trainer = Trainer(cfg, dist, bundle.model, ckpt_dir)
@@ -73,7 +76,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         from_open_clip(bundle.model, is_train=True),  # uint8 from the workers, normalised on the device
         bundle.tokenizer,
         batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed + 1000 * dist.rank,
+        seed=cfg.train.seed,  # the streams are told apart by rank and worker inside
         rank=dist.rank,
         world_size=dist.world_size,
         state=data_state,
@@ -87,7 +90,18 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         config=resolved,
         enabled=dist.is_main,
     )
+    trainer.preemption = PreemptionHandler(dist)
     try:
         return trainer.train(loader, logger, {"config": resolved, "versions": library_versions()})
+    except Preempted as stop:
+        log.warning(
+            "%s received: checkpoint saved at step %d; exiting with %d so the job runs again",
+            stop.signal_name,
+            stop.step,
+            stop.code,
+        )
+        requeue_if_slurm(dist)
+        raise
     finally:
+        trainer.preemption.restore()
         logger.close()

@@ -18,15 +18,34 @@ from bmca_clip.data.pipeline import DataError, TrainLoader
 from bmca_clip.dist import DistInfo
 from bmca_clip.loss import build_loss
 from bmca_clip.optim import build_optimizer, build_scheduler
+from bmca_clip.preempt import Preempted, PreemptionHandler
 from bmca_clip.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
 
-_AUTOCAST_DTYPES = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
+_AUTOCAST_DTYPES = {"fp32": None, "pure_bf16": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The open_clip model inside DDP and torch.compile wrappers (whose state_dict keys are the plain ones)."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def _full_batch(out: dict, cached: list[dict] | None, j: int, last: bool) -> tuple:
+    """Loss inputs for micro-batch j: its fresh features among the cached features of the others."""
+    scale, bias = out["logit_scale"], out.get("logit_bias")
+    if cached is None:
+        return out["image_features"], out["text_features"], scale, bias
+    image_f = torch.cat(
+        [out["image_features"] if i == j else c["image_features"] for i, c in enumerate(cached)]
+    )
+    text_f = torch.cat([out["text_features"] if i == j else c["text_features"] for i, c in enumerate(cached)])
+    if not last:
+        # The loss depends on logit_scale (and bias) directly in every pass: let only the last pass send
+        # that gradient, or it would be counted once per micro-batch (open_clip counts it k times).
+        scale, bias = scale.detach(), bias.detach() if bias is not None else None
+    return image_f, text_f, scale, bias
 
 
 class Trainer:
@@ -37,6 +56,10 @@ class Trainer:
         if cfg.train.precision == "amp_fp16" and dist.device.type != "cuda":
             raise ValueError("train.precision=amp_fp16 needs a CUDA device; use fp32 or amp_bf16 on the CPU")
         model = model.to(dist.device)
+        if cfg.train.precision == "pure_bf16":  # weights, grads and optimizer state all in bf16
+            model = model.to(torch.bfloat16)
+        if cfg.train.compile:
+            model = torch.compile(model)
         if dist.world_size > 1:
             ids = [dist.device.index] if dist.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
@@ -47,6 +70,7 @@ class Trainer:
         self.loss_fn = build_loss(cfg.loss, dist)
         self.step = 0
         self.samples_seen = 0
+        self.preemption: PreemptionHandler | None = None  # set by run(); None in tests that drive steps
 
     def autocast(self):
         dtype = _AUTOCAST_DTYPES[self.cfg.train.precision]
@@ -60,7 +84,8 @@ class Trainer:
         if images.dtype != torch.uint8:
             return images
         cfg = unwrap(self.model).visual.preprocess_cfg
-        return normalize_on_device(images, cfg["mean"], cfg["std"])
+        dtype = torch.bfloat16 if self.cfg.train.precision == "pure_bf16" else torch.float32
+        return normalize_on_device(images, cfg["mean"], cfg["std"], dtype=dtype)
 
     def _features(self, images, texts) -> dict:
         with self.autocast():
@@ -78,35 +103,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         dev = self.dist.device
         batches = [(self._images(b["images"]), b["texts"].to(dev, non_blocking=True)) for b in micro_batches]
+        cached = None
         if len(batches) > 1:
             with torch.no_grad():
                 cached = [self._features(img, txt) for img, txt in batches]
         for j, (images, texts) in enumerate(batches):
             last = j == len(batches) - 1
             # DDP all-reduces gradients only on the last backward; the others accumulate locally.
-            sync = (
-                contextlib.nullcontext()
-                if last or not hasattr(self.model, "no_sync")
-                else self.model.no_sync()
-            )
-            with sync:
+            no_sync = not last and hasattr(self.model, "no_sync")
+            with self.model.no_sync() if no_sync else contextlib.nullcontext():
                 out = self._features(images, texts)
-                image_f, text_f, scale = out["image_features"], out["text_features"], out["logit_scale"]
-                if len(batches) > 1:
-                    image_f = torch.cat(
-                        [
-                            out["image_features"] if i == j else c["image_features"]
-                            for i, c in enumerate(cached)
-                        ]
-                    )
-                    text_f = torch.cat(
-                        [out["text_features"] if i == j else c["text_features"] for i, c in enumerate(cached)]
-                    )
-                    # The loss depends on logit_scale directly in every pass; let only the last pass send that
-                    # gradient, or it would be counted len(batches) times (open_clip counts it k times).
-                    scale = scale if last else scale.detach()
                 with self.autocast():
-                    loss = self.loss_fn(image_f, text_f, scale)
+                    loss = self.loss_fn(*_full_batch(out, cached, j, last))
                 self.scaler.scale(loss).backward()
         return self._optimizer_step(loss)
 
@@ -161,19 +169,36 @@ class Trainer:
             self.samples_seen += per_step
             window.steps += 1
             if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                last = {k: v.item() for k, v in metrics.items()}  # device sync, once per log line
+                last = {
+                    k: v.item() for k, v in self._agree(metrics).items()
+                }  # device sync, once per log line
                 last.update(
                     window.rates(per_step, self.dist.world_size),
                     lr=self.scheduler.get_last_lr()[0],
                     samples_seen=self.samples_seen,
                 )
                 last.update(_data_health(loader, cfg.data.max_bad_fraction))
+                if self.dist.device.type == "cuda":
+                    last["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
                 logger.log(self.step, last)
                 window = _Window()
             logger.advance(self.step)
-            if self.step % cfg.checkpoint.every_steps == 0 or self.step == cfg.train.steps:
+            saved = self.step % cfg.checkpoint.every_steps == 0 or self.step == cfg.train.steps
+            if saved:
                 self.save(loader, checkpoint_extra)
+            if self.preemption is not None and self.step < cfg.train.steps and self.preemption.should_stop():
+                if not saved:
+                    self.save(loader, checkpoint_extra)
+                raise Preempted(self.step, self.preemption.received or "a signal on another rank")
         return last
+
+    def _agree(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every rank logs the same loss: the mean of the ranks' local losses is the global batch's loss."""
+        if self.dist.world_size == 1:
+            return metrics
+        loss = metrics["loss"].detach().float().clone()
+        torch.distributed.all_reduce(loss)
+        return metrics | {"loss": loss / self.dist.world_size}
 
     def save(self, loader: TrainLoader, extra: dict):
         """Write a checkpoint from rank 0; every rank must call this (the data positions are gathered)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 import bmca_clip.model  # noqa: F401  registers bmca-tiny / bmca-small with open_clip
@@ -52,3 +53,12 @@ def tiny_train_overrides(corpus: Path, out_dir: Path, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def global_batch(n: int, seed: int = 1, image_size: int = 32, context: int = 32) -> dict:
+    """A fixed random batch for bmca-tiny, the same in every process."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "images": torch.randn(n, 3, image_size, image_size, generator=g),
+        "texts": torch.randint(1, 49000, (n, context), generator=g),
+    }

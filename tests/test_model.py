@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, global_batch
 from safetensors.torch import save_file
 
-from bmca_clip.config import ModelConfig, PretrainConfig, to_object
+from bmca_clip.config import ConfigError, ModelConfig, PretrainConfig, to_object
 from bmca_clip.dist import DistInfo
 from bmca_clip.model import ModelLoadError, build_model
 from bmca_clip.trainer import Trainer
@@ -75,3 +75,60 @@ def test_truncated_checkpoint_is_reported_not_crashed(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ModelLoadError, match="could not be read"):
         build_model(ModelConfig(name="bmca-tiny", pretrained=str(path)))
+
+
+def _step_and_compare(tmp_path, **model_kw) -> tuple[dict, dict]:
+    """Parameters before and after two training steps with the model config given."""
+    cfg = to_object(compose_config("pretrain", ["model=bmca-tiny"]), PretrainConfig)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="bmca-tiny", **model_kw)).model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = Trainer(cfg, DistInfo(), model, tmp_path)
+    for seed in (1, 2):
+        trainer.train_step([global_batch(8, seed)])
+    return before, dict(model.named_parameters())
+
+
+def test_lock_image_tower_leaves_it_bit_identical(tmp_path):
+    before, after = _step_and_compare(tmp_path, lock_image=True)
+    for name, value in after.items():
+        same = torch.equal(before[name], value)
+        assert same if name.startswith("visual.") else True, name
+    assert not torch.equal(before["token_embedding.weight"], after["token_embedding.weight"])
+
+
+def test_lock_text_tower_with_the_last_layer_unlocked(tmp_path):
+    # open_clip counts groups from the end: text_projection, then the last block with ln_final, ...
+    before, after = _step_and_compare(tmp_path, lock_text=True, lock_text_unlocked_layers=2)
+    assert torch.equal(
+        before["transformer.resblocks.0.mlp.c_fc.weight"], after["transformer.resblocks.0.mlp.c_fc.weight"]
+    )
+    assert torch.equal(before["token_embedding.weight"], after["token_embedding.weight"])
+    assert not torch.equal(
+        before["transformer.resblocks.1.mlp.c_fc.weight"], after["transformer.resblocks.1.mlp.c_fc.weight"]
+    )
+    assert not torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
+
+
+def test_freeze_by_regex(tmp_path):
+    before, after = _step_and_compare(
+        tmp_path, freeze=[r"^visual\.transformer\.resblocks\.0\.", "logit_scale"]
+    )
+    frozen = [n for n in after if n.startswith("visual.transformer.resblocks.0.") or n == "logit_scale"]
+    assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
+    assert not torch.equal(
+        before["visual.transformer.resblocks.1.attn.in_proj_weight"],
+        after["visual.transformer.resblocks.1.attn.in_proj_weight"],
+    )
+
+
+def test_bad_freeze_regex_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model.freeze: '\[unclosed' is not a valid regular expression"):
+        to_object(compose_config("pretrain", ["model.freeze=[\\[unclosed]"]), PretrainConfig)
+
+
+def test_siglip_preset_adds_the_logit_bias_it_needs():
+    cfg = to_object(compose_config("pretrain", ["loss=siglip"]), PretrainConfig)
+    assert cfg.loss.name == "siglip" and cfg.model.init_logit_bias == -10.0
+    with pytest.raises(ConfigError, match="siglip needs a logit bias"):
+        to_object(compose_config("pretrain", ["loss.name=siglip"]), PretrainConfig)

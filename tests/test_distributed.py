@@ -1,0 +1,72 @@
+"""Real multi-process training with torchrun and gloo: two ranks with batch B are one rank with 2B."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, compose_config, global_batch, tiny_train_overrides
+
+from bmca_clip.config import PretrainConfig, to_object
+from bmca_clip.dist import DistInfo
+from bmca_clip.model import ModelConfig, build_model
+from bmca_clip.trainer import Trainer
+
+TESTS = REPO / "tests"
+
+
+def _torchrun(*args, timeout=240) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": f"{REPO}:{TESTS}", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *map(str, args),
+    ]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _single_process(loss: str) -> tuple[float, dict]:
+    cfg = to_object(
+        compose_config("pretrain", ["model=bmca-tiny", "optim.grad_clip_norm=null", f"loss={loss}"]),
+        PretrainConfig,
+    )
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="bmca-tiny", init_logit_bias=cfg.model.init_logit_bias)).model
+    trainer = Trainer(cfg, DistInfo(), model, REPO)
+    loss_value = trainer.train_step([global_batch(16)])["loss"].item()
+    return loss_value, {n: p.grad for n, p in trainer.model.named_parameters()}
+
+
+@pytest.mark.parametrize("accum, loss", [(1, "clip"), (2, "clip"), (1, "siglip")])
+def test_two_ranks_with_batch_b_equal_one_rank_with_2b(tmp_path, accum, loss):
+    """Gradients after DDP's all-reduce equal the single-process gradients of the whole batch (fp32,
+    rtol 1e-4: the sums run in another order), and every rank logs the global batch's loss."""
+    proc = _torchrun(TESTS / "dist_worker.py", tmp_path, accum, loss)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["probe"] == 3.0 for r in ranks)  # one group, not two lone processes
+    big_loss, big_grads = _single_process(loss)
+    assert ranks[0]["loss"] == pytest.approx(big_loss, rel=1e-5)
+    assert ranks[1]["loss"] == pytest.approx(ranks[0]["loss"], rel=1e-6)
+    for name, grad in big_grads.items():
+        torch.testing.assert_close(ranks[0]["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name]), name
+
+
+def test_torchrun_train_py_saves_every_ranks_data_position(corpus, tmp_path):
+    overrides = tiny_train_overrides(
+        corpus, tmp_path / "run", **{"train.steps": 4, "checkpoint.every_steps": 2}
+    )
+    proc = _torchrun("train.py", *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step_00000004.pt", weights_only=True)
+    assert state["step"] == 4 and state["samples_seen"] == 4 * 16 * 2
+    assert len(state["data"]["ranks"]) == 2
+    for rank in state["data"]["ranks"]:  # each rank's own stream took its 4 batches of 16
+        assert rank["positions"]["0"]["sample"] == 4 * 16
