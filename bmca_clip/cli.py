@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Sequence
 
 from omegaconf.errors import OmegaConfBaseException
 
@@ -24,3 +25,22 @@ def exit_on_user_error():
         message = str(err).strip().splitlines()
         print(f"error: {' '.join(line.strip() for line in message if line.strip())}", file=sys.stderr)
         sys.exit(2)
+
+
+def parse_key_values(argv: Sequence[str], required: Sequence[str], optional: Sequence[str], usage: str):
+    """`key=value` arguments as a dict; a missing, unknown, repeated or malformed one is a ConfigError."""
+    allowed = f"allowed keys: {', '.join([*required, *optional])} (usage: {usage})"
+    values: dict[str, str] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"argument {arg!r} is not key=value; {allowed}")
+        if key not in required and key not in optional:
+            raise ConfigError(f"unknown key {key!r}; {allowed}")
+        if key in values:
+            raise ConfigError(f"{key}= is given twice; {allowed}")
+        values[key] = value
+    missing = [k for k in required if not values.get(k)]
+    if missing:
+        raise ConfigError(f"missing {', '.join(k + '=' for k in missing)}; {allowed}")
+    return values
