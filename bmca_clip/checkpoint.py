@@ -86,6 +86,19 @@ def resolve_resume(resume: str | None, ckpt_dir: Path) -> tuple[Path, dict] | No
     return None
 
 
+def resolve_checkpoint(path: str) -> Path:
+    """A checkpoint file, or the newest step checkpoint of a run folder (or of its checkpoints/ folder)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        found = list_checkpoints(p / "checkpoints") or list_checkpoints(p)
+        if found:
+            return found[-1]
+        raise CheckpointError(f"checkpoint={path}: the folder holds no step_*.pt checkpoints")
+    raise CheckpointError(f"checkpoint={path}: no such file or folder")
+
+
 def rng_state() -> dict:
     """All RNG states as tensors and plain ints, loadable with weights_only=True."""
     np_state = np.random.get_state()

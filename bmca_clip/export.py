@@ -29,7 +29,7 @@ from open_clip.factory import parse_model_name
 from open_clip.push_to_hf_hub import save_config_for_hf
 from open_clip.transform import merge_preprocess_dict
 
-from bmca_clip.checkpoint import CheckpointError, load_checkpoint
+from bmca_clip.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from bmca_clip.cli import exit_on_user_error, parse_key_values
 from bmca_clip.config import ConfigError
 from bmca_clip.eval.harness import TaskResult
@@ -56,7 +56,7 @@ def export(
 ) -> Path:
     """Write `checkpoint` to the folder `out` in open_clip's hub format with a model card (a results table
     when `results_dir` holds eval JSON files); upload the folder to the model repo `push_to_hub` if given."""
-    ckpt = load_checkpoint(Path(checkpoint))
+    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))  # a file, or the newest of a run folder
     model_section = (ckpt.get("config") or {}).get("model") or {}
     if not model_section.get("name"):
         raise CheckpointError(

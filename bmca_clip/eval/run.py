@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from bmca_clip.checkpoint import CheckpointError, list_checkpoints
+from bmca_clip.checkpoint import resolve_checkpoint
 from bmca_clip.config import ConfigError, EvaluateConfig
 from bmca_clip.dist import _pick_device
 from bmca_clip.eval.harness import TaskResult, evaluate_suite
@@ -18,19 +18,6 @@ from bmca_clip.model import build_model
 from bmca_clip.wise_ft import blend, check_alpha, load_state
 
 log = logging.getLogger(__name__)
-
-
-def resolve_checkpoint(path: str) -> Path:
-    """A checkpoint file, or the newest step checkpoint of a run folder (or of its checkpoints/ folder)."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if p.is_dir():
-        found = list_checkpoints(p / "checkpoints") or list_checkpoints(p)
-        if found:
-            return found[-1]
-        raise CheckpointError(f"checkpoint={path}: the folder holds no step_*.pt checkpoints")
-    raise CheckpointError(f"checkpoint={path}: no such file or folder")
 
 
 def _label(cfg: EvaluateConfig, checkpoint: Path | None) -> str:
