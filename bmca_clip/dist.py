@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
+from accelerate import PartialState
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class DistInfo:
         return self.rank == 0
 
 
-def _pick_device(preference: str, local_rank: int) -> torch.device:
+def pick_device(preference: str, local_rank: int) -> torch.device:
     if preference == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
     if preference in ("cuda", "auto") and torch.cuda.is_available():
@@ -31,15 +31,23 @@ def _pick_device(preference: str, local_rank: int) -> torch.device:
 
 
 def init_distributed(device_preference: str = "auto") -> DistInfo:
-    """Join the process group that torchrun (or srun) describes in the environment; alone otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _pick_device(device_preference, local_rank)
-    if world_size > 1 and not torch_dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch_dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+    """Join the process group that the launcher (torchrun, or srun running torchrun) describes.
+
+    accelerate's PartialState reads the launcher's environment, picks the backend (NCCL on GPUs, gloo on
+    CPUs) and the device. Without CUDA it must be told cpu=True: otherwise each process silently runs
+    alone (tests/test_distributed.py proves the processes form one group).
+    """
+    use_cpu = device_preference == "cpu" or not torch.cuda.is_available()
+    if device_preference == "cuda" and use_cpu:
+        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+    state = PartialState(cpu=use_cpu)
+    device = torch.device("cpu") if use_cpu else state.device
+    return DistInfo(
+        rank=state.process_index,
+        local_rank=state.local_process_index,
+        world_size=state.num_processes,
+        device=device,
+    )
 
 
 def shutdown() -> None:

@@ -10,7 +10,7 @@ import torch
 
 from bmca_clip.checkpoint import resolve_checkpoint
 from bmca_clip.config import ConfigError, EvaluateConfig
-from bmca_clip.dist import _pick_device
+from bmca_clip.dist import pick_device
 from bmca_clip.eval.harness import TaskResult, evaluate_suite
 from bmca_clip.eval.report import format_table, make_provenance, write_summary, write_task_json
 from bmca_clip.eval.tasks import load_suite
@@ -57,7 +57,7 @@ def _weights(cfg: EvaluateConfig, checkpoint: Path | None, initial: dict):
 
 
 def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
-    device = _pick_device(cfg.device, 0)
+    device = pick_device(cfg.device, 0)
     out_dir = Path(cfg.output_dir)
     checkpoints = [None if c is None else resolve_checkpoint(c) for c in cfg.checkpoints]
     suite = load_suite(cfg.suite["name"])
