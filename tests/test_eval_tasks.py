@@ -55,7 +55,9 @@ def test_unknown_key_names_key_and_allowed_keys(tmp_path):
 
 def test_unknown_type_names_allowed_types(tmp_path):
     body = COLOR_TASK_BODY.replace("type: classification", "type: segmentation")
-    _assert_fails(tmp_path, body, "'type'", "segmentation", "classification, retrieval")
+    _assert_fails(
+        tmp_path, body, "'type'", "segmentation", "classification, multiple_choice, multilabel, retrieval"
+    )
 
 
 @pytest.mark.parametrize(
@@ -103,3 +105,115 @@ def test_unknown_task_names_it_and_the_available_ones(tmp_path):
 
 def test_task_error_is_a_value_error():
     assert issubclass(TaskError, ValueError)
+
+
+HUB_TASK_BODY = """\
+type: classification
+domain: pathology
+source:
+  loader: hf_dataset
+  repo_id: org/skin
+  label_column: label
+classes: [a, b, c, d, e, f]
+templates: ["a {} image."]
+"""
+
+
+def test_hub_task_defaults_and_catalogue_fields(tmp_path):
+    body = HUB_TASK_BODY + "n_expected: 1285\nverified: false\nunverified: [class names]\nnotes: duplicates\n"
+    task = load_task(write_task_yaml(tmp_path, "hub", body))
+    assert (
+        task.source.label_encoding == "int" and task.source.revision is None and task.source.split == "test"
+    )
+    assert task.metrics == ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy")  # >= 6 classes
+    assert (task.n_expected, task.verified, task.unverified, task.notes) == (
+        1285,
+        False,
+        ("class names",),
+        "duplicates",
+    )
+    zipped = (
+        "type: classification\ndomain: radiology\nsource:\n  loader: zip_split_json\n  repo_id: o/r\n"
+        "  archive: BTMRI.zip\n  split_file: split_BTMRI.json\nclasses: [a, b]\ntemplates: ['{}']\n"
+    )
+    assert load_task(write_task_yaml(tmp_path, "zipped", zipped)).source.label_encoding == "split_json"
+    mc = (
+        "type: multiple_choice\ndomain: microscopy\nsource:\n  loader: hf_dataset\n  repo_id: o/r\n"
+        "  questions_column: questions\n  question: stain\n  filter: {dataset: [a, null]}\n"
+    )
+    task = load_task(write_task_yaml(tmp_path, "mc", mc))
+    assert task.main_metric == "accuracy" and task.source.label_encoding is None
+    _assert_fails(tmp_path, mc.replace("  question: stain\n", ""), "source.question", "required")
+    assert task.source.filter == {"dataset": ["a", None]}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("  repo_id: org/skin\n", "", ("source.repo_id", "required", "hf_dataset")),
+        (
+            "  repo_id: org/skin\n",
+            "  repo_id: org/skin\n  archive: x.zip\n",
+            ("source.archive", "zip_split_json"),
+        ),
+        ("loader: hf_dataset", "loader: hf_parquet", ("source.data_files", "required")),
+        ("loader: hf_dataset", "loader: zip_split_json", ("source.label_column", "split_file")),
+        (
+            "  label_column: label\n",
+            "  label_column: label\n  label_encoding: split_json\n",
+            ("split_json", "allowed: int, string, bool, sequence_first, detection_crops"),
+        ),
+        (
+            "  label_column: label\n",
+            "  label_column: label\n  label_encoding: mask_presence\n",
+            ("mask_presence", "does not fit"),
+        ),
+        (
+            "  label_column: label\n",
+            "  label_column: label\n  label_map: {0: a}\n",
+            ("source.label_map", "only read with"),
+        ),
+        (
+            "  label_column: label\n",
+            "  label_column: label\n  filter: {organ: {a: 1}}\n",
+            ("source.filter", "column: value"),
+        ),
+        (
+            "  label_column: label\n",
+            "  label_column: label\n  label_encoding: bool\n",
+            ("classes", "needs 2 classes"),
+        ),
+        ("classes: [a, b, c, d, e, f]\n", "", ("'classes'", "non-empty list")),
+        ("type: classification", "type: multiple_choice", ("'classes'", "not used by 'multiple_choice'")),
+        ("type: classification", "type: retrieval", ("'classes'", "not used by 'retrieval'")),
+        ("domain: pathology\n", "domain: pathology\nn_expected: -3\n", ("n_expected", "positive integer")),
+        (
+            "domain: pathology\n",
+            "domain: pathology\nunverified: wds keys\n",
+            ("unverified", "list of strings"),
+        ),
+    ],
+)
+def test_hub_sources_are_checked_per_loader_type_and_encoding(tmp_path, old, new, expected):
+    assert old in HUB_TASK_BODY
+    _assert_fails(tmp_path, HUB_TASK_BODY.replace(old, new), *expected)
+
+
+def test_mask_presence_label_map_must_cover_every_class(tmp_path):
+    body = (
+        "type: multilabel\ndomain: surgery\nsource:\n  loader: hf_dataset\n  repo_id: o/r\n  label_column: mask\n"
+        "  label_map: {'#ff0000': liver}\nclasses: [liver, fat]\ntemplates: ['{}']\n"
+    )
+    _assert_fails(tmp_path, body, "source.label_map", "['fat'] have no mask value")
+    _assert_fails(tmp_path, body.replace("'#ff0000'", "'#ff0000', 3: fat, x"), "source.label_map")
+    task = load_task(write_task_yaml(tmp_path, "ok", body.replace("liver}", "liver, '#00ff00': fat}")))
+    assert task.source.label_encoding == "mask_presence" and task.main_metric == "mAP"
+
+
+def test_suite_expect_tasks_is_checked(tmp_path):
+    suite = tmp_path / "two.yaml"
+    suite.write_text("name: two\ntasks: [synthetic_color, synthetic_modality]\nexpect_tasks: 40\n")
+    with pytest.raises(TaskError, match="key 'expect_tasks': says 40 tasks, but the suite lists 2"):
+        load_suite(suite)
+    suite.write_text("name: two\ntasks: [synthetic_color, synthetic_modality]\nexpect_tasks: 2\n")
+    assert load_suite(suite).expect_tasks == 2

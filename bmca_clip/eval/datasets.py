@@ -1,74 +1,170 @@
-"""Dataset loaders for evaluation tasks, chosen by a task's `source.loader` through LOADERS.
+"""Turn a task's rows (a loaders.Table) into the torch Dataset of its type, decoding labels on the way.
 
-Every loader returns a torch Dataset of one of two shapes, by task type:
+Dataset shapes, by task type (BUILDERS):
 - classification: `ImageLabelDataset`, items `(image_tensor, label_int)`, label i meaning classes[i];
+- multilabel: `ImageMultiLabelDataset`, items `(image_tensor, multi_hot)`, a float tensor [n_classes];
+- multiple_choice: `ImageQuestionDataset`, items `(image_tensor, item_index)`, with `.questions[i]`,
+  `.options[i]` (that item's own list) and `.answers[i]` (index into it);
 - retrieval: `ImageCaptionDataset`, items `(image_tensor, image_index)`, with `.captions[i]` the list of
   captions of image i.
-Images are opened with PIL, converted to RGB (grayscale CXR and OCT become 3 equal channels) and passed
-through the model's preprocess transform. 16-bit images are NOT rescaled (PIL clips them): a loader for
-such data must rescale first. The table is checked on load (columns, labels, files on disk); a
-mismatch raises TaskError naming the task, the file, and what was found versus expected.
+Every dataset carries `.notes` ({key: text}: the hub commit read, items skipped or dropped, ...) that the
+harness copies into the result. Images are opened when an item is read, converted to RGB (grayscale CXR
+and OCT become 3 equal channels; 16-bit and float images are first stretched min-max to 8 bits, since
+PIL would clip them) and passed through the model's preprocess transform. A label that does not decode
+raises TaskError naming the task, the file and column, the rows, and what was expected.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import re
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bmca_clip.eval.loaders import (
+    SHOW,
+    ImageSource,
+    Table,
+    apply_filter,
+    file_images,
+    read_hf_dataset,
+    read_hf_parquet,
+    read_wds,
+    read_zip_split_json,
+)
+from bmca_clip.eval.multilabel import MaskPresence
+from bmca_clip.eval.multiple_choice import parse_question
 from bmca_clip.eval.tasks import Task, TaskError
 
-# How to create a missing data folder, by task domain; {data_root} is filled in.
+# How to create a missing csv data folder, by task domain; {data_root} is filled in.
 PREPARE_HINTS = {
     "synthetic": "create it with: python -m bmca_clip.data.synthetic --out {data_root}/synthetic",
 }
 DEFAULT_PREPARE_HINT = (
     "download or mirror the dataset there (see the task's source block), or pass another data_root"
 )
-_SHOW = 3  # bad rows quoted in an error message
+Box = tuple[float, float, float, float]  # PIL crop box: left, upper, right, lower
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
-def _open_rgb(path: Path, preprocess: Callable, task_name: str):
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise TaskError(f"task '{task_name}': cannot read image {path}: {exc}") from exc
-    return preprocess(rgb)
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in _WIDE_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        low, high = values.min(), values.max()
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        img = Image.fromarray(scaled.round().astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
-class ImageLabelDataset(Dataset):
+class _ImageItems(Dataset):
+    """Shared by every shape: item i's image, optionally cropped to boxes[i], preprocessed."""
+
+    def __init__(self, images, preprocess: Callable, task_name: str, boxes: Sequence[Box] | None = None):
+        self.images = images if isinstance(images, ImageSource) else file_images([Path(p) for p in images])
+        self.preprocess, self.task_name, self.boxes = preprocess, task_name, boxes
+        self.notes: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def payload(self) -> list:
+        """What, besides the images, makes the items (labels, captions, options...)."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """sha256 of everything that makes the items, not the preprocess (cache.py keys features by it)."""
+        digest = hashlib.sha256(type(self).__name__.encode())
+        for i in range(len(self)):
+            digest.update(f"{self.images.identity(i)}\n".encode())
+        digest.update(json.dumps([self.boxes, self.payload()], default=repr).encode())
+        return digest.hexdigest()
+
+    def image(self, i: int):
+        try:
+            img = self.images.open(i)
+            rgb = to_rgb(img if self.boxes is None else img.crop(self.boxes[i]))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise TaskError(
+                f"task '{self.task_name}': cannot read image {self.images.describe(i)}: {exc}"
+            ) from exc
+        return self.preprocess(rgb)
+
+
+class ImageLabelDataset(_ImageItems):
     """Classification items: (preprocessed image, integer label)."""
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int], preprocess: Callable, task_name: str):
-        self.paths, self.labels = list(paths), list(labels)
-        self.preprocess, self.task_name = preprocess, task_name
+    def __init__(self, images, labels: Sequence[int], preprocess, task_name, boxes=None):
+        super().__init__(images, preprocess, task_name, boxes)
+        self.labels = list(labels)
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def payload(self) -> list:
+        return self.labels
 
     def __getitem__(self, i: int):
-        return _open_rgb(self.paths[i], self.preprocess, self.task_name), self.labels[i]
+        return self.image(i), self.labels[i]
 
 
-class ImageCaptionDataset(Dataset):
+class ImageMultiLabelDataset(_ImageItems):
+    """Multilabel items: (preprocessed image, multi-hot float tensor), targets decoded when read."""
+
+    def __init__(self, images, targets: ImageSource, decode: Callable, preprocess, task_name):
+        super().__init__(images, preprocess, task_name)
+        self.targets, self.decode = targets, decode
+
+    def payload(self) -> list:
+        return [[self.targets.identity(i) for i in range(len(self))], self.decode]
+
+    def target(self, i: int) -> torch.Tensor:
+        try:
+            return self.decode(self.targets.open(i))
+        except (OSError, ValueError) as exc:
+            raise TaskError(
+                f"task '{self.task_name}': cannot read mask {self.targets.describe(i)}: {exc}"
+            ) from exc
+
+    def __getitem__(self, i: int):
+        return self.image(i), self.target(i)
+
+
+class ImageQuestionDataset(_ImageItems):
+    """Closed-VQA items: (preprocessed image, its index); options[i] is item i's own list of answers."""
+
+    def __init__(self, images, questions, options, answers, preprocess, task_name):
+        super().__init__(images, preprocess, task_name)
+        self.questions, self.options, self.answers = (
+            list(questions),
+            [list(o) for o in options],
+            list(answers),
+        )
+
+    def payload(self) -> list:
+        return [self.questions, self.options, self.answers]
+
+    def __getitem__(self, i: int):
+        return self.image(i), i
+
+
+class ImageCaptionDataset(_ImageItems):
     """Retrieval items: (preprocessed image, its index); `captions[i]` lists image i's captions."""
 
-    def __init__(
-        self, paths: Sequence[Path], captions: Sequence[list[str]], preprocess: Callable, task_name: str
-    ):
-        self.paths, self.captions = list(paths), [list(c) for c in captions]
-        self.preprocess, self.task_name = preprocess, task_name
+    def __init__(self, images, captions: Sequence[list[str]], preprocess, task_name):
+        super().__init__(images, preprocess, task_name)
+        self.captions = [list(c) for c in captions]
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def payload(self) -> list:
+        return self.captions
 
     def __getitem__(self, i: int):
-        return _open_rgb(self.paths[i], self.preprocess, self.task_name), i
+        return self.image(i), i
 
     @property
     def text_to_image(self) -> torch.Tensor:
@@ -76,19 +172,45 @@ class ImageCaptionDataset(Dataset):
         return torch.tensor([i for i, caps in enumerate(self.captions) for _ in caps], dtype=torch.long)
 
 
-def data_dir(task: Task, data_root: str | Path) -> Path:
-    """The task's data folder: source.path under data_root, or source.path itself when absolute."""
-    return Path(data_root) / task.source.path
+# --- label encodings ---
 
 
-def _int_labels(task: Task) -> Callable[[str], int]:
+def normalise(text) -> str:
+    """How string labels and label_map keys compare: case-insensitive, `_` and `-` read as spaces."""
+    return re.sub(r"[\s_-]+", " ", str(text)).strip().lower()
+
+
+def _lookup(task: Task) -> tuple[dict[str, int], str]:
+    """normalised raw label -> class index, from label_map or else from the class names; and what it
+    expects, for messages."""
+    index = {name: i for i, name in enumerate(task.classes)}
+    if task.source.label_map is None:
+        expected = f"one of the classes {list(task.classes)} (any case)"
+        return {normalise(name): i for name, i in index.items()}, expected
+    lookup: dict[str, int] = {}
+    for raw, name in task.source.label_map.items():
+        if lookup.setdefault(normalise(raw), index[name]) != index[name]:
+            problem = f"label_map keys that read alike map to different classes: '{raw}'"
+            raise TaskError(f"task '{task.name}': source.{problem}")
+    return lookup, f"a key of label_map {sorted(task.source.label_map)}"
+
+
+def _int_label(task: Task) -> Callable[[object], int]:
     n = len(task.classes)
 
-    def decode(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"label '{raw}' is not an integer (label_encoding: int)") from None
+    def decode(raw) -> int:
+        value = None
+        if isinstance(raw, float):
+            value = int(raw) if raw.is_integer() else None
+        elif raw is not None and not isinstance(raw, bool):
+            try:
+                value = int(str(raw).strip())
+            except ValueError:
+                pass
+        if value is None:
+            raise ValueError(
+                f"label {raw!r} is not an integer (label_encoding: {task.source.label_encoding})"
+            )
         if not 0 <= value < n:
             raise ValueError(
                 f"label {value} is out of range; expected 0..{n - 1} indexing classes {list(task.classes)}"
@@ -98,31 +220,103 @@ def _int_labels(task: Task) -> Callable[[str], int]:
     return decode
 
 
-def _string_labels(task: Task) -> Callable[[str], int]:
-    index = {name: i for i, name in enumerate(task.classes)}
-    if task.source.label_map is not None:
-        lookup = {raw.strip(): index[name] for raw, name in task.source.label_map.items()}
-        key, expected = str.strip, f"a key of label_map {sorted(lookup)}"
-    else:
-        lookup = {name.strip().lower(): i for name, i in index.items()}
-        key, expected = (lambda s: s.strip().lower()), f"one of the classes {list(task.classes)} (any case)"
+def _string_label(task: Task) -> Callable[[object], int]:
+    lookup, expected = _lookup(task)
 
-    def decode(raw: str) -> int:
-        if key(raw) not in lookup:
-            raise ValueError(f"unknown label '{raw}'; expected {expected}")
-        return lookup[key(raw)]
+    def decode(raw) -> int:
+        if raw is None or normalise(raw) not in lookup:
+            raise ValueError(f"unknown label {str(raw)!r}; expected {expected}")
+        return lookup[normalise(raw)]
 
     return decode
 
 
-# label_encoding -> factory(task) -> decode(raw cell) -> class index; decode raises ValueError with the reason.
-LABEL_ENCODINGS: dict[str, Callable[[Task], Callable[[str], int]]] = {
-    "int": _int_labels,
-    "string": _string_labels,
+def _bool_label(task: Task) -> Callable[[object], int]:
+    lookup, expected = _lookup(task) if task.source.label_map else ({"false": 0, "true": 1}, "False or True")
+    spelled = {"0": "false", "1": "true"}
+
+    def decode(raw) -> int:
+        key = normalise(raw)
+        key = key if key in lookup else spelled.get(key, key)
+        if key not in lookup:
+            raise ValueError(f"label {raw!r} is not a boolean; expected {expected}")
+        return lookup[key]
+
+    return decode
+
+
+def _sequence_first(task: Task) -> Callable[[object], int]:
+    as_int = _int_label(task)
+
+    def decode(raw) -> int:
+        if not isinstance(raw, (list, tuple)) or not raw:
+            raise ValueError(f"label {raw!r} is not a non-empty sequence (label_encoding: sequence_first)")
+        return as_int(raw[0])
+
+    return decode
+
+
+def _one_per_row(factory: Callable[[Task], Callable[[object], int]]):
+    """A single-label decoder as a classification decoder: one uncropped item per row."""
+
+    def make(task: Task):
+        decode = factory(task)
+        return lambda raw, dropped: [(None, decode(raw))]
+
+    return make
+
+
+def _detection_crops(task: Task):
+    """objects {bbox: [[x, y, w, h], ...] (COCO), category: [...]} -> one (box, class) per kept box."""
+    by_key = _lookup(task)[0] if task.source.label_map else {str(i): i for i in range(len(task.classes))}
+
+    def decode(raw, dropped: Counter) -> list[tuple[Box, int]]:
+        if isinstance(raw, list):  # a list of {bbox, category} instead of datasets' struct of lists
+            raw = {"bbox": [o.get("bbox") for o in raw], "category": [o.get("category") for o in raw]}
+        if not isinstance(raw, dict) or not {"bbox", "category"} <= set(raw):
+            raise ValueError(f"expected objects {{bbox, category}}, got {str(raw)[:120]}")
+        items = []
+        for bbox, category in zip(raw["bbox"], raw["category"], strict=True):
+            key = normalise(category) if task.source.label_map else str(category)
+            x, y, w, h = (float(v) for v in bbox)
+            if key not in by_key:
+                dropped[f"category {category} (not in label_map/classes)"] += 1
+            elif w < 1 or h < 1:
+                dropped["boxes under 1 px"] += 1
+            else:
+                items.append(((x, y, x + w, y + h), by_key[key]))
+        return items
+
+    return decode
+
+
+def _mask_presence(task: Task) -> MaskPresence:
+    return MaskPresence(task.source.label_map, task.classes)
+
+
+# label_encoding -> factory(task) -> decoder. Classification decoders map (cell, dropped Counter) to a list
+# of (crop box or None, class index); mask_presence's maps a mask image to a multi-hot tensor. tasks.py
+# checks on load that the encoding fits the task type and the loader.
+LABEL_ENCODINGS: dict[str, Callable[[Task], Callable]] = {
+    "int": _one_per_row(_int_label),
+    "string": _one_per_row(_string_label),
+    "bool": _one_per_row(_bool_label),
+    "sequence_first": _one_per_row(_sequence_first),
+    "split_json": _one_per_row(_int_label),
+    "mask_presence": _mask_presence,
+    "detection_crops": _detection_crops,
 }
 
 
-def _read_table(task: Task, data_root: str | Path) -> tuple[Path, list[dict]]:
+# --- csv ---
+
+
+def data_dir(task: Task, data_root: str | Path) -> Path:
+    """The task's data folder: source.path under data_root, or source.path itself when absolute."""
+    return Path(data_root) / task.source.path
+
+
+def read_csv(task: Task, data_root: str | Path) -> Table:
     folder = data_dir(task, data_root)
     if not folder.is_dir():
         hint = PREPARE_HINTS.get(task.domain, DEFAULT_PREPARE_HINT).format(data_root=data_root)
@@ -134,71 +328,192 @@ def _read_table(task: Task, data_root: str | Path) -> tuple[Path, list[dict]]:
     with table.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a spreadsheet's BOM
         reader = csv.DictReader(f)
         rows, header = list(reader), reader.fieldnames or []
-    columns = [getattr(task.source, key) for key in ("image_column", "label_column", "caption_column")]
-    for key, column in zip(("image_column", "label_column", "caption_column"), columns, strict=True):
+    for key in ("image_column", "label_column", "caption_column"):
+        column = getattr(task.source, key)
         if column is not None and column not in header:
             raise TaskError(
                 f"task '{task.name}': {table} has no column '{column}' (source.{key}); its header is {header}"
             )
     if not rows:
         raise TaskError(f"task '{task.name}': {table} has a header but no rows")
-    return table, rows
-
-
-def _image_paths(task: Task, table: Path, rows: list[dict]) -> list[Path]:
     # Relative image paths are relative to the table's folder; absolute ones are kept.
     paths = [table.parent / row[task.source.image_column] for row in rows]
     missing = [str(p) for p in dict.fromkeys(paths) if not p.is_file()]
     if missing:
         raise TaskError(
             f"task '{task.name}': {table}: {len(missing)} image file(s) in column "
-            f"'{task.source.image_column}' do not exist, e.g. {missing[:_SHOW]}"
+            f"'{task.source.image_column}' do not exist, e.g. {missing[:SHOW]}"
         )
-    return paths
+    columns = {name: [row[name] or "" for row in rows] for name in header if name != task.source.image_column}
+    images = {task.source.image_column: file_images(paths)}
+    return Table(str(table), columns, images, list(range(2, len(rows) + 2)), "line")  # line 1: header
 
 
-def _classification_from_rows(task: Task, table: Path, rows: list[dict], preprocess: Callable) -> Dataset:
+# --- the registry ---
+
+
+@dataclass(frozen=True)
+class Loader:
+    """A loader and what it takes from a task YAML; tasks.py checks the YAML against it on load."""
+
+    read: Callable[[Task, str | Path], Table]
+    types: tuple[str, ...]  # task types it can feed
+    encodings: tuple[str, ...]  # label encodings it can decode (the first is the default)
+    required: tuple[str, ...]  # loader-specific source keys that must be set
+    optional: tuple[str, ...] = ()  # other loader-specific source keys it reads
+    has_columns: bool = True  # False: labels come from the split file, so no image/label columns
+
+
+# Source keys that only some loaders read; a YAML setting one its loader ignores fails on load.
+LOADER_KEYS = (
+    "path",
+    "file",
+    "repo_id",
+    "revision",
+    "config_name",
+    "data_files",
+    "archive",
+    "split_file",
+    "filter",
+)
+_TABLE_ENCODINGS = ("int", "string", "bool", "sequence_first", "mask_presence", "detection_crops")
+_ALL_TYPES = ("classification", "multiple_choice", "multilabel", "retrieval")
+
+LOADERS: dict[str, Loader] = {
+    "csv": Loader(
+        read_csv, ("classification", "retrieval"), ("int", "string", "bool"), ("path",), ("file", "filter")
+    ),
+    "hf_dataset": Loader(
+        read_hf_dataset, _ALL_TYPES, _TABLE_ENCODINGS, ("repo_id",), ("revision", "config_name", "filter")
+    ),
+    "hf_parquet": Loader(
+        read_hf_parquet, _ALL_TYPES, _TABLE_ENCODINGS, ("repo_id", "data_files"), ("revision", "filter")
+    ),
+    "zip_split_json": Loader(
+        read_zip_split_json,
+        ("classification",),
+        ("split_json",),
+        ("repo_id", "archive", "split_file"),
+        ("revision",),
+        has_columns=False,
+    ),
+    "wds": Loader(read_wds, ("classification",), ("int", "string"), ("repo_id",), ("revision",)),
+}
+
+
+# --- builders, one per task type ---
+
+
+def _bad(task: Task, table: Table, column: str, errors: list[str], what: str = "label") -> TaskError:
+    return TaskError(
+        f"task '{task.name}': {table.where} column '{column}': {len(errors)} bad {what}(s); "
+        + "; ".join(errors[:SHOW])
+    )
+
+
+def _class_name_note(task: Task, table: Table, column: str) -> dict[str, str]:
+    names = table.class_names.get(column)
+    if not names or (len(names) == len(task.classes) and task.verified):
+        return {}
+    return {
+        "data_class_names": f"the data names {len(names)} classes {names}; the task declares {len(task.classes)}"
+    }
+
+
+def _classification(task: Task, table: Table, preprocess: Callable) -> Dataset:
+    column = task.source.label_column or "label"  # zip_split_json's table calls its labels "label"
     decode = LABEL_ENCODINGS[task.source.label_encoding](task)
-    labels, errors = [], []
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
+    items, errors, dropped = [], [], Counter()  # items: (row, crop box or None, class index)
+    for i, cell in enumerate(table.column(task, "label_column", default="label")):
         try:
-            labels.append(decode(row[task.source.label_column] or ""))
+            items += [(i, box, label) for box, label in decode(cell, dropped)]
         except ValueError as exc:
-            errors.append(f"line {line}: {exc}")
+            errors.append(f"{table.row(i)}: {exc}")
     if errors:
+        raise _bad(task, table, column, errors)
+    if not items:
         raise TaskError(
-            f"task '{task.name}': {table} column '{task.source.label_column}': {len(errors)} bad label(s); "
-            + "; ".join(errors[:_SHOW])
+            f"task '{task.name}': {table.where} column '{column}': no item left; dropped {dict(dropped)}"
         )
-    return ImageLabelDataset(_image_paths(task, table, rows), labels, preprocess, task.name)
+    rows, boxes, labels = (list(values) for values in zip(*items, strict=True))
+    images = table.image_column(task)
+    cropped = any(b is not None for b in boxes)
+    dataset = ImageLabelDataset(
+        images.select(rows) if cropped else images, labels, preprocess, task.name, boxes if cropped else None
+    )
+    dataset.notes = _class_name_note(task, table, column)
+    if dropped:
+        dataset.notes["dropped"] = f"{sum(dropped.values())} boxes not scored: {dict(dropped)}"
+    return dataset
 
 
-def _retrieval_from_rows(task: Task, table: Path, rows: list[dict], preprocess: Callable) -> Dataset:
-    by_image: dict[Path, list[str]] = {}  # insertion order = first appearance in the table
-    for line, (path, row) in enumerate(zip(_image_paths(task, table, rows), rows, strict=True), start=2):
-        caption = (row[task.source.caption_column] or "").strip()
-        if not caption:
-            raise TaskError(f"task '{task.name}': {table} line {line}: empty '{task.source.caption_column}'")
-        by_image.setdefault(path, []).append(caption)
-    return ImageCaptionDataset(list(by_image), list(by_image.values()), preprocess, task.name)
+def _multilabel(task: Task, table: Table, preprocess: Callable) -> Dataset:
+    masks = table.image_column(task, "label_column")
+    decode = LABEL_ENCODINGS[task.source.label_encoding](task)
+    return ImageMultiLabelDataset(table.image_column(task), masks, decode, preprocess, task.name)
 
 
-# task type -> builder of its dataset from CSV rows; a new task type adds its builder here.
-_CSV_BUILDERS = {"classification": _classification_from_rows, "retrieval": _retrieval_from_rows}
+def _multiple_choice(task: Task, table: Table, preprocess: Callable) -> Dataset:
+    cells, name = table.column(task, "questions_column"), task.source.question
+    rows, items, errors = [], [], []  # items: (question, options, answer index)
+    for i, cell in enumerate(cells):
+        try:
+            item = parse_question(cell, name)
+        except KeyError as exc:  # the question is not there at all: a declaration mistake, not one bad row
+            raise TaskError(
+                f"task '{task.name}': {table.where} column '{task.source.questions_column}' {table.row(i)}: "
+                f"{exc.args[0]} (source.question)"
+            ) from None
+        except ValueError as exc:
+            errors.append(f"{table.row(i)}: {exc}")
+            continue
+        if item is not None:
+            rows.append(i)
+            items.append(item)
+    if errors:
+        raise _bad(task, table, task.source.questions_column, errors, "question")
+    if not rows:
+        raise TaskError(f"task '{task.name}': {table.where}: no row has a '{name}' question")
+    images = table.image_column(task).select(rows)
+    questions, options, answers = zip(*items, strict=True)
+    dataset = ImageQuestionDataset(images, questions, options, answers, preprocess, task.name)
+    if len(rows) < len(cells):
+        dataset.notes["skipped"] = (
+            f"{len(cells) - len(rows)} of {len(cells)} images have a null '{name}' question"
+        )
+    return dataset
 
 
-def load_csv(task: Task, data_root: str | Path, preprocess: Callable) -> Dataset:
-    """A folder holding a CSV table (source.file) whose rows name image files and labels or captions."""
-    if task.type not in _CSV_BUILDERS:
-        raise TaskError(f"task '{task.name}': the csv loader cannot build '{task.type}' tasks")
-    table, rows = _read_table(task, data_root)
-    return _CSV_BUILDERS[task.type](task, table, rows, preprocess)
+def _retrieval(task: Task, table: Table, preprocess: Callable) -> Dataset:
+    images, column = table.image_column(task), task.source.caption_column
+    by_image: dict[str, tuple[int, list[str]]] = {}  # insertion order = first appearance
+    for i, cell in enumerate(table.column(task, "caption_column")):
+        captions = [
+            c.strip()
+            for c in (cell if isinstance(cell, list) else [cell])
+            if isinstance(c, str) and c.strip()
+        ]
+        if not captions:
+            raise TaskError(f"task '{task.name}': {table.where} {table.row(i)}: empty '{column}'")
+        by_image.setdefault(images.describe(i), (i, []))[1].extend(captions)
+    rows = [row for row, _ in by_image.values()]
+    return ImageCaptionDataset(
+        images.select(rows), [caps for _, caps in by_image.values()], preprocess, task.name
+    )
 
 
-# source.loader -> function(task, data_root, preprocess) -> Dataset. Later: hf_dataset, zip_split_json, wds.
-LOADERS: dict[str, Callable[[Task, str | Path, Callable], Dataset]] = {"csv": load_csv}
+# task type -> builder(task, table, preprocess) -> Dataset; a new task type adds its builder here.
+BUILDERS: dict[str, Callable[[Task, Table, Callable], Dataset]] = {
+    "classification": _classification,
+    "multilabel": _multilabel,
+    "multiple_choice": _multiple_choice,
+    "retrieval": _retrieval,
+}
 
 
 def build_dataset(task: Task, data_root: str | Path, preprocess: Callable) -> Dataset:
     """The task's dataset, read by its source.loader; TaskError when the data does not match the task."""
-    return LOADERS[task.source.loader](task, data_root, preprocess)
+    table = apply_filter(task, LOADERS[task.source.loader].read(task, data_root))
+    dataset = BUILDERS[task.type](task, table, preprocess)
+    dataset.notes = {**table.notes, **dataset.notes}
+    return dataset
