@@ -246,10 +246,19 @@ class EvaluateConfig:
     num_workers: int = 0
     device: str = "auto"
     seed: int = 0
+    precision: str = "fp32"  # fp32 | amp_bf16 | amp_fp16: autocast dtype of both encoders
+    cache_dir: str | None = "~/.cache/bmca_clip/eval"  # embedding cache (<cache_dir>/embeddings); null = off
+    rerun: bool = False  # score every task again, even one whose stored JSON has the same config_hash
+    shard: str | None = None  # "i/n" (1 <= i <= n): score the i-th of n shares; null: Slurm array or all
 
     def __post_init__(self):
+        from bmca_clip.eval.shard import parse_shard  # shard.py imports this module
+
         _one_of("device", self.device, DEVICES)
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _one_of("precision", self.precision, ("fp32", "amp_bf16", "amp_fp16"))
+        if self.shard is not None:
+            parse_shard(self.shard)
 
     @property
     def checkpoints(self) -> list[str | None]:

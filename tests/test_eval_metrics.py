@@ -11,11 +11,21 @@ from bmca_clip.eval.metrics import (
     accuracy,
     auroc_binary,
     balanced_accuracy,
+    bootstrap_ci,
+    classification_metric,
     compute_classification_metrics,
     macro_f1,
     top_k_accuracy,
+    weighted_metric,
 )
-from bmca_clip.eval.retrieval import chance_recall, parse_recall_metric, retrieval_recall
+from bmca_clip.eval.retrieval import (
+    DEFAULT_METRICS,
+    chance_recall,
+    parse_recall_metric,
+    recall_hits,
+    recall_intervals,
+    retrieval_recall,
+)
 
 # Imbalanced: 6 of class 0, 3 of class 1, 1 of class 2.
 LABELS = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 2])
@@ -121,3 +131,97 @@ def test_recall_metric_names():
     assert parse_recall_metric("text_to_image_R@5") == ("text_to_image", 5)
     with pytest.raises(KeyError, match="image_to_text_R@<k>"):
         parse_recall_metric("image_retrieval_recall@5")
+
+
+# Bootstrap confidence intervals.
+
+
+def _random_task(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(k, (n,), generator=g)
+    logits = torch.randn(n, k, generator=g) + 1.5 * torch.nn.functional.one_hot(labels, k)
+    logits[:, 0] = logits[:, 0].round()  # some tied scores, for AUROC
+    return logits, labels
+
+
+def test_bootstrap_ci_is_reproducible_and_covers_the_point_estimate():
+    # 150 of 200 right: accuracy 0.75, whose sampling sd is sqrt(.75 * .25 / 200) = 0.0306, so the
+    # percentile interval is about 0.75 -+ 1.96 * 0.0306 = [0.690, 0.810].
+    labels = torch.zeros(200, dtype=torch.long)
+    logits = torch.zeros(200, 2)
+    logits[150:, 1] = 1.0
+    low, high = bootstrap_ci("accuracy", logits, labels, n_resamples=1000, seed=0)
+    assert low < 0.75 < high
+    assert low == pytest.approx(0.690, abs=0.015) and high == pytest.approx(0.810, abs=0.015)
+    assert bootstrap_ci("accuracy", logits, labels, n_resamples=1000, seed=0) == (low, high)
+    assert bootstrap_ci("accuracy", logits, labels, n_resamples=1000, seed=1) != (low, high)
+
+
+@pytest.mark.parametrize("k", [2, 3, 7])
+def test_weighted_forms_equal_the_metric_on_each_resample(k):
+    """The vectorised statistic, given a resample's counts, is the plain metric of those items."""
+    logits, labels = _random_task(120, k, seed=k)
+    names = ["accuracy", "balanced_accuracy", "macro_f1", "top2_accuracy"] + (["auroc"] if k == 2 else [])
+    g = torch.Generator().manual_seed(0)
+    draws = [torch.randint(120, (120,), generator=g) for _ in range(4)]
+    counts = torch.stack([torch.bincount(d, minlength=120) for d in draws]).float()
+    for name in names:
+        values = weighted_metric(name, logits, labels)(counts)
+        plain = [classification_metric(name)(logits[d], labels[d]) for d in draws]
+        assert values.tolist() == pytest.approx(plain, abs=1e-6), name
+        assert weighted_metric(name, logits, labels)(torch.ones(1, 120)).item() == pytest.approx(
+            classification_metric(name)(logits, labels), abs=1e-6
+        )
+
+
+def test_vectorised_and_per_resample_intervals_agree():
+    logits, labels = _random_task(300, 5, seed=3)
+    fast = bootstrap_ci("balanced_accuracy", logits, labels, n_resamples=1000)
+    slow = bootstrap_ci(lambda x, y: balanced_accuracy(x.argmax(1), y), logits, labels, n_resamples=200)
+    # Different draws of the same distribution: equal up to Monte Carlo error.
+    assert fast == pytest.approx(slow, abs=0.02)
+
+
+def test_every_defined_metric_gets_an_interval_and_a_rare_class_gets_a_reason():
+    logits, labels = _random_task(400, 2, seed=5)
+    scores = compute_classification_metrics(
+        ["accuracy", "balanced_accuracy", "macro_f1", "auroc"], logits, labels
+    )
+    for name, value in scores.metrics.items():
+        ci = scores.ci[name]
+        assert ci["low"] <= value <= ci["high"] and ci["reason"] is None
+        assert (ci["method"], ci["n_resamples"], ci["seed"], ci["level"]) == (
+            "percentile bootstrap",
+            1000,
+            0,
+            0.95,
+        )
+    # One positive in 100: a third of the resamples draw no positive, where AUROC is undefined.
+    labels = torch.zeros(100, dtype=torch.long)
+    labels[0] = 1
+    scores = compute_classification_metrics(["accuracy", "auroc"], torch.randn(100, 2), labels)
+    assert scores.metrics["auroc"] is not None
+    assert scores.ci["auroc"]["low"] is None and "bootstrap resamples" in scores.ci["auroc"]["reason"]
+    assert scores.ci["accuracy"]["low"] is not None
+    json.dumps(scores.ci, allow_nan=False)
+
+
+def test_an_undefined_metric_gets_no_interval():
+    scores = compute_classification_metrics(["accuracy", "auroc"], torch.randn(3, 2), torch.tensor([0, 0, 0]))
+    assert scores.metrics["auroc"] is None and "auroc" not in scores.ci
+
+
+def test_retrieval_intervals_resample_queries():
+    hits = recall_hits(SIM, OWNER, ks=(1, 3, 5))
+    assert hits["text_to_image_R@1"].tolist() == [False, True, True, False, True]
+    assert hits["text_to_image_R@5"] is None
+    ci = recall_intervals(hits, n_resamples=500)
+    # 5 caption queries, 3 hits: a resample's recall is a multiple of 1/5 between 0 and 1.
+    assert ci["text_to_image_R@1"]["unit"] == "query"
+    assert 0 <= ci["text_to_image_R@1"]["low"] < 3 / 5 < ci["text_to_image_R@1"]["high"] <= 1
+    assert ci["image_to_text_R@3"]["low"] == ci["image_to_text_R@3"]["high"] == 1.0  # every image found
+    assert "text_to_image_R@5" not in ci
+
+
+def test_retrieval_defaults_include_r_at_100():
+    assert "image_to_text_R@100" in DEFAULT_METRICS and "text_to_image_R@100" in DEFAULT_METRICS

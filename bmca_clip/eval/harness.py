@@ -1,9 +1,11 @@
 """Run tasks and suites: build each task's dataset, score it with its type's evaluator, collect results.
 
-EVALUATORS maps a task type to the one function that scores it; a new type (multiple_choice) adds an
-entry here and a TaskType in tasks.py. A task whose data or declaration is wrong (TaskError) becomes a
-result with status "failed" and the message, and the suite goes on; any other exception is a bug and
-propagates.
+EVALUATORS maps a task type to the one function that scores it; a new type adds an entry here, a
+TaskType in tasks.py and a builder in datasets.py. A task whose data or declaration is wrong (TaskError)
+becomes a result with status "failed" and the message, and the suite goes on; any other exception is a
+bug and propagates. Besides the metrics' own notes, a result's notes carry what the data loading
+noticed (hub_commit, skipped, dropped, data_class_names), `n_expected` when the loaded n differs from
+the task's n_expected, and the task's own `unverified` list and `notes`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from bmca_clip.eval.datasets import build_dataset
 from bmca_clip.eval.metrics import Scores
+from bmca_clip.eval.multilabel import chance_map, multilabel_metrics, multilabel_scores
+from bmca_clip.eval.multiple_choice import chance_accuracy, evaluate_multiple_choice
 from bmca_clip.eval.retrieval import chance_recall, evaluate_retrieval, parse_recall_metric
 from bmca_clip.eval.tasks import Suite, Task, TaskError
 from bmca_clip.eval.zeroshot import evaluate_classification, zero_shot_classifier
@@ -36,8 +40,8 @@ class TaskResult:
     status: str  # "ok" or "failed"
     main_metric: str
     metrics: dict[str, float | None] = field(default_factory=dict)  # fractions in [0, 1]; None = undefined
-    notes: dict[str, str] = field(default_factory=dict)  # why a metric is None
-    n: int | None = None  # number of images scored
+    notes: dict[str, str] = field(default_factory=dict)  # why a metric is None; what loading noticed
+    n: int | None = None  # number of items scored (images; crops; questions)
     chance: float | None = None  # main metric of random guessing: 1/K, or a random ranking's recall
     classes: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
@@ -45,6 +49,7 @@ class TaskResult:
     licence: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    ci: dict | None = None  # the main metric's bootstrap CI (metrics.ci_record; report.py schema)
 
     @property
     def main_value(self) -> float | None:
@@ -90,11 +95,47 @@ def _retrieval(task: Task, dataset, model, tokenizer, run: RunSettings) -> tuple
     return scores, chance_recall(dataset.text_to_image, len(dataset), [k])[task.main_metric]
 
 
+def _multiple_choice(task: Task, dataset, model, tokenizer, run: RunSettings) -> tuple[Scores, float]:
+    scores = evaluate_multiple_choice(
+        model,
+        tokenizer,
+        _loader(dataset, run),
+        dataset.questions,
+        dataset.options,
+        dataset.answers,
+        run.device,
+        task.metrics,
+        run.amp_dtype,
+    )
+    return scores, chance_accuracy(dataset.options)
+
+
+def _multilabel(task: Task, dataset, model, tokenizer, run: RunSettings) -> tuple[Scores, float | None]:
+    classifier = zero_shot_classifier(
+        model, tokenizer, task.classes, task.templates, run.device, amp_dtype=run.amp_dtype
+    )
+    scores, targets = multilabel_scores(model, classifier, _loader(dataset, run), run.device, run.amp_dtype)
+    return multilabel_metrics(task.metrics, scores, targets, task.classes), chance_map(targets)
+
+
 # task type -> evaluate(task, dataset, model, tokenizer, run) -> (scores, chance level of the main metric)
 EVALUATORS: dict[str, Callable[..., tuple[Scores, float | None]]] = {
     "classification": _classification,
+    "multiple_choice": _multiple_choice,
+    "multilabel": _multilabel,
     "retrieval": _retrieval,
 }
+
+
+def _data_notes(task: Task, dataset) -> dict[str, str]:
+    notes = dict(getattr(dataset, "notes", {}))
+    if task.n_expected is not None and len(dataset) != task.n_expected:
+        notes["n_expected"] = f"loaded {len(dataset)} items; the task expects {task.n_expected}"
+    if task.unverified:
+        notes["unverified"] = ", ".join(task.unverified)
+    if task.notes:
+        notes["task"] = task.notes
+    return notes
 
 
 def _message(exc: TaskError) -> str:
@@ -126,7 +167,8 @@ def _run_task(task: Task, model, preprocess, tokenizer, data_root, run: RunSetti
         log.warning("task %s failed: %s", task.name, result.error)
     else:
         result.status, result.n = "ok", len(dataset)
-        result.metrics, result.notes = scores.metrics, scores.notes
+        result.metrics, result.notes = scores.metrics, {**_data_notes(task, dataset), **scores.notes}
+        result.ci = scores.ci.get(task.main_metric)
         log.info("task %s: %s = %s (n=%d)", task.name, task.main_metric, result.main_value, result.n)
     result.seconds = round(time.perf_counter() - start, 3)
     return result

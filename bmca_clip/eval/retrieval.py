@@ -7,6 +7,8 @@ name because readers take it the other way round.
 
 Ties are broken against the correct item: a hit needs fewer than k wrong items scoring at least as high
 as the best correct one. A model that scores everything equally therefore gets recall near 0, not 1.
+R@k is None (with a note) where k exceeds the gallery, so the default R@100 appears only where it means
+something. Each recall carries a percentile-bootstrap 95% CI over resampled queries (the gallery fixed).
 """
 
 from __future__ import annotations
@@ -19,11 +21,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from bmca_clip.eval.metrics import NON_FINITE, Scores
+from bmca_clip.eval.cache import CachedModel
+from bmca_clip.eval.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    NON_FINITE,
+    Scores,
+    bootstrap_intervals,
+    mean_statistic,
+)
 from bmca_clip.eval.zeroshot import autocast_context, encode_images
 
 DIRECTIONS = ("image_to_text", "text_to_image")
-DEFAULT_KS = (1, 5, 10)
+DEFAULT_KS = (1, 5, 10, 100)
 DEFAULT_METRICS = tuple(f"{d}_R@{k}" for d in DIRECTIONS for k in DEFAULT_KS)
 RETRIEVAL_METRIC_NAMES = tuple(f"{d}_R@<k>" for d in DIRECTIONS)
 _RECALL = re.compile(r"(image_to_text|text_to_image)_R@([1-9][0-9]*)")
@@ -55,6 +65,13 @@ def retrieval_recall(similarity: Tensor, text_to_image: Tensor, ks: Sequence[int
     that direction's gallery (n_texts for image->text, n_images for text->image), since every item
     would then count as found.
     """
+    hits = recall_hits(similarity, text_to_image, ks)
+    return {name: None if hit is None else hit.double().mean().item() for name, hit in hits.items()}
+
+
+def recall_hits(similarity: Tensor, text_to_image: Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict:
+    """Per query, whether it is a hit: `{"image_to_text_R@k": bool [n_images], "text_to_image_R@k":
+    bool [n_texts], ...}`, None where k exceeds the gallery (see retrieval_recall)."""
     sim = similarity.double().cpu()
     text_to_image = text_to_image.long().cpu()
     n_images, n_texts = sim.shape
@@ -64,14 +81,32 @@ def retrieval_recall(similarity: Tensor, text_to_image: Tensor, ks: Sequence[int
     i2t_wrong_above = ((sim >= best_positive[:, None]) & ~positive).sum(dim=1)
     own_score = sim[text_to_image, torch.arange(n_texts)]
     t2i_wrong_above = (sim >= own_score[None, :]).sum(dim=0) - 1  # minus the caption's own image
-    out: dict[str, float | None] = {}
+    out: dict[str, Tensor | None] = {}
     for direction, wrong_above, gallery in (
         ("image_to_text", i2t_wrong_above, n_texts),
         ("text_to_image", t2i_wrong_above, n_images),
     ):
         for k in ks:
-            hit = (wrong_above < k).double().mean().item()
-            out[f"{direction}_R@{k}"] = hit if k <= gallery else None
+            out[f"{direction}_R@{k}"] = wrong_above < k if k <= gallery else None
+    return out
+
+
+def recall_intervals(
+    hits: dict, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> dict[str, dict]:
+    """Bootstrap CI (metrics.ci_record) of each defined recall in hits (from recall_hits), resampling
+    the queries of its direction."""
+    out = {}
+    for direction in DIRECTIONS:
+        names = [name for name, hit in hits.items() if name.startswith(direction) and hit is not None]
+        if not names:
+            continue
+        # Queries with the same hits at every k are interchangeable: resample these few patterns.
+        patterns, sizes = torch.unique(
+            torch.stack([hits[n] for n in names], dim=1), dim=0, return_counts=True
+        )
+        stats = {name: mean_statistic(patterns[:, i]) for i, name in enumerate(names)}
+        out |= bootstrap_intervals(stats, sizes, "query", n_resamples, seed)
     return out
 
 
@@ -98,7 +133,13 @@ def encode_texts(
     batch_size: int = 256,
     amp_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """L2-normalised text features [n_texts, dim], fp32 on the CPU."""
+    """L2-normalised text features [n_texts, dim], fp32 on the CPU (from the cache for a CachedModel)."""
+    if isinstance(model, CachedModel):
+        return model.text_features(
+            texts,
+            amp_dtype,
+            lambda: encode_texts(model.model, tokenizer, texts, device, batch_size, amp_dtype),
+        )
     feats = []
     for start in range(0, len(texts), batch_size):
         tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
@@ -115,8 +156,11 @@ def evaluate_retrieval(
     device: torch.device,
     metrics: Sequence[str] = DEFAULT_METRICS,
     amp_dtype: torch.dtype | None = None,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
 ) -> Scores:
-    """Named recall metrics for the images in loader (items: image, image index) and their captions."""
+    """Named recall metrics for the images in loader (items: image, image index) and their captions,
+    each with a bootstrap CI over resampled queries (n_resamples=0: none)."""
     image_feats, index = encode_images(model, loader, device, amp_dtype)
     image_feats = image_feats[index.argsort()]  # back to dataset order, whatever the loader did
     texts = [c for caps in captions for c in caps]
@@ -126,12 +170,15 @@ def evaluate_retrieval(
     if not torch.isfinite(similarity).all():
         return Scores.undefined(metrics, NON_FINITE)
     ks = sorted({parse_recall_metric(name)[1] for name in metrics})
-    recall = retrieval_recall(similarity, owner, ks)
+    hits = recall_hits(similarity, owner, ks)
     scores = Scores()
     for name in metrics:
         direction = parse_recall_metric(name)[0]
         gallery = len(texts) if direction == "image_to_text" else len(captions)
-        scores.record(name, lambda name=name: recall[name])
-        if recall[name] is None:
+        scores.record(
+            name, lambda name=name: None if hits[name] is None else hits[name].double().mean().item()
+        )
+        if hits[name] is None:
             scores.notes[name] = f"k exceeds the gallery of {gallery} items, so recall would be trivially 1"
+    scores.ci = recall_intervals({name: hits[name] for name in metrics}, n_resamples, seed)
     return scores

@@ -1,4 +1,13 @@
-"""`run(cfg)` behind eval.py: evaluate one suite for each requested checkpoint and print one comparison."""
+"""`run(cfg)` behind eval.py: evaluate one suite, or one shard of it, for each requested checkpoint.
+
+Work is skipped where it was done before. A task whose stored JSON (output_dir/<model>/<task>.json)
+has status ok and the same config_hash (report.py) is not scored again: the log says "cached result";
+rerun=true scores it anyway. The encoders' outputs go through the embedding cache in cache_dir
+(cache.py), so another output_dir, or a task whose YAML changed only its metrics, reuses the image
+features. A sharded run (shard=i/n, or a Slurm job array; shard.py) writes its tasks' JSON and
+suite.json only; `python -m bmca_clip.eval.merge <output_dir>` writes the summary once every shard is
+done. An unsharded run writes the summary itself (summary.md, .csv, _domains.csv, .png).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +20,29 @@ import torch
 from bmca_clip.checkpoint import resolve_checkpoint
 from bmca_clip.config import ConfigError, EvaluateConfig
 from bmca_clip.dist import pick_device
+from bmca_clip.eval.cache import CachedModel, EmbeddingCache, describe_transform, state_dict_sha256
 from bmca_clip.eval.harness import TaskResult, evaluate_suite
-from bmca_clip.eval.report import format_table, make_provenance, write_summary, write_task_json
-from bmca_clip.eval.tasks import load_suite
-from bmca_clip.model import build_model
+from bmca_clip.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from bmca_clip.eval.report import (
+    cached_result,
+    config_hash,
+    format_domain_table,
+    format_table,
+    make_provenance,
+    result_config,
+    task_info,
+    write_suite_file,
+    write_summary,
+    write_task_json,
+)
+from bmca_clip.eval.shard import resolve_shard, select
+from bmca_clip.eval.tasks import Task, load_suite
+from bmca_clip.model import ClipBundle, build_model
 from bmca_clip.wise_ft import blend, check_alpha, load_state
 
 log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 
 
 def _label(cfg: EvaluateConfig, checkpoint: Path | None) -> str:
@@ -56,41 +81,100 @@ def _weights(cfg: EvaluateConfig, checkpoint: Path | None, initial: dict):
         yield f"{label} (WiSE-FT {alpha:g})", blend(initial, tuned, alpha), {"wise_ft_alpha": alpha}
 
 
+def _stored(folder: Path, tasks: tuple[Task, ...], configs: dict[str, dict]) -> dict[str, TaskResult]:
+    """The tasks whose stored result has the config_hash this run would write."""
+    found = {}
+    for task in tasks:
+        result = cached_result(folder / f"{task.name}.json", config_hash(configs[task.name]))
+        if result is not None:
+            log.info(
+                "task %s: cached result (same config_hash in %s): %s = %s",
+                task.name,
+                folder,
+                task.main_metric,
+                result.main_value,
+            )
+            found[task.name] = result
+    return found
+
+
+def _evaluate_model(
+    cfg: EvaluateConfig,
+    label: str,
+    extra: dict,
+    checkpoint: Path | None,
+    tasks: tuple[Task, ...],
+    bundle: ClipBundle,
+    device: torch.device,
+    cache: EmbeddingCache | None,
+) -> list[TaskResult]:
+    """Results of the model's current weights on tasks, in task order: stored ones where the config
+    matches, the others scored now (each written to output_dir/<model>/<task>.json as it finishes)."""
+    weights = state_dict_sha256(bundle.model, cfg.model.name)
+    provenance = make_provenance(
+        cfg.model.name, device, cfg.precision, pretrained=cfg.model.pretrained, checkpoint=checkpoint
+    )
+    provenance |= extra
+    preprocess = describe_transform(bundle.preprocess_eval)
+    model_id = {
+        "name": cfg.model.name,
+        "weights_sha256": weights,
+        "checkpoint_sha256": provenance["checkpoint_sha256"],
+        "wise_ft_alpha": extra.get("wise_ft_alpha"),
+    }
+    settings = {
+        "precision": cfg.precision,
+        "seed": cfg.seed,
+        "preprocess": preprocess,
+        "bootstrap": {"n_resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
+    }
+    configs = {task.name: result_config(task, model_id, settings) for task in tasks}
+    folder = Path(cfg.output_dir) / _slug(label)
+    done = {} if cfg.rerun else _stored(folder, tasks, configs)
+    model = bundle.model if cache is None else CachedModel(bundle.model, cache, weights, preprocess)
+    fresh = evaluate_suite(
+        [task for task in tasks if task.name not in done],
+        model,
+        bundle.preprocess_eval,
+        bundle.tokenizer,
+        device,
+        cfg.data_root,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        amp_dtype=AMP_DTYPES[cfg.precision],
+        on_result=lambda result: write_task_json(result, folder, provenance, configs[result.task], label),
+    )
+    by_name = {**done, **{result.task: result for result in fresh}}
+    return [by_name[task.name] for task in tasks]
+
+
 def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     device = pick_device(cfg.device, 0)
     out_dir = Path(cfg.output_dir)
     checkpoints = [None if c is None else resolve_checkpoint(c) for c in cfg.checkpoints]
     suite = load_suite(cfg.suite["name"])
+    shard = resolve_shard(cfg.shard)
+    tasks = select(suite.tasks, shard)
+    if shard is not None:
+        log.info("shard %d/%d of suite %s: %s", *shard, suite.name, ", ".join(t.name for t in tasks))
     # The same seed as training, so an untrained model here is the very initialisation training started from.
     torch.manual_seed(cfg.seed)
     bundle = build_model(cfg.model, device)
     initial = {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}
+    cache = EmbeddingCache(cfg.cache_dir) if cfg.cache_dir else None
     results: dict[str, list[TaskResult]] = {}
     for checkpoint in checkpoints:
         for label, state, extra in _weights(cfg, checkpoint, initial):
             log.info("evaluating %s on suite %s", label, suite.name)
             bundle.model.load_state_dict(state)
-            provenance = (
-                make_provenance(
-                    cfg.model.name, device, pretrained=cfg.model.pretrained, checkpoint=checkpoint
-                )
-                | extra
-            )
-            folder = out_dir / _slug(label)
-            results[label] = evaluate_suite(
-                suite,
-                bundle.model,
-                bundle.preprocess_eval,
-                bundle.tokenizer,
-                device,
-                cfg.data_root,
-                batch_size=cfg.batch_size,
-                num_workers=cfg.num_workers,
-                on_result=lambda result, folder=folder, provenance=provenance: write_task_json(
-                    result, folder, provenance
-                ),
-            )
-    print(format_table(results))
-    md, csv = write_summary(results, out_dir)
-    print(f"\nresults: {out_dir}/<model>/<task>.json, summary: {md} and {csv}")
+            results[label] = _evaluate_model(cfg, label, extra, checkpoint, tasks, bundle, device, cache)
+    infos = [task_info(task) for task in suite.tasks]
+    write_suite_file(out_dir, suite.name, infos, list(results))
+    if shard is not None:
+        print(format_table(results))
+        print(f"\nshard {shard[0]}/{shard[1]} done; once all are: python -m bmca_clip.eval.merge {out_dir}")
+        return results
+    print(format_domain_table(results, infos) + "\n\n" + format_table(results, infos))
+    md, csv = write_summary(results, out_dir, infos)
+    print(f"\nresults: {out_dir}/<model>/<task>.json, summary: {md}, {csv}, summary.png")
     return results

@@ -1,6 +1,7 @@
 """Zero-shot classification: prompt-ensemble class weights from open_clip, then logits and metrics.
 
-Also holds the image-encoding loop and the autocast switch that retrieval.py shares.
+Also holds the image-encoding loop and the autocast switch that retrieval.py shares. Given a
+cache.CachedModel, the class weights and image features come from its embedding cache when stored.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from bmca_clip.eval.metrics import DEFAULT_METRICS, Scores, compute_classification_metrics
+from bmca_clip.eval.cache import CachedModel
+from bmca_clip.eval.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    DEFAULT_METRICS,
+    Scores,
+    compute_classification_metrics,
+)
 
 
 def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
@@ -39,6 +47,15 @@ def zero_shot_classifier(
     Templates are format strings with one positional `{}`. batch_size counts classes per forward pass
     (each brings len(templates) prompts); amp_dtype, when given, autocasts like the image side.
     """
+    if isinstance(model, CachedModel):
+        return model.classifier(
+            classnames,
+            templates,
+            amp_dtype,
+            lambda: zero_shot_classifier(
+                model.model, tokenizer, classnames, templates, device, batch_size, amp_dtype
+            ),
+        )
     with torch.no_grad(), autocast_context(torch.device(device), amp_dtype):
         weights = open_clip.build_zero_shot_classifier(
             model,
@@ -59,6 +76,10 @@ def encode_images(
     amp_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """L2-normalised image features [n, dim] (fp32, CPU) and the loader's second item (labels or ids)."""
+    if isinstance(model, CachedModel):
+        return model.image_features(
+            loader.dataset, amp_dtype, lambda: encode_images(model.model, loader, device, amp_dtype)
+        )
     feats, targets = [], []
     for images, target in loader:
         with autocast_context(device, amp_dtype):
@@ -90,7 +111,10 @@ def evaluate_classification(
     device: torch.device,
     metrics: Sequence[str] = DEFAULT_METRICS,
     amp_dtype: torch.dtype | None = None,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
 ) -> Scores:
-    """The named metrics (see metrics.py) of zero-shot predictions on loader's (image, label) items."""
+    """The named metrics (see metrics.py) of zero-shot predictions on loader's (image, label) items,
+    each with a bootstrap CI over resampled items (n_resamples=0: none)."""
     logits, labels = classification_logits(model, classifier, loader, device, amp_dtype)
-    return compute_classification_metrics(metrics, logits, labels)
+    return compute_classification_metrics(metrics, logits, labels, n_resamples, seed)

@@ -1,0 +1,108 @@
+"""Combine per-task results into one summary: `python -m bmca_clip.eval.merge DIR [DIR ...] [--out DIR]`.
+
+Each DIR is an eval output_dir holding `<model>/<task>.json` records and `suite.json` (report.py), from a
+whole run or from any number of shards (shards may share one output_dir or each have their own). The
+summary is the one a single run writes (report.write_summary: summary.md, summary.csv,
+summary_domains.csv, summary.png), in --out (default: the first DIR). A task of the suite with no JSON
+for a model is listed as missing, a failed one as failed. When two records hold the same model and task,
+an ok one wins over a failed one; two ok ones must have the same config_hash, else merging stops and
+names both files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from bmca_clip.config import ConfigError
+from bmca_clip.eval.report import SUITE_FILE, format_domain_table, format_table, read_task_json, write_summary
+
+log = logging.getLogger(__name__)
+
+
+class MergeError(ConfigError):
+    """The folders cannot be merged into one summary; the message names the files and what to do."""
+
+
+def _suite(dirs: Sequence[Path]) -> tuple[list[dict] | None, list[str]]:
+    """The suite's tasks (None without any suite.json) and the model labels in run order."""
+    tasks, models, source = None, [], None
+    for folder in dirs:
+        path = folder / SUITE_FILE
+        if not path.is_file():
+            continue
+        body = json.loads(path.read_text())
+        if tasks is not None and [t["name"] for t in body["tasks"]] != [t["name"] for t in tasks]:
+            raise MergeError(f"{path} and {source} list different suites; merge each suite on its own")
+        tasks, source = body["tasks"], path
+        models += [m for m in body["models"] if m not in models]
+    return tasks, models
+
+
+def _better(old: tuple[dict, Path], new: tuple[dict, Path]) -> tuple[dict, Path]:
+    (a, a_path), (b, b_path) = old, new
+    if a["status"] != "ok" or b["status"] != "ok":
+        return new if b["status"] == "ok" and a["status"] != "ok" else old
+    if a.get("config_hash") != b.get("config_hash"):
+        raise MergeError(
+            f"{a_path} and {b_path} both hold task '{a['task']}' of the same model with different "
+            "configs (config_hash); remove the stale one or merge them separately"
+        )
+    return old
+
+
+def collect(dirs: Sequence[str | Path]) -> tuple[dict[str, list[dict]], list[dict] | None]:
+    """Records per model label (suite order of models first) and the suite's task list, from dirs."""
+    dirs = [Path(d) for d in dirs]
+    for folder in dirs:
+        if not folder.is_dir():
+            raise MergeError(f"{folder} is not a folder; pass eval output_dir folders")
+    tasks, models = _suite(dirs)
+    found: dict[tuple[str, str], tuple[dict, Path]] = {}
+    for folder in dirs:
+        for path in sorted(folder.glob("*/*.json")):
+            try:
+                record = read_task_json(path)
+            except ValueError as exc:
+                log.warning("skipping %s", exc)
+                continue
+            key = (record.get("model_label") or path.parent.name, record["task"])
+            found[key] = _better(found[key], (record, path)) if key in found else (record, path)
+    if not found and tasks is None:
+        raise MergeError(f"no per-task results (<model>/<task>.json) in {', '.join(map(str, dirs))}")
+    models += sorted({model for model, _ in found} - set(models))
+    records = {m: [r for (model, _), (r, _) in found.items() if model == m] for m in models}
+    return records, tasks
+
+
+def merge(dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """Write the summary of everything in dirs to out_dir (default dirs[0]); returns (md, csv) paths."""
+    records, tasks = collect(dirs)
+    print(format_domain_table(records, tasks) + "\n\n" + format_table(records, tasks))
+    return write_summary(records, out_dir or dirs[0], tasks)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from bmca_clip.cli import exit_on_user_error
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bmca_clip.eval.merge", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "dirs", nargs="+", type=Path, help="eval output_dir folders (one per shard, or shared)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write the summary (default: first dir)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with exit_on_user_error():
+        md, csv = merge(args.dirs, args.out)
+    print(f"\nsummary: {md}, {csv}, summary_domains.csv, summary.png")
+
+
+if __name__ == "__main__":
+    main()
