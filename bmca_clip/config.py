@@ -212,6 +212,19 @@ class LoggerConfig:
 
 
 @dataclass
+class TrainEvalConfig:
+    """Zero-shot evaluation during training (each rank scores its share of the suite's tasks)."""
+
+    suite: str | None = None  # a suite name (conf/suite), e.g. demo; null = no evaluation during training
+    every_steps: int = 1000  # and at the last step
+    data_root: str = "data"  # folder task sources are relative to
+    batch_size: int = 64
+
+    def __post_init__(self):
+        _check(self.every_steps >= 1, "eval.every_steps", self.every_steps, "an integer >= 1")
+
+
+@dataclass
 class PretrainConfig:
     """What `train.py` runs: the composed groups plus where the run lives."""
 
@@ -222,6 +235,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
     name: str = "default"  # run name; the run lives in output_dir
     output_dir: str = "runs/${name}"  # fixed per run name so that resume=latest finds it again
     resume: str | None = None  # null | latest | path to a checkpoint file

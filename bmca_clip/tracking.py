@@ -45,7 +45,7 @@ class MetricLogger:
         if not self.enabled:
             return
         # The console gets the headline numbers and any data trouble; every counter goes to JSONL and wandb.
-        main = {k: v for k, v in metrics.items() if "/" not in k}
+        main = {k: v for k, v in metrics.items() if "/" not in k or k.startswith("eval/")}
         trouble = {
             k[5:]: v for k, v in metrics.items() if k.startswith("data/") and k[5:] not in ("decoded", "kept")
         }

@@ -20,6 +20,7 @@ from bmca_clip.dist import init_distributed
 from bmca_clip.model import build_model
 from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm
 from bmca_clip.tracking import MetricLogger
+from bmca_clip.train_eval import PeriodicEval
 from bmca_clip.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,15 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         config=resolved,
         enabled=dist.is_main,
     )
+    if cfg.eval.suite:
+        trainer.evaluator = PeriodicEval(
+            cfg.eval.suite,
+            cfg.eval.data_root,
+            cfg.eval.batch_size,
+            bundle.preprocess_eval,
+            bundle.tokenizer,
+            dist,
+        )
     trainer.preemption = PreemptionHandler(dist)
     try:
         return trainer.train(loader, logger, {"config": resolved, "versions": library_versions()})

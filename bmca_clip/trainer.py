@@ -71,6 +71,7 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0
         self.preemption: PreemptionHandler | None = None  # set by run(); None in tests that drive steps
+        self.evaluator = None  # set by run() when eval.suite is given: model -> {"eval/<task>": value}
 
     def autocast(self):
         dtype = _AUTOCAST_DTYPES[self.cfg.train.precision]
@@ -183,6 +184,12 @@ class Trainer:
                 logger.log(self.step, last)
                 window = _Window()
             logger.advance(self.step)
+            if self.evaluator is not None and (
+                self.step % cfg.eval.every_steps == 0 or self.step == cfg.train.steps
+            ):
+                scores = self.evaluator(unwrap(self.model))  # every rank: each scores its share of tasks
+                logger.log(self.step, scores)
+                last.update(scores)
             saved = self.step % cfg.checkpoint.every_steps == 0 or self.step == cfg.train.steps
             if saved:
                 self.save(loader, checkpoint_extra)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,3 +71,18 @@ def test_torchrun_train_py_saves_every_ranks_data_position(corpus, tmp_path):
     assert len(state["data"]["ranks"]) == 2
     for rank in state["data"]["ranks"]:  # each rank's own stream took its 4 batches of 16
         assert rank["positions"]["0"]["sample"] == 4 * 16
+
+
+def test_periodic_eval_splits_the_suite_across_ranks_and_logs_every_task(corpus, tmp_path):
+    overrides = tiny_train_overrides(
+        corpus,
+        tmp_path / "run",
+        **{"train.steps": 2, "eval.suite": "demo", "eval.every_steps": 2, "eval.data_root": corpus.parent},
+    )
+    proc = _torchrun("train.py", *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    scores = next(row for row in rows if "eval/mean" in row)
+    tasks = {"synthetic_modality", "synthetic_color", "synthetic_retrieval"}
+    assert {k.removeprefix("eval/") for k in scores if k.startswith("eval/") and k != "eval/mean"} == tasks
+    assert all(0.0 <= scores[f"eval/{t}"] <= 1.0 for t in tasks)
