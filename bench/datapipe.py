@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import open_clip
 import torch
+from machine import cpu_name  # bench/machine.py: scripts run from bench/
 from PIL import Image, ImageDraw, ImageFilter
 
 from bmca_clip.data.decode import FastTrainTransform, normalize_on_device
@@ -67,17 +67,6 @@ def make_jpegs(n: int, seed: int) -> list[bytes]:
         make_image(rng, width, height).save(buf, "JPEG", quality=90)
         out.append(buf.getvalue())
     return out
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def baseline(size: int) -> Callable[[list[bytes]], torch.Tensor]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from machine import cpu_name  # bench/machine.py: scripts run from bench/
 from torch.utils.flop_counter import FlopCounterMode
 
 import bmca_clip.model  # noqa: F401  registers bmca-tiny / bmca-small with open_clip
@@ -63,17 +63,6 @@ GPU_BATCH = {"ViT-B-16": 256, "ViT-L-14": 128}
 _AUTOCAST = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 
 Step = Callable[[dict], object]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def describe_machine(device: torch.device) -> str:
