@@ -2,6 +2,7 @@
 
 python train.py experiment=demo
 torchrun --nproc_per_node=8 train.py model=ViT-L-14 model.pretrained=commonpool_xl_clip_s13b_b90k
+python train.py -m optim.lr=1e-6,5e-6 hydra/launcher=slurm   # a sweep as one Slurm job array
 python train.py --help            # the config groups and every key
 """
 
@@ -9,12 +10,24 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bmca_clip.cli import exit_on_user_error
 from bmca_clip.config import PretrainConfig, register_configs, to_object
 
 register_configs()
+
+
+def _sweep_output_dir(cfg: DictConfig) -> DictConfig:
+    """In a multirun each job gets its own folder, runs/<name>-sweep/<job number> (hydra.sweep in
+    conf/pretrain.yaml), unless output_dir is one of the overrides."""
+    hydra_cfg = HydraConfig.get()
+    overridden = any(o.split("=", 1)[0].lstrip("+~") == "output_dir" for o in hydra_cfg.overrides.task)
+    if hydra_cfg.mode == RunMode.MULTIRUN and not overridden:
+        cfg.output_dir = hydra_cfg.runtime.output_dir
+    return cfg
 
 
 @hydra.main(config_path="conf", config_name="pretrain", version_base="1.3")
@@ -25,7 +38,7 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("bmca_clip").setLevel(logging.INFO)
     try:
         with exit_on_user_error():
-            train.run(to_object(cfg, PretrainConfig))
+            train.run(to_object(_sweep_output_dir(cfg), PretrainConfig))
     finally:
         dist.shutdown()
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -30,13 +34,42 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def slurm_rendezvous_port(job_id: int | str) -> int:
+    """The port rank 0 listens on in a Slurm job: fixed by the job id, the same as slurm/train.sbatch."""
+    return 20000 + int(job_id) % 20000
+
+
+def torch_env_from_slurm(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for a process that srun started as one of
+    several tasks of a job step (what hydra-submitit-launcher does with tasks_per_node > 1), when no
+    launcher (torchrun) set them; {} otherwise, also for a lone `python train.py` in a batch script."""
+    if "RANK" in environ or int(environ.get("SLURM_STEP_NUM_TASKS", "1")) <= 1:
+        return {}
+    nodes = environ.get("SLURM_STEP_NODELIST") or environ["SLURM_JOB_NODELIST"]
+    if re.fullmatch(r"[\w.-]+", nodes):  # one plain host name
+        head = nodes
+    else:  # node[01-04],gpu7: let Slurm expand it
+        head = subprocess.run(
+            ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
+    return {
+        "RANK": environ["SLURM_PROCID"],
+        "LOCAL_RANK": environ["SLURM_LOCALID"],
+        "WORLD_SIZE": environ["SLURM_STEP_NUM_TASKS"],
+        "MASTER_ADDR": environ.get("MASTER_ADDR", head),
+        "MASTER_PORT": environ.get("MASTER_PORT", str(slurm_rendezvous_port(environ["SLURM_JOB_ID"]))),
+    }
+
+
 def init_distributed(device_preference: str = "auto") -> DistInfo:
-    """Join the process group that the launcher (torchrun, or srun running torchrun) describes.
+    """Join the process group that the launcher (torchrun, srun running torchrun, or srun alone with one
+    task per GPU) describes.
 
     accelerate's PartialState reads the launcher's environment, picks the backend (NCCL on GPUs, gloo on
     CPUs) and the device. Without CUDA it must be told cpu=True: otherwise each process silently runs
     alone (tests/test_distributed.py proves the processes form one group).
     """
+    os.environ.update(torch_env_from_slurm())
     use_cpu = device_preference == "cpu" or not torch.cuda.is_available()
     if device_preference == "cuda" and use_cpu:
         raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")

@@ -1,6 +1,7 @@
-"""Preemption: SIGTERM and SIGUSR1 (what SLURM sends before preemption or the time limit) become a request
-to stop after the current step, save a checkpoint and exit with REQUEUE_EXIT_CODE; under SLURM the job is
-requeued first, and `resume=latest` picks it up where it stopped."""
+"""Preemption: SIGTERM, SIGUSR1 and SIGUSR2 (what Slurm and submitit send before preemption or the time
+limit) become a request to stop after the current step, save a checkpoint and exit with REQUEUE_EXIT_CODE.
+Under Slurm the job is requeued first, and the restarted job (SLURM_RESTART_COUNT > 0) resumes from its
+latest checkpoint, as `resume=latest` would."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 # sysexits.h EX_TEMPFAIL: "temporary failure, the user is invited to retry". Not 0, so that `afterok`
 # dependencies do not fire on a run that has not finished.
 REQUEUE_EXIT_CODE = 75
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# SIGUSR1: slurm/train.sbatch's --signal=USR1@120; SIGUSR2: what submitit (hydra/launcher=slurm) sends.
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Preempted(SystemExit):
@@ -52,6 +54,14 @@ class PreemptionHandler:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def slurm_restart(environ=os.environ) -> int:
+    """How many times Slurm has restarted (requeued) this job: 0 outside Slurm and on a first run."""
+    try:
+        return int(environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
 
 
 def requeue_if_slurm(dist: DistInfo) -> bool:

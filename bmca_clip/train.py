@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -12,13 +13,13 @@ import torch
 from omegaconf import OmegaConf
 
 import bmca_clip
-from bmca_clip.checkpoint import resolve_resume, set_rng_state
-from bmca_clip.config import PretrainConfig
+from bmca_clip.checkpoint import list_checkpoints, resolve_resume, set_rng_state
+from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import from_open_clip
 from bmca_clip.data.pipeline import DataError, build_train_loader
 from bmca_clip.dist import init_distributed
 from bmca_clip.model import build_model
-from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm
+from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm, slurm_restart
 from bmca_clip.tracking import MetricLogger
 from bmca_clip.train_eval import PeriodicEval
 from bmca_clip.trainer import Trainer
@@ -55,6 +56,15 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     dist = init_distributed(cfg.train.device)
     out_dir = Path(cfg.output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
+    resume = cfg.resume
+    if resume is None and (restart := slurm_restart()):
+        resume = "latest"  # a requeued Slurm job carries on from its own last checkpoint
+        log.info("Slurm restart %d of job %s: resume=latest", restart, os.environ.get("SLURM_JOB_ID"))
+    if resume is None and (earlier := list_checkpoints(ckpt_dir)):
+        raise ConfigError(
+            f"{ckpt_dir} already holds checkpoints of an earlier run (newest: {earlier[-1].name}); nothing "
+            "was overwritten. Pass resume=latest to continue that run, or name=/output_dir= for a new one"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     if dist.is_main:
@@ -66,7 +76,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     bundle = build_model(cfg.model, dist.device)
     trainer = Trainer(cfg, dist, bundle.model, ckpt_dir)
     data_state = None
-    if (found := resolve_resume(cfg.resume, ckpt_dir)) is not None:
+    if (found := resolve_resume(resume, ckpt_dir)) is not None:
         path, state = found
         trainer.load_state_dict(state)
         set_rng_state(state["rng"])
