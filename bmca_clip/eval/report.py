@@ -424,6 +424,12 @@ def _problems(summary: Summary) -> list[str]:
                 f"- {m} / {t}" + (f": {summary.cells[m, t].error}" if status == "failed" else "")
                 for m, t in found
             ]
+    if lines:
+        lines += [
+            "",
+            "No result means the job (or Slurm array task) that had the task failed or has not run; "
+            "run the same command again: tasks already scored with the same config are skipped.",
+        ]
     return lines
 
 

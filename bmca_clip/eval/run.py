@@ -36,7 +36,7 @@ from bmca_clip.eval.report import (
     write_task_json,
 )
 from bmca_clip.eval.shard import resolve_shard, select
-from bmca_clip.eval.tasks import Task, load_suite
+from bmca_clip.eval.tasks import Suite, Task, list_suites, load_suite, suite_from_mapping
 from bmca_clip.model import ClipBundle, build_model
 from bmca_clip.wise_ft import blend, check_alpha, load_state
 
@@ -148,11 +148,20 @@ def _evaluate_model(
     return [by_name[task.name] for task in tasks]
 
 
+def _suite(composed: dict) -> Suite:
+    """The suite Hydra composed: from conf/suite by name, or (a suite YAML found elsewhere through
+    hydra.searchpath) from the composed content itself."""
+    name = composed["name"]
+    if name in list_suites():
+        return load_suite(name)
+    return suite_from_mapping(dict(composed), Path(f"suite={name} (hydra.searchpath)"))
+
+
 def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     device = pick_device(cfg.device, 0)
     out_dir = Path(cfg.output_dir)
     checkpoints = [None if c is None else resolve_checkpoint(c) for c in cfg.checkpoints]
-    suite = load_suite(cfg.suite["name"])
+    suite = _suite(cfg.suite)
     shard = resolve_shard(cfg.shard)
     tasks = select(suite.tasks, shard)
     if shard is not None:

@@ -449,28 +449,38 @@ def load_suite(
     _check_keys(file, raw, Suite, required=("name", "tasks"))
     if raw["name"] != file.stem:
         raise _fail(file, "name", f"'{raw['name']}' must equal the file name '{file.stem}'")
-    names = _string_list(file, "tasks", raw["tasks"])
+    return suite_from_mapping(raw, file, tasks_dir)
+
+
+def suite_from_mapping(raw: dict, origin: Path | str, tasks_dir: Path = DEFAULT_TASKS_DIR) -> Suite:
+    """A suite from its YAML's content (`origin` names it in messages). Each entry of tasks is the name of
+    a task in tasks_dir or the path of a task YAML, so a suite kept outside the repository (found by Hydra
+    through hydra.searchpath) can list tasks of its own."""
+    origin = Path(origin)
+    _check_keys(origin, raw, Suite, required=("name", "tasks"))
+    names = _string_list(origin, "tasks", raw["tasks"])
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise _fail(file, "tasks", f"lists {duplicates} more than once")
+        raise _fail(origin, "tasks", f"lists {duplicates} more than once")
     available = list_tasks(tasks_dir)
     for name in names:
-        if name not in available:
+        if name not in available and Path(name).suffix not in (".yaml", ".yml"):
             raise _fail(
-                file,
+                origin,
                 "tasks",
-                f"unknown task '{name}'; available tasks in {tasks_dir}: {', '.join(available)}",
+                f"unknown task '{name}'; available tasks in {tasks_dir}: {', '.join(available)} "
+                "(or give the path of a task YAML)",
             )
     expect = raw.get("expect_tasks")
     if expect is not None and (
         isinstance(expect, bool) or not isinstance(expect, int) or expect != len(names)
     ):
-        raise _fail(file, "expect_tasks", f"says {expect!r} tasks, but the suite lists {len(names)}")
+        raise _fail(origin, "expect_tasks", f"says {expect!r} tasks, but the suite lists {len(names)}")
     tasks = tuple(load_task(name, tasks_dir) for name in names)
     return Suite(
         name=raw["name"],
         tasks=tasks,
         description=raw.get("description") or "",
         expect_tasks=expect,
-        yaml_path=file,
+        yaml_path=origin,
     )
