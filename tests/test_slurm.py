@@ -135,6 +135,20 @@ def test_preempted_job_saves_requeues_and_resumes_without_losing_or_repeating_a_
     assert [r["loss"] for r in logged] == pytest.approx([reference[s] for s in range(1, STEPS + 1)], rel=1e-6)
 
 
+def test_srun_with_one_task_per_rank_forms_the_group_without_torchrun(slurm, corpus, tmp_path):
+    """What the submitit launcher runs with tasks_per_node > 1: srun starts the ranks, train.py reads
+    SLURM_PROCID / SLURM_STEP_NUM_TASKS (bmca_clip/dist.py)."""
+    run = tmp_path / "srun"
+    overrides = tiny_train_overrides(corpus, run, **{"train.steps": 4})
+    command = " ".join(["srun", sys.executable, "train.py", *overrides])
+    job = sbatch(slurm, "--ntasks=2", "--cpus-per-task=1", f"--output={run}.out", "--wrap", command)
+    (info,) = wait(slurm, job)
+    assert info["JobState"] == "COMPLETED", Path(f"{run}.out").read_text()[-3000:]
+    final = torch.load(run / "checkpoints/step_00000004.pt", weights_only=True)
+    assert len(final["data"]["ranks"]) == 2
+    assert steps(run)[-1]["samples_seen"] == 4 * 2 * 16
+
+
 # --- evaluation array ------------------------------------------------------------------------------------
 
 
