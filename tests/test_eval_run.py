@@ -3,11 +3,22 @@ results reused when their config is the same."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import open_clip
 import torch
 from conftest import compose_config
+from eval_fixtures import (
+    COLOR_NAMES,
+    COLOR_TASK_BODY,
+    make_color_task_data,
+    make_hub_repos,
+    write_csv,
+    write_task_yaml,
+)
+from hub_server import FakeHub
+from huggingface_hub.utils import _http
 
 from bmca_clip.config import EvaluateConfig, to_object
 from bmca_clip.eval import run as eval_run
@@ -74,3 +85,82 @@ def test_a_rerun_reuses_stored_results_with_the_same_config(corpus, tmp_path, ca
     # rerun=true scores every task again, whatever is stored.
     _evaluate(corpus, tmp_path, "rerun=true", cache_dir=None)
     assert calls
+
+
+# --- stored results follow the data, not only the config (issue 10, item 1) ---
+
+
+def _evaluate_suite_of(task_yaml, data_root, *overrides):
+    """eval.py's run() on a suite of one task YAML (by path), without the embedding cache."""
+    cfg = compose_config(
+        "evaluate",
+        ["model=bmca-tiny", f"data_root={data_root}", f"output_dir={data_root / 'eval'}", "cache_dir=null"]
+        + list(overrides),
+    )
+    cfg = to_object(cfg, EvaluateConfig)
+    cfg.suite = {"name": "stale", "tasks": [str(task_yaml)]}
+    (results,) = eval_run.run(cfg).values()
+    return results[0]
+
+
+def _run_logged(caplog, data_root, task_yaml, *overrides):
+    """(whether the task was scored rather than served from its stored JSON, the result)."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bmca_clip.eval"):
+        result = _evaluate_suite_of(task_yaml, data_root, *overrides)
+    return "cached result" not in caplog.text, result
+
+
+def _stored_record(data_root) -> dict:
+    (path,) = (data_root / "eval").glob("*/*.json")
+    return json.loads(path.read_text())
+
+
+def test_a_relabelled_csv_is_scored_again_not_served_from_the_stored_json(tmp_path, caplog):
+    make_color_task_data(tmp_path / "colors")
+    path = write_task_yaml(tmp_path / "tasks", "colors", COLOR_TASK_BODY)
+    assert _run_logged(caplog, tmp_path, path)[0]
+    assert not _run_logged(caplog, tmp_path, path)[0]  # unchanged data: "cached result"
+    before = _stored_record(tmp_path)
+
+    # Relabel: the same image files under the same names, every label moved to the next class.
+    table = tmp_path / "colors/test.csv"
+    rows = [line.split(",") for line in table.read_text().split()[1:]]
+    write_csv(table, ["image", "label"], [[image, (int(label) + 1) % 4] for image, label in rows])
+    scored, relabelled = _run_logged(caplog, tmp_path, path)
+    assert scored, caplog.text
+    after = _stored_record(tmp_path)
+    assert after["provenance"]["data"]["fingerprint"] != before["provenance"]["data"]["fingerprint"]
+    assert after["config"]["data"] == after["provenance"]["data"]
+    _, fresh = _run_logged(caplog, tmp_path, path, "rerun=true")
+    assert (relabelled.metrics, relabelled.n) == (fresh.metrics, fresh.n)
+    assert not _run_logged(caplog, tmp_path, path)[0]  # and now the relabelled result is the stored one
+
+
+def test_a_hub_repo_whose_commit_moved_is_scored_again(tmp_path, caplog):
+    repos = make_hub_repos(tmp_path / "repos")
+    source = "  loader: hf_dataset\n  repo_id: org/skin\n  label_column: label\n  label_encoding: int\n"
+    body = COLOR_TASK_BODY.split("source:")[0] + "source:\n" + source
+    body += f"classes: {COLOR_NAMES}\n" + 'templates: ["a {} image."]\n'
+    path = write_task_yaml(tmp_path / "tasks", "skin", body)
+    with FakeHub() as hub, hub.use():
+        first = hub.add_dataset("org/skin", repos["org/skin"][0])
+        assert _run_logged(caplog, tmp_path, path)[0]
+        assert not _run_logged(caplog, tmp_path, path)[0]  # same commit: "cached result"
+
+        moved = hub.add_dataset("org/skin", repos["org/skin@refs/convert/parquet"][0])  # main moves on
+        assert moved != first
+        scored, result = _run_logged(caplog, tmp_path, path)
+        assert scored and result.n == 3, caplog.text
+        assert _stored_record(tmp_path)["provenance"]["data"]["hub_commit"] != first
+        assert _stored_record(tmp_path)["provenance"]["data"]["hub_commit"] == moved
+        assert _stored_record(tmp_path)["config"]["data"]["hub_commit"] == moved
+
+        # The hub unreachable, the data in the local cache: which commit "main" is now is unknown, so the
+        # stored result is not trusted; the task is scored again from the cache and the log says why.
+        hub.stop()
+        _http.close_session()
+        scored, offline = _run_logged(caplog, tmp_path, path)
+        assert scored and offline.status == "ok" and offline.n == 3
+        assert "could not confirm" in caplog.text and "org/skin" in caplog.text
+        assert "hub_commit" in offline.notes and "not confirmed" in offline.notes["data_identity"]

@@ -6,6 +6,11 @@ becomes a result with status "failed" and the message, and the suite goes on; an
 bug and propagates. Besides the metrics' own notes, a result's notes carry what the data loading
 noticed (hub_commit, skipped, dropped, data_class_names), `n_expected` when the loaded n differs from
 the task's n_expected, and the task's own `unverified` list and `notes`.
+
+A result carries `data`, what identifies the data scored (identity.py: the resolved hub commit and the
+content fingerprint). With `reuse` (eval.py's stored results, run.py) the check for a stored result comes
+after the dataset is built and before the model runs: the data is read once, and a result stored for other
+data, or for data whose identity cannot be confirmed (then the log says why), is never served.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bmca_clip.eval.datasets import build_dataset
+from bmca_clip.eval.identity import data_identity
 from bmca_clip.eval.metrics import Scores
 from bmca_clip.eval.multilabel import chance_map, multilabel_metrics, multilabel_scores
 from bmca_clip.eval.multiple_choice import chance_accuracy, evaluate_multiple_choice
@@ -50,6 +56,7 @@ class TaskResult:
     error: str | None = None
     seconds: float = 0.0
     ci: dict | None = None  # the main metric's bootstrap CI (metrics.ci_record; report.py schema)
+    data: dict | None = None  # what identifies the data scored: {hub_commit, fingerprint} (identity.py)
 
     @property
     def main_value(self) -> float | None:
@@ -127,8 +134,14 @@ EVALUATORS: dict[str, Callable[..., tuple[Scores, float | None]]] = {
 }
 
 
-def _data_notes(task: Task, dataset) -> dict[str, str]:
+# (task, data identity) -> the stored result for exactly this config and data, or None
+Reuse = Callable[[Task, dict], "TaskResult | None"]
+
+
+def _data_notes(task: Task, dataset, unconfirmed: str | None) -> dict[str, str]:
     notes = dict(getattr(dataset, "notes", {}))
+    if unconfirmed:
+        notes["data_identity"] = f"not confirmed ({unconfirmed})"
     if task.n_expected is not None and len(dataset) != task.n_expected:
         notes["n_expected"] = f"loaded {len(dataset)} items; the task expects {task.n_expected}"
     if task.unverified:
@@ -146,7 +159,21 @@ def _message(exc: TaskError) -> str:
     return text
 
 
-def _run_task(task: Task, model, preprocess, tokenizer, data_root, run: RunSettings) -> TaskResult:
+def _stored(task: Task, result: TaskResult, reuse: Reuse | None, unconfirmed: str | None):
+    if reuse is None:
+        return None
+    if unconfirmed:
+        log.info(
+            "task %s: not reusing a stored result, the data's identity is unknown: %s", task.name, unconfirmed
+        )
+        return None
+    return reuse(task, result.data)
+
+
+def _run_task(
+    task: Task, model, preprocess, tokenizer, data_root, run: RunSettings, reuse: Reuse | None = None
+) -> tuple[TaskResult, bool]:
+    """(the task's result, whether it is a stored one that reuse returned)."""
     start = time.perf_counter()
     result = TaskResult(
         task=task.name,
@@ -161,17 +188,22 @@ def _run_task(task: Task, model, preprocess, tokenizer, data_root, run: RunSetti
     )
     try:
         dataset = build_dataset(task, data_root, preprocess)
+        result.data, unconfirmed = data_identity(task, dataset)
+        stored = _stored(task, result, reuse, unconfirmed)
+        if stored is not None:
+            return stored, True
         scores, result.chance = EVALUATORS[task.type](task, dataset, model, tokenizer, run)
     except TaskError as exc:
         result.error = _message(exc)
         log.warning("task %s failed: %s", task.name, result.error)
     else:
         result.status, result.n = "ok", len(dataset)
-        result.metrics, result.notes = scores.metrics, {**_data_notes(task, dataset), **scores.notes}
+        notes = _data_notes(task, dataset, unconfirmed)
+        result.metrics, result.notes = scores.metrics, {**notes, **scores.notes}
         result.ci = scores.ci.get(task.main_metric)
         log.info("task %s: %s = %s (n=%d)", task.name, task.main_metric, result.main_value, result.n)
     result.seconds = round(time.perf_counter() - start, 3)
-    return result
+    return result, False
 
 
 def evaluate_task(
@@ -202,10 +234,12 @@ def evaluate_suite(
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
     on_result: Callable[[TaskResult], None] | None = None,
+    reuse: Reuse | None = None,
 ) -> list[TaskResult]:
-    """Score every task of a suite in order. on_result(result) runs after each task, e.g. to write its
-    JSON at once so that a crash later keeps the finished tasks. The model is put in eval mode and
-    restored to its previous mode afterwards (so this can run mid-training)."""
+    """Score every task of a suite in order. on_result(result) runs after each task scored now, e.g. to
+    write its JSON at once so that a crash later keeps the finished tasks. reuse(task, data identity), when
+    given, may return a stored result for the task, which is then not scored (module docstring). The model
+    is put in eval mode and restored to its previous mode afterwards (so this can run mid-training)."""
     tasks = suite.tasks if isinstance(suite, Suite) else tuple(suite)
     run = RunSettings(torch.device(device), batch_size, num_workers, amp_dtype)
     was_training = model.training
@@ -214,9 +248,10 @@ def evaluate_suite(
     try:
         with torch.no_grad():
             for task in tasks:
-                results.append(_run_task(task, model, preprocess, tokenizer, data_root, run))
-                if on_result is not None:
-                    on_result(results[-1])
+                result, stored = _run_task(task, model, preprocess, tokenizer, data_root, run, reuse)
+                results.append(result)
+                if on_result is not None and not stored:
+                    on_result(result)
     finally:
         model.train(was_training)
     return results

@@ -28,14 +28,19 @@ Per-task JSON (`<out_dir>/<model folder>/<task>.json`, written atomically), sche
     dataset_revision str | null  source.revision as declared (the resolved commit is in notes) (v2)
     config           {task, task_yaml_sha256, model {name, weights_sha256, checkpoint_sha256,
                       wise_ft_alpha}, precision, seed, preprocess, bootstrap {n_resamples, seed},
-                      code {bmca_clip, open_clip, torch, schema_version}} | null  (v2)
+                      code {bmca_clip, open_clip, torch, schema_version}, data {hub_commit,
+                      fingerprint} | null} | null  (v2)
                      everything that determines the numbers; weights_sha256 (cache.state_dict_sha256)
                      identifies the weights whatever their source, so no file path enters it; the
-                     device and batch size do not either (they move numbers by float rounding only)
+                     device and batch size do not either (they move numbers by float rounding only);
+                     data (identity.py) is the hub commit the revision resolved to (null for local
+                     files, or when the hub could not confirm it: see notes.data_identity) and the
+                     dataset's content fingerprint; null when the task failed before its data loaded
     config_hash      str | null  sha256 of config as canonical JSON; a re-run skips a task whose stored
                                  JSON has status ok and the same config_hash (v2)
     provenance       {model, pretrained, checkpoint, checkpoint_sha256, versions {python, torch,
-                      open_clip, bmca_clip}, device, dtype, created, [wise_ft_alpha]}
+                      open_clip, bmca_clip}, device, dtype, created, [wise_ft_alpha], data}
+                     data: as config.data, the identity of the data scored
 
 Summary (`write_summary`), from results in memory or JSON records (merge.py):
     summary.md          per-domain table (mean of the main metric over the domain's tasks, then the
@@ -176,7 +181,7 @@ def task_record(
     record["task_yaml_sha256"] = (config or {}).get("task_yaml_sha256")
     record["dataset_revision"] = result.source.get("revision")
     record["config"], record["config_hash"] = config, config_hash(config) if config else None
-    record["provenance"] = provenance
+    record["provenance"] = {**provenance, "data": record.pop("data")}
     return record
 
 
@@ -217,8 +222,8 @@ def read_task_json(path: str | Path) -> dict:
 def result_from_record(record: dict) -> TaskResult:
     """The TaskResult a record was written from (ci kept as an attribute)."""
     names = {f.name for f in dataclasses.fields(TaskResult)}
-    result = TaskResult(**{k: v for k, v in record.items() if k in names})
-    result.ci = record.get("ci")
+    result = TaskResult(**{k: v for k, v in record.items() if k in names and k != "data"})
+    result.ci, result.data = record.get("ci"), (record.get("provenance") or {}).get("data")
     return result
 
 

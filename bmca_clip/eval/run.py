@@ -2,11 +2,14 @@
 
 Work is skipped where it was done before. A task whose stored JSON (output_dir/<model>/<task>.json)
 has status ok and the same config_hash (report.py) is not scored again: the log says "cached result";
-rerun=true scores it anyway. The encoders' outputs go through the embedding cache in cache_dir
-(cache.py), so another output_dir, or a task whose YAML changed only its metrics, reuses the image
-features. A sharded run (shard=i/n, or a Slurm job array; shard.py) writes its tasks' JSON and
-suite.json only; `python -m bmca_clip.eval.merge <output_dir>` writes the summary once every shard is
-done. An unsharded run writes the summary itself (summary.md, .csv, _domains.csv, .png).
+rerun=true scores it anyway. The hash covers the data too (config.data: the hub commit the revision
+resolves to and the dataset's content fingerprint, identity.py), so the check runs once the task's
+dataset is built, before the model runs; data whose identity cannot be confirmed (the hub unreachable,
+the files read from the local cache) is scored again, and the log says why. The encoders' outputs go
+through the embedding cache in cache_dir (cache.py), so another output_dir, or a task whose YAML
+changed only its metrics, reuses the image features. A sharded run (shard=i/n, or a Slurm job array;
+shard.py) writes its tasks' JSON and suite.json only; `python -m bmca_clip.eval.merge <output_dir>`
+writes the summary once every shard is done. An unsharded run writes the summary itself (summary.md, .csv, _domains.csv, .png).
 """
 
 from __future__ import annotations
@@ -81,21 +84,27 @@ def _weights(cfg: EvaluateConfig, checkpoint: Path | None, initial: dict):
         yield f"{label} (WiSE-FT {alpha:g})", blend(initial, tuned, alpha), {"wise_ft_alpha": alpha}
 
 
-def _stored(folder: Path, tasks: tuple[Task, ...], configs: dict[str, dict]) -> dict[str, TaskResult]:
-    """The tasks whose stored result has the config_hash this run would write."""
-    found = {}
-    for task in tasks:
-        result = cached_result(folder / f"{task.name}.json", config_hash(configs[task.name]))
+def _config(configs: dict[str, dict], task: str, data: dict | None) -> dict:
+    """A task's result config: the run's part plus the identity of the data it was scored on."""
+    return {**configs[task], "data": data}
+
+
+def _stored(folder: Path, configs: dict[str, dict]):
+    """reuse(task, data) for the harness: the stored result with the config_hash this run would write."""
+
+    def reuse(task: Task, data: dict) -> TaskResult | None:
+        result = cached_result(folder / f"{task.name}.json", config_hash(_config(configs, task.name, data)))
         if result is not None:
             log.info(
-                "task %s: cached result (same config_hash in %s): %s = %s",
+                "task %s: cached result (same config_hash, same data, in %s): %s = %s",
                 task.name,
                 folder,
                 task.main_metric,
                 result.main_value,
             )
-            found[task.name] = result
-    return found
+        return result
+
+    return reuse
 
 
 def _evaluate_model(
@@ -109,7 +118,8 @@ def _evaluate_model(
     cache: EmbeddingCache | None,
 ) -> list[TaskResult]:
     """Results of the model's current weights on tasks, in task order: stored ones where the config
-    matches, the others scored now (each written to output_dir/<model>/<task>.json as it finishes)."""
+    and the data match, the others scored now (each written to output_dir/<model>/<task>.json as it
+    finishes)."""
     weights = state_dict_sha256(bundle.model, cfg.model.name)
     provenance = make_provenance(
         cfg.model.name, device, cfg.precision, pretrained=cfg.model.pretrained, checkpoint=checkpoint
@@ -130,10 +140,9 @@ def _evaluate_model(
     }
     configs = {task.name: result_config(task, model_id, settings) for task in tasks}
     folder = Path(cfg.output_dir) / _slug(label)
-    done = {} if cfg.rerun else _stored(folder, tasks, configs)
     model = bundle.model if cache is None else CachedModel(bundle.model, cache, weights, preprocess)
-    fresh = evaluate_suite(
-        [task for task in tasks if task.name not in done],
+    return evaluate_suite(
+        tasks,
         model,
         bundle.preprocess_eval,
         bundle.tokenizer,
@@ -142,10 +151,11 @@ def _evaluate_model(
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         amp_dtype=AMP_DTYPES[cfg.precision],
-        on_result=lambda result: write_task_json(result, folder, provenance, configs[result.task], label),
+        on_result=lambda result: write_task_json(
+            result, folder, provenance, _config(configs, result.task, result.data), label
+        ),
+        reuse=None if cfg.rerun else _stored(folder, configs),
     )
-    by_name = {**done, **{result.task: result for result in fresh}}
-    return [by_name[task.name] for task in tasks]
 
 
 def _suite(composed: dict) -> Suite:
