@@ -9,7 +9,8 @@ the files read from the local cache) is scored again, and the log says why. The 
 through the embedding cache in cache_dir (cache.py), so another output_dir, or a task whose YAML
 changed only its metrics, reuses the image features. A sharded run (shard=i/n, or a Slurm job array;
 shard.py) writes its tasks' JSON and suite.json only; `python -m bmca_clip.eval.merge <output_dir>`
-writes the summary once every shard is done. An unsharded run writes the summary itself (summary.md, .csv, _domains.csv, .png).
+writes the summary once every shard is done. An unsharded run writes the summary itself (summary.md,
+.csv, _domains.csv, .png).
 """
 
 from __future__ import annotations
