@@ -246,22 +246,7 @@ def make_hub_repos(root: Path) -> dict[str, tuple[Path, str]]:
     (coop / "split_BTMRI.json").write_text(json.dumps(entries))
     repos["org/coop"] = (coop, "main")
 
-    wds = root / "wds"  # CLIP_benchmark's eval layout
-    index = 0
-    for shard, labels in enumerate([[0, 1, 2], [3, 0]]):
-        (wds / "test").mkdir(parents=True, exist_ok=True)
-        with tarfile.open(wds / f"test/{shard}.tar", "w") as tar:
-            for label in labels:
-                for ext, data in [
-                    ("webp", image_bytes(list(COLORS.values())[label], fmt="WEBP")),
-                    ("cls", str(label).encode()),
-                ]:
-                    info = tarfile.TarInfo(f"s{index:04d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                index += 1
-    (wds / "classnames.txt").write_text("\n".join(COLOR_NAMES) + "\n")
-    (wds / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
+    wds = write_wds_repo(root / "wds", [[0, 1, 2], [3, 0]], COLOR_NAMES)  # CLIP_benchmark's eval layout
     repos["org/wds"] = (wds, "main")
 
     repos["org/ubench"] = (_make_ubench(root / "ubench"), "main")
@@ -346,4 +331,53 @@ def _make_parasites(folder: Path) -> Path:
     }
     columns = {"image": [{"bytes": buf.getvalue(), "path": None}] * 2, "objects": objects}
     write_hf_file(folder / "data/test-00000-of-00001.parquet", columns, features)
+    return folder
+
+
+def write_wds_repo(
+    folder: Path, shards: list[list[int]], classnames: list[str], image_key: str = "webp"
+) -> Path:
+    """CLIP_benchmark's eval layout: test/<i>.tar of samples {image_key, cls}, classnames.txt at the root;
+    shards lists each shard's labels."""
+    fmt = {"webp": "WEBP", "png": "PNG", "jpg": "JPEG"}[image_key]
+    index = 0
+    (folder / "test").mkdir(parents=True, exist_ok=True)
+    for shard, labels in enumerate(shards):
+        with tarfile.open(folder / f"test/{shard}.tar", "w") as tar:
+            for label in labels:
+                colour = list(COLORS.values())[label % len(COLORS)]
+                for ext, data in [(image_key, image_bytes(colour, fmt=fmt)), ("cls", str(label).encode())]:
+                    info = tarfile.TarInfo(f"s{index:04d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                index += 1
+    (folder / "classnames.txt").write_text("\n".join(classnames) + "\n")
+    (folder / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
+    return folder
+
+
+UBENCH_COMMIT = "3f2c5b590bc7a208d5b60f3527ce4c76a331aa2b"  # the revision conf/tasks pins for jnirschl/uBench
+
+
+def write_ubench_labels(folder: Path, rows: list[tuple]) -> Path:
+    """µ-Bench's layout (arrow shards under perception/0.1.0/) with the columns its classification tasks
+    read: image, label_name, dataset, stain; rows are (dataset, stain, label_name)."""
+    import datasets
+
+    features = {
+        "image": datasets.Image(),
+        "label_name": datasets.Value("string"),
+        "dataset": datasets.Value("string"),
+        "stain": datasets.Value("string"),
+    }
+    columns = {
+        "image": [
+            {"bytes": image_bytes(list(COLORS.values())[i % 4]), "path": None} for i in range(len(rows))
+        ],
+        "label_name": [r[2] for r in rows],
+        "dataset": [r[0] for r in rows],
+        "stain": [r[1] for r in rows],
+    }
+    write_hf_file(folder / "perception/0.1.0/ubench-test-00000-of-00001.arrow", columns, features)
+    (folder / "README.md").write_text("---\nlicense: cc-by-sa-4.0\n---\n")
     return folder

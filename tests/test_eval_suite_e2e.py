@@ -95,13 +95,14 @@ def _ham10000(folder: Path, task: dict) -> None:
 
 
 def _isic2019(folder: Path, task: dict) -> None:
-    """flwrlabs/fed-isic2019: label a ClassLabel (FLamby's codes), a center column beside it."""
+    """flwrlabs/fed-isic2019: label a ClassLabel whose names are the digits 0..7 (the hub viewer; the codes
+    are FLamby's MEL, NV, ... in that order), a center column beside it."""
     import datasets
 
     source = task["source"]
     n = len(task["classes"])
     labels = _labels(n)
-    names = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"][:n]
+    names = [str(i) for i in range(n)]
     features = {
         source["image_column"]: datasets.Image(),
         source["label_column"]: datasets.ClassLabel(names=names),

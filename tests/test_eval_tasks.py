@@ -1,10 +1,20 @@
 """Task and suite YAMLs: the shipped ones load, and mistakes fail with the key and the allowed values."""
 
+import re
+
 import pytest
 from eval_fixtures import COLOR_TASK_BODY, RETRIEVAL_TASK_BODY, write_task_yaml
 
 from bmca_clip.eval.harness import EVALUATORS
-from bmca_clip.eval.tasks import TASK_TYPES, TaskError, list_suites, list_tasks, load_suite, load_task
+from bmca_clip.eval.tasks import (
+    REPO_ROOT,
+    TASK_TYPES,
+    TaskError,
+    list_suites,
+    list_tasks,
+    load_suite,
+    load_task,
+)
 
 
 def test_demo_suite_loads_its_three_tasks():
@@ -170,8 +180,8 @@ def test_hub_task_defaults_and_catalogue_fields(tmp_path):
         ),
         (
             "  label_column: label\n",
-            "  label_column: label\n  label_map: {0: a}\n",
-            ("source.label_map", "only read with"),
+            "  label_column: label\n  label_map: {A: z}\n",  # int labels: the data's class names -> class
+            ("source.label_map", "['z']", "not in classes"),
         ),
         (
             "  label_column: label\n",
@@ -217,3 +227,42 @@ def test_suite_expect_tasks_is_checked(tmp_path):
         load_suite(suite)
     suite.write_text("name: two\ntasks: [synthetic_color, synthetic_modality]\nexpect_tasks: 2\n")
     assert load_suite(suite).expect_tasks == 2
+
+
+def test_shipped_yamls_carry_the_task_audits_corrections():
+    """/work/shared/TASK_AUDIT.md (b): the facts it found wrong, and no placeholder class names."""
+    tasks = {name: load_task(name) for name in list_tasks()}
+    # DataComp's wds of Camelyon17 stores png (HF viewer: __key__, cls, npy, png), not webp.
+    assert tasks["camelyon17_wilds"].source.image_column.split(";")[0] == "png"
+    assert {"webp", "png"} <= set(tasks["eyepacs_dr5_vtab"].source.image_column.split(";"))
+    assert tasks["dermamnist7"].licence == "cc-by-nc-4.0"  # medmnist 3.0.2 info.py
+    assert tasks["isic2019_dx8"].n_expected == 4650  # FLamby's test fold
+    # µ-Bench's label_name holds snake_case strings: each subset maps them to its classes.
+    for name, raw in [
+        ("molecule_colocalization", "very_weak"),
+        ("cell_cycle_jurkat", "g1"),
+        ("hela_chromatin_phase", "early_anaphase"),
+        ("golgi_morphology", "partly_disassembled"),
+    ]:
+        source = tasks[name].source
+        assert source.label_encoding == "string" and raw in source.label_map, name
+        assert set(source.label_map.values()) == set(tasks[name].classes), name
+    placeholder = re.compile(r"unlisted|placeholder|class \d+$|\?", re.I)
+    for task in tasks.values():
+        assert not [c for c in task.classes if placeholder.search(c)], task.name
+    notes = (REPO_ROOT / "docs/tasks.md").read_text()
+    assert re.search(r"non-commercial[^\n]*DermaMNIST", notes, re.I)
+
+
+def test_unverified_entries_name_a_known_fact(tmp_path):
+    body = COLOR_TASK_BODY + "unverified: [class order (from the paper), n, licence]\n"
+    assert load_task(write_task_yaml(tmp_path, "ok", body)).unverified[0] == "class order (from the paper)"
+    _assert_fails(
+        tmp_path, COLOR_TASK_BODY + "unverified: [vibes]\n", "'unverified'", "'vibes'", "class order"
+    )
+    # Classes may be left out only while they are unknown, and then the load lists what the data holds.
+    no_classes = COLOR_TASK_BODY.replace("classes: [red, green, blue, yellow]\n", "")
+    _assert_fails(tmp_path, no_classes, "'classes'", "non-empty list")
+    unknown = no_classes.replace("label_encoding: int", "label_encoding: string")
+    task = load_task(write_task_yaml(tmp_path, "unknown", unknown + "unverified: [class names]\n"))
+    assert task.classes == () and task.metrics == ("accuracy", "balanced_accuracy", "macro_f1")

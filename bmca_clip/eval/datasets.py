@@ -44,6 +44,7 @@ from bmca_clip.eval.loaders import (
 from bmca_clip.eval.multilabel import MaskPresence
 from bmca_clip.eval.multiple_choice import parse_question
 from bmca_clip.eval.tasks import Task, TaskError
+from bmca_clip.eval.verify import check_class_names, check_labels, require_classes, values_held
 
 # How to create a missing csv data folder, by task domain; {data_root} is filled in.
 PREPARE_HINTS = {
@@ -404,44 +405,45 @@ LOADERS: dict[str, Loader] = {
 # --- builders, one per task type ---
 
 
-def _bad(task: Task, table: Table, column: str, errors: list[str], what: str = "label") -> TaskError:
+def _bad(
+    task: Task, table: Table, column: str, errors: list[str], what: str = "label", held=None
+) -> TaskError:
+    values = f"; the column holds {values_held(held)}" if held is not None else ""
     return TaskError(
         f"task '{task.name}': {table.where} column '{column}': {len(errors)} bad {what}(s); "
         + "; ".join(errors[:SHOW])
+        + values
     )
-
-
-def _class_name_note(task: Task, table: Table, column: str) -> dict[str, str]:
-    names = table.class_names.get(column)
-    if not names or (len(names) == len(task.classes) and task.verified):
-        return {}
-    return {
-        "data_class_names": f"the data names {len(names)} classes {names}; the task declares {len(task.classes)}"
-    }
 
 
 def _classification(task: Task, table: Table, preprocess: Callable) -> Dataset:
     column = task.source.label_column or "label"  # zip_split_json's table calls its labels "label"
     decode = LABEL_ENCODINGS[task.source.label_encoding](task)
     items, errors, dropped = [], [], Counter()  # items: (row, crop box or None, class index)
-    for i, cell in enumerate(table.column(task, "label_column", default="label")):
+    cells = table.column(task, "label_column", default="label")
+    require_classes(task, table, column, cells)
+    notes = check_class_names(task, table, column)
+    for i, cell in enumerate(cells):
         try:
             items += [(i, box, label) for box, label in decode(cell, dropped)]
         except ValueError as exc:
             errors.append(f"{table.row(i)}: {exc}")
-    if errors:
-        raise _bad(task, table, column, errors)
+    if errors:  # string labels: list every raw value, so one failed load says how to fix the map
+        raise _bad(
+            task, table, column, errors, held=cells if task.source.label_encoding == "string" else None
+        )
     if not items:
         raise TaskError(
             f"task '{task.name}': {table.where} column '{column}': no item left; dropped {dict(dropped)}"
         )
     rows, boxes, labels = (list(values) for values in zip(*items, strict=True))
+    check_labels(task, table, column, labels)
     images = table.image_column(task)
     cropped = any(b is not None for b in boxes)
     dataset = ImageLabelDataset(
         images.select(rows) if cropped else images, labels, preprocess, task.name, boxes if cropped else None
     )
-    dataset.notes = _class_name_note(task, table, column)
+    dataset.notes = notes
     if dropped:
         dataset.notes["dropped"] = f"{sum(dropped.values())} boxes not scored: {dict(dropped)}"
     return dataset

@@ -84,7 +84,7 @@ class Task:
     licence: str | None = None
     n_expected: int | None = None  # the catalogue's size; a different n at load is noted in the result
     verified: bool = False  # catalogue tag [V]: columns and classes checked against the data
-    unverified: tuple[str, ...] = ()  # which details are not, e.g. ("class names", "wds keys")
+    unverified: tuple[str, ...] = ()  # facts not verified: "<fact> [(<detail>)]" (verify.UNVERIFIED_FACTS)
     notes: str = ""  # what a reader of the results must know (duplicates, near-chance, ...)
     yaml_path: Path | None = field(default=None, compare=False)  # where it was read from, for messages
 
@@ -162,6 +162,9 @@ TASK_TYPES: dict[str, TaskType] = {
 }
 # Encodings whose raw labels may be renamed by source.label_map.
 MAPPED_ENCODINGS = ("string", "bool", "mask_presence", "detection_crops")
+# Integer labels whose data may name its classes (ClassLabel names, classnames.txt, the split JSON): there
+# label_map maps those names to the task's classes, and the load checks the order (verify.py).
+NAMED_ENCODINGS = ("int", "sequence_first", "split_json")
 _STRING_KEYS = (
     "loader", "repo_id", "revision", "path", "file", "split", "config_name", "archive", "split_file",
     "image_column", "label_column", "caption_column", "questions_column", "question", "label_encoding",
@@ -291,8 +294,9 @@ def _check_label_map(file: Path, raw: dict, classes: list) -> None:
         raise _fail(
             file, "source.label_map", f"expected a mapping raw label -> class name, got {label_map!r}"
         )
-    if encoding not in MAPPED_ENCODINGS:
-        raise _fail(file, "source.label_map", f"only read with label_encoding {', '.join(MAPPED_ENCODINGS)}")
+    if encoding not in (*MAPPED_ENCODINGS, *NAMED_ENCODINGS):
+        allowed = ", ".join((*MAPPED_ENCODINGS, *NAMED_ENCODINGS))
+        raise _fail(file, "source.label_map", f"only read with label_encoding {allowed}")
     # YAML reads `0:` or `True:` as int/bool keys; the data's labels are compared as strings.
     raw["label_map"] = label_map = {str(k): v for k, v in label_map.items()}
     unknown = set(label_map.values()) - set(classes)
@@ -371,6 +375,16 @@ def _check_extras(file: Path, raw: dict) -> None:
     unverified = raw.get("unverified") or []
     if not isinstance(unverified, list) or not all(isinstance(u, str) and u for u in unverified):
         raise _fail(file, "unverified", f"expected a list of strings, got {unverified!r}")
+    from bmca_clip.eval.verify import UNVERIFIED_FACTS, unverified_facts  # verify.py imports this module
+
+    unknown = sorted(unverified_facts(unverified) - set(UNVERIFIED_FACTS))
+    if unknown:
+        allowed = ", ".join(UNVERIFIED_FACTS)
+        raise _fail(
+            file,
+            "unverified",
+            f"unknown fact(s) {unknown}; write '<fact>' or '<fact> (<detail>)' with a fact of: {allowed}",
+        )
     raw["unverified"] = tuple(unverified)
     for key in ("notes", "description", "licence"):
         if key in raw and not isinstance(raw[key], str):
@@ -386,7 +400,9 @@ def _parse_task(file: Path, raw: dict) -> Task:
     task_type = TASK_TYPES[raw["type"]]
     raw = {k: v for k, v in raw.items() if v is not None}
     raw = {**raw, "classes": raw.get("classes") or [], "templates": raw.get("templates") or []}
-    if task_type.needs_prompts:
+    if task_type.needs_prompts and not raw["classes"] and _classes_unknown(raw):
+        _check_templates(file, _string_list(file, "templates", raw["templates"]))  # classes: see verify.py
+    elif task_type.needs_prompts:
         classes = _string_list(file, "classes", raw["classes"])
         if len(set(classes)) != len(classes):
             raise _fail(file, "classes", "class names must be unique (each becomes one classifier column)")
@@ -399,6 +415,16 @@ def _parse_task(file: Path, raw: dict) -> Task:
     _check_extras(file, raw)
     main, names = _parse_metrics(file, raw, task_type)
     return _build_task(raw, source, main, names, file)
+
+
+def _classes_unknown(raw: dict) -> bool:
+    """A classification task whose class names are declared unknown may leave classes out: its load then
+    fails listing the values the data holds (verify.py), which is what fills them in."""
+    from bmca_clip.eval.verify import unverified_facts
+
+    entries = raw.get("unverified")
+    known = isinstance(entries, list) and all(isinstance(e, str) for e in entries)
+    return raw["type"] == "classification" and known and "class names" in unverified_facts(entries)
 
 
 def _build_task(raw: dict, source: Source, main: str, names: tuple[str, ...], file: Path) -> Task:
