@@ -4,7 +4,7 @@ EVALUATORS maps a task type to the one function that scores it; a new type adds 
 TaskType in tasks.py and a builder in datasets.py. A task whose data or declaration is wrong (TaskError)
 becomes a result with status "failed" and the message, and the suite goes on; any other exception is a
 bug and propagates. Besides the metrics' own notes, a result's notes carry what the data loading
-noticed (hub_commit, skipped, dropped, data_class_names), `n_expected` when the loaded n differs from
+noticed (hub_commit, skipped, dropped, class_order, data_identity), `n_expected` when the loaded n differs from
 the task's n_expected, and the task's own `unverified` list and `notes`.
 
 A result carries `data`, what identifies the data scored (identity.py: the resolved hub commit and the
@@ -159,7 +159,9 @@ def _message(exc: TaskError) -> str:
     return text
 
 
-def _stored(task: Task, result: TaskResult, reuse: Reuse | None, unconfirmed: str | None):
+def _stored(
+    task: Task, result: TaskResult, reuse: Reuse | None, unconfirmed: str | None
+) -> TaskResult | None:
     if reuse is None:
         return None
     if unconfirmed:
