@@ -4,7 +4,9 @@ Conventions shared by every metric here and in retrieval.py:
 - values are fractions in [0, 1]; report tables convert them to percent;
 - a metric that is undefined for the data (AUROC with one class present, anything on zero samples)
   raises `UndefinedMetric` carrying the reason. `compute_classification_metrics` turns that into a
-  value of None plus a note, so a result never holds NaN.
+  value of None plus a note, so a result never holds NaN;
+- each equals scikit-learn's metric on the same input, tied scores and classes missing from the test
+  labels included (tests/test_eval_sklearn.py; the decisions are in each docstring).
 
 Confidence intervals (bootstrap.py): `bootstrap_ci` gives a seeded percentile-bootstrap interval (95%,
 1000 resamples of the test items drawn with replacement, or of their clusters when given). Every metric
@@ -95,13 +97,24 @@ def balanced_accuracy(preds: Tensor, labels: Tensor) -> float:
     return (correct[present] / support[present]).mean().item()
 
 
+def top_k_hits(logits: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Per sample, whether its label is among the k highest of its logits [n, K].
+
+    Tied logits rank the higher class index first, scikit-learn's documented rule
+    (top_k_accuracy_score), rather than torch.topk's order, which is unspecified for ties. So top-1
+    can differ from `accuracy` (argmax: the lowest index wins a tie) only where the top logits tie.
+    """
+    own = logits.gather(1, labels[:, None])
+    later = torch.arange(logits.shape[1]) > labels[:, None]
+    return ((logits > own) | ((logits == own) & later)).sum(dim=1) < k
+
+
 def top_k_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
-    """Fraction of samples whose label is among the k highest logits."""
+    """Fraction of samples whose label is among the k highest logits (ties: top_k_hits)."""
     _check(logits, labels)
     if k > logits.shape[1]:
         raise UndefinedMetric(f"top-{k} accuracy needs at least {k} classes, got {logits.shape[1]}")
-    topk = logits.topk(k, dim=1).indices
-    return (topk == labels[:, None]).any(dim=1).double().mean().item()
+    return top_k_hits(logits, labels, k).double().mean().item()
 
 
 def macro_f1(preds: Tensor, labels: Tensor) -> float:
@@ -210,7 +223,7 @@ def _categories(names: Sequence[str], logits: Tensor, labels: Tensor) -> tuple[T
     """(a representative item of each category, each item's category) for the named classification
     metrics."""
     keys = [labels, logits.argmax(dim=1)]
-    keys += [logits.topk(k, dim=1).indices.eq(labels[:, None]).any(dim=1) for k in map(top_k_of, names) if k]
+    keys += [top_k_hits(logits, labels, k) for k in map(top_k_of, names) if k]
     if "auroc" in names:
         keys.append(torch.unique((logits[:, 1] - logits[:, 0]).double(), return_inverse=True)[1])
     rows = torch.stack([key.long() for key in keys], dim=1)
@@ -322,7 +335,7 @@ def _auroc_stat(logits: Tensor, labels: Tensor) -> Statistic:
 def _top_k_stat(logits: Tensor, labels: Tensor, k: int) -> Statistic:
     if k > logits.shape[1]:
         raise UndefinedMetric(f"top-{k} accuracy needs at least {k} classes, got {logits.shape[1]}")
-    return mean_statistic(logits.topk(k, dim=1).indices.eq(labels[:, None]).any(dim=1))
+    return mean_statistic(top_k_hits(logits, labels, k))
 
 
 _WEIGHTED: dict[str, Callable[[Tensor, Tensor], Statistic]] = {
