@@ -5,11 +5,18 @@ from dataclasses import replace
 
 import pytest
 import torch
-from eval_fixtures import COLOR_TASK_BODY, RETRIEVAL_TASK_BODY, make_color_task_data, write_task_yaml
+from eval_fixtures import (
+    COLOR_TASK_BODY,
+    RETRIEVAL_TASK_BODY,
+    make_color_task_data,
+    tiny_clip,
+    write_task_yaml,
+)
 from numeric import assert_close_scaled
 
 from bmca_clip.eval.bootstrap import Clusters, cluster_counts
 from bmca_clip.eval.datasets import BUILDERS, build_dataset
+from bmca_clip.eval.harness import evaluate_task
 from bmca_clip.eval.loaders import Table, file_images
 from bmca_clip.eval.metrics import bootstrap_ci, compute_classification_metrics
 from bmca_clip.eval.retrieval import recall_intervals
@@ -138,6 +145,13 @@ def test_a_task_with_group_column_carries_its_clusters(tmp_path):
     dataset = build_dataset(task, tmp_path, lambda img: img)
     assert dataset.clusters.name == "patient"
     assert dataset.clusters.ids.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_the_harness_resamples_the_group_column_clusters(tmp_path):
+    task = _grouped_color_task(tmp_path, "patient")
+    model, preprocess, tokenizer = tiny_clip()
+    result = evaluate_task(task, model, preprocess, tokenizer, "cpu", tmp_path)
+    assert result.status == "ok" and result.ci["unit"] == "cluster (patient)"
 
 
 def test_a_misspelled_group_column_names_it_and_the_columns(tmp_path):

@@ -9,7 +9,7 @@ same input.
 import pytest
 import torch
 
-from bmca_clip.eval.retrieval import recall_hits, retrieval_recall
+from bmca_clip.eval.retrieval import recall_hits, retrieval_recall, tie_note
 
 
 def clip_benchmark_hits(
@@ -102,3 +102,15 @@ def test_a_constant_model_scores_like_clip_benchmark_not_one():
     ours = retrieval_recall(scores.T, owner, [1])
     assert ours["text_to_image_R@1"] == clip_benchmark_recall(scores, positive, 1) < 1
     assert ours["image_to_text_R@1"] == clip_benchmark_recall(scores.T, positive.T, 1) < 1
+
+
+def test_the_ties_note_counts_queries_whose_hit_rests_on_the_tie_order():
+    images, texts, owner = _duplicated_gallery(0, 8, 3)
+    note = tie_note((texts @ images.T).T, owner)
+    # Every image has two exact copies and every caption's image is tied with them.
+    assert note is not None and f"{len(owner)} of {len(owner)} text queries" in note
+    g = torch.Generator().manual_seed(1)
+    assert (
+        tie_note(torch.randn(5, 7, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0, 1]))
+        is None
+    )

@@ -107,6 +107,8 @@ def cluster_counts(category: Tensor, groups: Tensor | None, n_resamples: int, se
     cluster id), as many clusters as there are are drawn with replacement and each brings all its items:
     the cluster bootstrap, for items that are not independent (crops or captions of one image, images of
     one patient). One item per cluster gives exactly the item bootstrap's counts."""
+    if groups is not None and groups.shape != category.shape:
+        raise ValueError(f"cluster ids {tuple(groups.shape)} do not align with the {len(category)} items")
     n_categories = int(category.max()) + 1
     if groups is None:
         yield from resample_counts(torch.bincount(category, minlength=n_categories), n_resamples, seed)

@@ -142,7 +142,7 @@ def recall_intervals(
     text_to_image: Tensor | None = None,
     image_clusters: Clusters | None = None,
 ) -> dict[str, dict]:
-    """Bootstrap CI (metrics.ci_record) of each defined recall in hits (from recall_hits).
+    """Bootstrap CI (bootstrap.ci_record) of each defined recall in hits (from recall_hits).
 
     Given text_to_image, text queries are resampled by image (each drawn image brings all its captions),
     or by image_clusters (cluster of each image, e.g. a patient) when given; image queries by
