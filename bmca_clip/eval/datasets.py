@@ -12,6 +12,8 @@ harness copies into the result. Images are opened when an item is read, converte
 and OCT become 3 equal channels; 16-bit and float images are first stretched min-max to 8 bits, since
 PIL would clip them) and passed through the model's preprocess transform. A label that does not decode
 raises TaskError naming the task, the file and column, the rows, and what was expected.
+`.clusters` (bootstrap.Clusters or None) says which items the bootstrap resamples together: the rows
+sharing a source.group_column value, or the crops of one image.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bmca_clip.eval.bootstrap import Clusters
 from bmca_clip.eval.loaders import (
     SHOW,
     ImageSource,
@@ -73,6 +76,7 @@ class _ImageItems(Dataset):
         self.images = images if isinstance(images, ImageSource) else file_images([Path(p) for p in images])
         self.preprocess, self.task_name, self.boxes = preprocess, task_name, boxes
         self.notes: dict[str, str] = {}
+        self.clusters: Clusters | None = None  # per item (retrieval: per image); None: independent
 
     def __len__(self) -> int:
         return len(self.images)
@@ -329,7 +333,7 @@ def read_csv(task: Task, data_root: str | Path) -> Table:
     with table.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a spreadsheet's BOM
         reader = csv.DictReader(f)
         rows, header = list(reader), reader.fieldnames or []
-    for key in ("image_column", "label_column", "caption_column"):
+    for key in ("image_column", "label_column", "caption_column", "group_column"):
         column = getattr(task.source, key)
         if column is not None and column not in header:
             raise TaskError(
@@ -416,6 +420,15 @@ def _bad(
     )
 
 
+def _clusters(task: Task, table: Table, rows: list[int]) -> Clusters | None:
+    """The source.group_column cluster of each item (from its row); an empty cell is its own cluster."""
+    if task.source.group_column is None:
+        return None
+    values = table.column(task, "group_column")
+    cells = [values[r] if values[r] not in (None, "") else ("no group", i) for i, r in enumerate(rows)]
+    return Clusters.of(cells, task.source.group_column)
+
+
 def _classification(task: Task, table: Table, preprocess: Callable) -> Dataset:
     column = task.source.label_column or "label"  # zip_split_json's table calls its labels "label"
     decode = LABEL_ENCODINGS[task.source.label_encoding](task)
@@ -444,6 +457,7 @@ def _classification(task: Task, table: Table, preprocess: Callable) -> Dataset:
         images.select(rows) if cropped else images, labels, preprocess, task.name, boxes if cropped else None
     )
     dataset.notes = notes
+    dataset.clusters = _clusters(task, table, rows) or (Clusters.of(rows, "image") if cropped else None)
     if dropped:
         dataset.notes["dropped"] = f"{sum(dropped.values())} boxes not scored: {dict(dropped)}"
     return dataset
@@ -499,9 +513,11 @@ def _retrieval(task: Task, table: Table, preprocess: Callable) -> Dataset:
             raise TaskError(f"task '{task.name}': {table.where} {table.row(i)}: empty '{column}'")
         by_image.setdefault(images.describe(i), (i, []))[1].extend(captions)
     rows = [row for row, _ in by_image.values()]
-    return ImageCaptionDataset(
+    dataset = ImageCaptionDataset(
         images.select(rows), [caps for _, caps in by_image.values()], preprocess, task.name
     )
+    dataset.clusters = _clusters(task, table, rows)  # None: the harness clusters captions by image
+    return dataset
 
 
 # task type -> builder(task, table, preprocess) -> Dataset; a new task type adds its builder here.

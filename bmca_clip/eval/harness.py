@@ -88,7 +88,13 @@ def _classification(task: Task, dataset, model, tokenizer, run: RunSettings) -> 
         model, tokenizer, task.classes, task.templates, run.device, amp_dtype=run.amp_dtype
     )
     scores = evaluate_classification(
-        model, classifier, _loader(dataset, run), run.device, task.metrics, run.amp_dtype
+        model,
+        classifier,
+        _loader(dataset, run),
+        run.device,
+        task.metrics,
+        run.amp_dtype,
+        clusters=dataset.clusters,
     )
     return scores, 1.0 / len(task.classes)
 
@@ -96,7 +102,14 @@ def _classification(task: Task, dataset, model, tokenizer, run: RunSettings) -> 
 def _retrieval(task: Task, dataset, model, tokenizer, run: RunSettings) -> tuple[Scores, float | None]:
     loader = _loader(dataset, run)
     scores = evaluate_retrieval(
-        model, tokenizer, loader, dataset.captions, run.device, task.metrics, run.amp_dtype
+        model,
+        tokenizer,
+        loader,
+        dataset.captions,
+        run.device,
+        task.metrics,
+        run.amp_dtype,
+        image_clusters=dataset.clusters,
     )
     _, k = parse_recall_metric(task.main_metric)
     return scores, chance_recall(dataset.text_to_image, len(dataset), [k])[task.main_metric]

@@ -368,6 +368,7 @@ def _open_file(path: Path, needed: list[str]) -> tuple[pa.Table, list[str]]:
 def _needed_columns(task: Task) -> list[str]:
     source = task.source
     keys = (source.image_column, source.label_column, source.caption_column, source.questions_column)
+    keys += (source.group_column,)
     return list(dict.fromkeys([*(k for k in keys if k), *(source.filter or {})]))
 
 

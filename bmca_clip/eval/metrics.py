@@ -4,30 +4,42 @@ Conventions shared by every metric here and in retrieval.py:
 - values are fractions in [0, 1]; report tables convert them to percent;
 - a metric that is undefined for the data (AUROC with one class present, anything on zero samples)
   raises `UndefinedMetric` carrying the reason. `compute_classification_metrics` turns that into a
-  value of None plus a note, so a result never holds NaN.
+  value of None plus a note, so a result never holds NaN;
+- each equals scikit-learn's metric on the same input, tied scores and classes missing from the test
+  labels included (tests/test_eval_sklearn.py; the decisions are in each docstring).
 
-Confidence intervals: `bootstrap_ci` gives a seeded percentile-bootstrap interval (95%, 1000 resamples
-of the test items drawn with replacement). Every metric here also has a weighted form that scores all
-resamples of a chunk at once from a count matrix [resamples, items], so 1000 resamples of 50k items take
-about a second; any other callable works too, called once per resample. Resamples where a metric is
-undefined (AUROC drawing one class only) are skipped; if more than 5% are, the interval is undefined.
+Confidence intervals (bootstrap.py): `bootstrap_ci` gives a seeded percentile-bootstrap interval (95%,
+1000 resamples of the test items drawn with replacement, or of their clusters when given). Every metric
+here also has a weighted form that scores all resamples of a chunk at once from a count matrix
+[resamples, categories of items], so 1000 resamples of 50k items take about a second; any other callable
+works too, called once per resample. Resamples where a metric is undefined (AUROC drawing one class
+only) are skipped; if more than 5% are, the interval is undefined.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from bmca_clip.eval.bootstrap import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CI_LEVEL,
+    Clusters,
+    Statistic,
+    bootstrap_intervals,
+    cluster_counts,
+    mean_statistic,
+    percentile_interval,
+)
+
 NON_FINITE = "scores contain NaN or inf (diverged weights, or fp16 overflow: try fp32)"
-BOOTSTRAP_RESAMPLES = 1000  # resamples behind every confidence interval of a run
-BOOTSTRAP_SEED = 0  # fixed, so the same predictions always give the same interval
 
 
 class UndefinedMetric(ValueError):
@@ -85,13 +97,24 @@ def balanced_accuracy(preds: Tensor, labels: Tensor) -> float:
     return (correct[present] / support[present]).mean().item()
 
 
+def top_k_hits(logits: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Per sample, whether its label is among the k highest of its logits [n, K].
+
+    Tied logits rank the higher class index first, scikit-learn's documented rule
+    (top_k_accuracy_score), rather than torch.topk's order, which is unspecified for ties. So top-1
+    can differ from `accuracy` (argmax: the lowest index wins a tie) only where the top logits tie.
+    """
+    own = logits.gather(1, labels[:, None])
+    later = torch.arange(logits.shape[1]) > labels[:, None]
+    return ((logits > own) | ((logits == own) & later)).sum(dim=1) < k
+
+
 def top_k_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
-    """Fraction of samples whose label is among the k highest logits."""
+    """Fraction of samples whose label is among the k highest logits (ties: top_k_hits)."""
     _check(logits, labels)
     if k > logits.shape[1]:
         raise UndefinedMetric(f"top-{k} accuracy needs at least {k} classes, got {logits.shape[1]}")
-    topk = logits.topk(k, dim=1).indices
-    return (topk == labels[:, None]).any(dim=1).double().mean().item()
+    return top_k_hits(logits, labels, k).double().mean().item()
 
 
 def macro_f1(preds: Tensor, labels: Tensor) -> float:
@@ -174,9 +197,11 @@ def compute_classification_metrics(
     labels: Tensor,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
+    clusters: Clusters | None = None,
 ) -> Scores:
     """Every named metric on logits [n, K] and labels [n], with a bootstrap CI for each defined one
-    (n_resamples=0: none); undefined metrics become None with a note."""
+    (n_resamples=0: none) over resampled items, or over resampled clusters when given; undefined
+    metrics become None with a note."""
     logits, labels = logits.float().cpu(), labels.long().cpu()
     if not torch.isfinite(logits).all():
         return Scores.undefined(names, NON_FINITE)
@@ -186,110 +211,27 @@ def compute_classification_metrics(
         scores.record(name, lambda fn=fn: fn(logits, labels))
     defined = [name for name in names if scores.metrics[name] is not None]
     if defined and n_resamples > 0:
-        reps, sizes = _categories(defined, logits, labels)
+        reps, category = _categories(defined, logits, labels)
         # A defined point value means the weighted form is defined too (same checks): no raise here.
         stats = {name: weighted_metric(name, logits[reps], labels[reps]) for name in defined}
-        scores.ci = bootstrap_intervals(stats, sizes, "item", n_resamples, seed)
+        unit, groups = (clusters.unit, clusters.ids) if clusters is not None else ("item", None)
+        scores.ci = bootstrap_intervals(stats, category, unit, n_resamples, seed, groups)
     return scores
 
 
-# Bootstrap. A statistic maps resample counts [r, C] (float32) over C categories of items to values [r]
-# (float64; NaN where undefined in a resample). Categories are single items, or groups of items that
-# every metric treats alike (same label, prediction, top-k hits, score): resampling those with their
-# sizes as weights has the same distribution as resampling the items one by one, with far fewer random
-# draws (a few hundred categories, not 50k items).
-Statistic = Callable[[Tensor], Tensor]
-CI_METHOD = "percentile bootstrap"
-CI_LEVEL = 0.95
-_MAX_UNDEFINED_SHARE = 0.05  # more undefined resamples than this and the interval means little
-_CHUNK_ELEMENTS = 1 << 22  # counts are drawn in chunks of ~4M cells (32 MB)
-
-
-def resample_counts(sizes: Tensor, n_resamples: int, seed: int) -> Iterator[Tensor]:
-    """Bootstrap resamples as counts [r, C] of each category (of sizes[c] items), in chunks: n =
-    sizes.sum() items drawn with replacement per resample. The same (sizes, seed) gives the same counts."""
-    n, n_categories = int(sizes.sum()), len(sizes)
-    per_chunk = max(1, _CHUNK_ELEMENTS // max(n, n_categories))
-    # Few categories: one multinomial draw per category (cost r x C). Many (AUROC's score groups): draw
-    # items and count them per category (cost r x n, but ~4x cheaper per draw than a binomial).
-    # Counts are float32: exact up to 2**24 items, and half the memory traffic of float64.
-    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    owner = torch.arange(n_categories, dtype=torch.int32).repeat_interleave(sizes)  # item -> category
-    for start in range(0, n_resamples, per_chunk):
-        r = min(per_chunk, n_resamples - start)
-        if 4 * n_categories < n:
-            yield torch.from_numpy(rng.multinomial(n, (sizes / n).double().numpy(), size=r)).float()
-        else:
-            drawn = torch.randint(n, (r, n), generator=generator, dtype=torch.int32)
-            drawn = drawn if n_categories == n else owner[drawn]
-            drawn += n_categories * torch.arange(r, dtype=torch.int32)[:, None]
-            yield torch.bincount(drawn.flatten(), minlength=r * n_categories).view(r, -1).float()
-
-
 def _categories(names: Sequence[str], logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """(a representative item of each category, category sizes) for the named classification metrics."""
+    """(a representative item of each category, each item's category) for the named classification
+    metrics."""
     keys = [labels, logits.argmax(dim=1)]
-    keys += [logits.topk(k, dim=1).indices.eq(labels[:, None]).any(dim=1) for k in map(top_k_of, names) if k]
+    keys += [top_k_hits(logits, labels, k) for k in map(top_k_of, names) if k]
     if "auroc" in names:
         keys.append(torch.unique((logits[:, 1] - logits[:, 0]).double(), return_inverse=True)[1])
     rows = torch.stack([key.long() for key in keys], dim=1)
-    _, category, sizes = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
-    first = torch.full((len(sizes),), len(labels)).scatter_reduce_(
+    _, category = torch.unique(rows, dim=0, return_inverse=True)
+    first = torch.full((int(category.max()) + 1,), len(labels)).scatter_reduce_(
         0, category, torch.arange(len(labels)), "amin"
     )
-    return first, sizes
-
-
-def percentile_interval(values: Tensor, level: float = CI_LEVEL) -> tuple[float, float]:
-    """(low, high) quantiles of the defined (non-NaN) resample values, linear interpolation like numpy."""
-    defined = values[~values.isnan()].double()
-    undefined = values.numel() - defined.numel()
-    if defined.numel() == 0 or undefined > _MAX_UNDEFINED_SHARE * values.numel():
-        raise UndefinedMetric(
-            f"undefined in {undefined} of {values.numel()} bootstrap resamples "
-            "(a class too rare to appear in every resample)"
-        )
-    quantiles = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    low, high = torch.quantile(defined, quantiles).tolist()
-    return low, high
-
-
-def ci_record(
-    low: float | None, high: float | None, unit: str, n_resamples: int, seed: int, reason: str | None = None
-) -> dict:
-    """The JSON form of an interval (report.py's `ci`); low and high are None, with a reason, when
-    the interval is undefined."""
-    return {
-        "low": low,
-        "high": high,
-        "level": CI_LEVEL,
-        "method": CI_METHOD,
-        "unit": unit,  # what is resampled: "item" (classification) or "query" (retrieval)
-        "n_resamples": n_resamples,
-        "seed": seed,
-        "reason": reason,
-    }
-
-
-def bootstrap_intervals(
-    stats: dict[str, Statistic], sizes: Tensor, unit: str, n_resamples: int = 1000, seed: int = 0
-) -> dict[str, dict]:
-    """ci_record of each statistic over categories of sizes[c] items, all on the same resamples."""
-    if n_resamples <= 0 or not stats:
-        return {}
-    values: dict[str, list[Tensor]] = {name: [] for name in stats}
-    for counts in resample_counts(sizes, n_resamples, seed):
-        for name, stat in stats.items():
-            values[name].append(stat(counts))
-    out = {}
-    for name, chunks in values.items():
-        try:
-            low, high = percentile_interval(torch.cat(chunks))
-        except UndefinedMetric as exc:
-            out[name] = ci_record(None, None, unit, n_resamples, seed, reason=str(exc))
-        else:
-            out[name] = ci_record(low, high, unit, n_resamples, seed)
-    return out
+    return first, category
 
 
 def bootstrap_ci(
@@ -299,20 +241,24 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = CI_LEVEL,
+    groups: Tensor | None = None,
 ) -> tuple[float, float]:
-    """Percentile-bootstrap interval (low, high) of a metric over resamples of the items.
+    """Percentile-bootstrap interval (low, high) of a metric over resamples of the items, or of their
+    clusters when groups (cluster ids [n], see group_ids) are given.
 
     metric is a classification metric name, scored on logits [n, K] by its vectorised weighted form,
     or any callable f(x, labels) -> float on predictions or logits x [n, ...], called once per resample
-    on the drawn items (slower). The same seed gives the same interval.
+    on the drawn items (slower). The same seed gives the same interval; bootstrap.UndefinedInterval
+    when the metric is undefined in too many resamples.
     """
     _check(logits, labels)
     if isinstance(metric, str):
-        reps, sizes = _categories([metric], logits.float(), labels.long())
+        reps, category = _categories([metric], logits.float(), labels.long())
         stat = weighted_metric(metric, logits.float()[reps], labels.long()[reps])
     else:
-        stat, sizes = per_resample(metric, logits, labels), torch.ones(len(labels), dtype=torch.long)
-    values = torch.cat([stat(counts) for counts in resample_counts(sizes, n_resamples, seed)])
+        stat, category = per_resample(metric, logits, labels), torch.arange(len(labels))
+    draws = cluster_counts(category, None if groups is None else groups.long(), n_resamples, seed)
+    values = torch.cat([stat(counts) for counts in draws])
     return percentile_interval(values, level)
 
 
@@ -332,12 +278,6 @@ def per_resample(fn: Callable[[Tensor, Tensor], float], x: Tensor, labels: Tenso
         return torch.tensor(values, dtype=torch.float64)
 
     return stat
-
-
-def mean_statistic(per_item: Tensor) -> Statistic:
-    """The resampled mean of a per-item value, e.g. a retrieval query's hit (0 or 1)."""
-    # Sums of float32 counts are exact integers below 2**24; the ratio is taken in float64.
-    return lambda counts: (counts @ per_item.to(counts.dtype)).double() / counts.sum(dim=1).double()
 
 
 def _confusion(preds: Tensor, labels: Tensor, counts: Tensor, n_classes: int) -> Tensor:
@@ -395,7 +335,7 @@ def _auroc_stat(logits: Tensor, labels: Tensor) -> Statistic:
 def _top_k_stat(logits: Tensor, labels: Tensor, k: int) -> Statistic:
     if k > logits.shape[1]:
         raise UndefinedMetric(f"top-{k} accuracy needs at least {k} classes, got {logits.shape[1]}")
-    return mean_statistic(logits.topk(k, dim=1).indices.eq(labels[:, None]).any(dim=1))
+    return mean_statistic(top_k_hits(logits, labels, k))
 
 
 _WEIGHTED: dict[str, Callable[[Tensor, Tensor], Statistic]] = {

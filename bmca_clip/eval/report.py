@@ -12,7 +12,8 @@ Per-task JSON (`<out_dir>/<model folder>/<task>.json`, written atomically), sche
     metrics          {str: float | null}  fractions in [0, 1]; null when undefined (see notes); never NaN
     ci               {low, high, level, method, unit, n_resamples, seed, reason} | null  (v2)
                               the main metric's 95% percentile-bootstrap interval over resampled test
-                              items (unit "item") or retrieval queries ("query"); low and high are null
+                              items (unit "item"), retrieval queries ("query"), or clusters of items
+                              ("cluster (image)", "cluster (<group_column>)"); low and high are null
                               with a reason when undefined; null when not computed
     notes            {str: str}  for each null metric, the reason; what data loading noticed
     n                int | null  number of items scored (null when failed)

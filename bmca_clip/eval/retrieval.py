@@ -5,10 +5,18 @@ in the top k of all captions) and `text_to_image_R@k` (query a caption, hit when
 the top k of all images). CLIP_benchmark's `image_retrieval_recall@k` means text->image; we avoid that
 name because readers take it the other way round.
 
-Ties are broken against the correct item: a hit needs fewer than k wrong items scoring at least as high
-as the best correct one. A model that scores everything equally therefore gets recall near 0, not 1.
+Ties follow CLIP_benchmark (`clip_benchmark/metrics/zeroshot_retrieval.py`, `recall_at_k`): per query,
+the k gallery items are torch.topk's k indices of its score row, and the query is a hit when any of them
+is a positive. So an exact duplicate of the right image (or caption) takes a top-k place only when topk
+puts it before the right one, and our numbers equal CLIP_benchmark's on the same score matrix, ties
+included. Which of several exactly tied items topk returns first is torch's choice (it differs with the
+gallery size, and may differ across torch versions and devices); the scores are computed as
+CLIP_benchmark does (texts @ images.T, fp32) and ranked on the CPU, and the result's `ties` note counts
+the queries whose best match ties exactly with a wrong item, i.e. whose hit rests on that order.
 R@k is None (with a note) where k exceeds the gallery, so the default R@100 appears only where it means
-something. Each recall carries a percentile-bootstrap 95% CI over resampled queries (the gallery fixed).
+something. Each recall carries a percentile-bootstrap 95% CI that resamples images, each bringing all
+its captions (a cluster bootstrap: captions of one image are not independent), or the task's
+`source.group_column` clusters (e.g. all images of one patient or figure); the gallery stays fixed.
 """
 
 from __future__ import annotations
@@ -21,21 +29,22 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from bmca_clip.eval.cache import CachedModel
-from bmca_clip.eval.metrics import (
+from bmca_clip.eval.bootstrap import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
-    NON_FINITE,
-    Scores,
+    Clusters,
     bootstrap_intervals,
     mean_statistic,
 )
+from bmca_clip.eval.cache import CachedModel
+from bmca_clip.eval.metrics import NON_FINITE, Scores
 from bmca_clip.eval.zeroshot import autocast_context, encode_images
 
 DIRECTIONS = ("image_to_text", "text_to_image")
 DEFAULT_KS = (1, 5, 10, 100)
 DEFAULT_METRICS = tuple(f"{d}_R@{k}" for d in DIRECTIONS for k in DEFAULT_KS)
 RETRIEVAL_METRIC_NAMES = tuple(f"{d}_R@<k>" for d in DIRECTIONS)
+_QUERY_BATCH = 4096  # queries ranked at once: bounds the copy of their score rows
 _RECALL = re.compile(r"(image_to_text|text_to_image)_R@([1-9][0-9]*)")
 
 
@@ -69,44 +78,95 @@ def retrieval_recall(similarity: Tensor, text_to_image: Tensor, ks: Sequence[int
     return {name: None if hit is None else hit.double().mean().item() for name, hit in hits.items()}
 
 
+def _topk_hits(scores: Tensor, is_positive: Callable[[Tensor, Tensor], Tensor], k: int) -> Tensor:
+    """Per query row of scores [n_queries, n_gallery], whether any of torch.topk's k indices is a
+    positive (is_positive(rows, top indices) -> bool [b, k]): CLIP_benchmark's recall_at_k > 0."""
+    hits = []
+    for start in range(0, len(scores), _QUERY_BATCH):
+        rows = torch.arange(start, min(start + _QUERY_BATCH, len(scores)))
+        top = torch.topk(scores[rows].contiguous(), k, dim=1).indices
+        hits.append(is_positive(rows, top).any(dim=1))
+    return torch.cat(hits)
+
+
 def recall_hits(similarity: Tensor, text_to_image: Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict:
     """Per query, whether it is a hit: `{"image_to_text_R@k": bool [n_images], "text_to_image_R@k":
-    bool [n_texts], ...}`, None where k exceeds the gallery (see retrieval_recall)."""
-    sim = similarity.double().cpu()
+    bool [n_texts], ...}`, None where k exceeds the gallery (see retrieval_recall). Tied scores are
+    ranked in torch.topk's order, as CLIP_benchmark does (module docstring)."""
+    sim = similarity.cpu()
     text_to_image = text_to_image.long().cpu()
     n_images, n_texts = sim.shape
-    positive = _positives(text_to_image, n_images)
-    best_positive = sim.masked_fill(~positive, -math.inf).max(dim=1).values
-    # Wrong captions scoring >= the image's best caption: they all rank at or above it.
-    i2t_wrong_above = ((sim >= best_positive[:, None]) & ~positive).sum(dim=1)
-    own_score = sim[text_to_image, torch.arange(n_texts)]
-    t2i_wrong_above = (sim >= own_score[None, :]).sum(dim=0) - 1  # minus the caption's own image
+    positive = _positives(text_to_image, n_images)  # [n_images, n_texts]
     out: dict[str, Tensor | None] = {}
-    for direction, wrong_above, gallery in (
-        ("image_to_text", i2t_wrong_above, n_texts),
-        ("text_to_image", t2i_wrong_above, n_images),
-    ):
-        for k in ks:
-            out[f"{direction}_R@{k}"] = wrong_above < k if k <= gallery else None
+    for k in ks:
+        out[f"image_to_text_R@{k}"] = (
+            _topk_hits(sim, lambda rows, top: positive[rows].gather(1, top), k) if k <= n_texts else None
+        )
+    for k in ks:
+        out[f"text_to_image_R@{k}"] = (
+            _topk_hits(sim.T, lambda rows, top: top == text_to_image[rows, None], k)
+            if k <= n_images
+            else None
+        )
     return out
 
 
+def tie_note(similarity: Tensor, text_to_image: Tensor) -> str | None:
+    """How many queries have a wrong item scoring exactly as their best match (so their hits rest on
+    torch.topk's order among ties), or None when none has; for the result's notes."""
+    sim, owner = similarity.cpu(), text_to_image.long().cpu()
+    n_images, n_texts = sim.shape
+    positive = _positives(owner, n_images)
+    images = texts = 0
+    for start in range(0, n_images, _QUERY_BATCH):
+        rows, pos = sim[start : start + _QUERY_BATCH], positive[start : start + _QUERY_BATCH]
+        best = rows.masked_fill(~pos, -math.inf).max(dim=1, keepdim=True).values
+        images += ((rows == best) & ~pos).any(dim=1).sum().item()
+    for start in range(0, n_texts, _QUERY_BATCH):
+        columns = sim[:, start : start + _QUERY_BATCH]
+        own = columns.gather(0, owner[None, start : start + _QUERY_BATCH])
+        texts += ((columns == own).sum(dim=0) > 1).sum().item()
+    if not images and not texts:
+        return None
+    return (
+        f"{images} of {n_images} image queries and {texts} of {n_texts} text queries have a wrong item "
+        "scoring exactly as their best match (duplicate images or captions?); tied items are ranked in "
+        "torch.topk's order, as CLIP_benchmark does"
+    )
+
+
 def recall_intervals(
-    hits: dict, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+    hits: dict,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    text_to_image: Tensor | None = None,
+    image_clusters: Clusters | None = None,
 ) -> dict[str, dict]:
-    """Bootstrap CI (metrics.ci_record) of each defined recall in hits (from recall_hits), resampling
-    the queries of its direction."""
+    """Bootstrap CI (bootstrap.ci_record) of each defined recall in hits (from recall_hits).
+
+    Given text_to_image, text queries are resampled by image (each drawn image brings all its captions),
+    or by image_clusters (cluster of each image, e.g. a patient) when given; image queries by
+    image_clusters, else one by one. Without text_to_image, every query is resampled on its own.
+    """
     out = {}
     for direction in DIRECTIONS:
         names = [name for name, hit in hits.items() if name.startswith(direction) and hit is not None]
         if not names:
             continue
         # Queries with the same hits at every k are interchangeable: resample these few patterns.
-        patterns, sizes = torch.unique(
-            torch.stack([hits[n] for n in names], dim=1), dim=0, return_counts=True
+        _, pattern = torch.unique(torch.stack([hits[n] for n in names], dim=1), dim=0, return_inverse=True)
+        reps = torch.full((int(pattern.max()) + 1,), len(pattern)).scatter_reduce_(
+            0, pattern, torch.arange(len(pattern)), "amin"
         )
-        stats = {name: mean_statistic(patterns[:, i]) for i, name in enumerate(names)}
-        out |= bootstrap_intervals(stats, sizes, "query", n_resamples, seed)
+        stats = {name: mean_statistic(hits[name][reps]) for name in names}
+        clusters = image_clusters
+        if direction == "text_to_image" and text_to_image is not None:
+            image = clusters or Clusters(torch.arange(int(text_to_image.max()) + 1), "image")
+            clusters = Clusters(image.ids[text_to_image.long()], image.name)  # a caption joins its image
+        elif direction == "text_to_image":
+            clusters = None
+        unit, groups = (clusters.unit, clusters.ids) if clusters is not None else ("query", None)
+        out |= bootstrap_intervals(stats, pattern, unit, n_resamples, seed, groups)
     return out
 
 
@@ -158,15 +218,18 @@ def evaluate_retrieval(
     amp_dtype: torch.dtype | None = None,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
+    image_clusters: Clusters | None = None,
 ) -> Scores:
     """Named recall metrics for the images in loader (items: image, image index) and their captions,
-    each with a bootstrap CI over resampled queries (n_resamples=0: none)."""
+    each with a bootstrap CI (n_resamples=0: none) over resampled images, each with its captions, or
+    over image_clusters (cluster of each image) when given; a `ties` note counts tie-dependent queries."""
     image_feats, index = encode_images(model, loader, device, amp_dtype)
     image_feats = image_feats[index.argsort()]  # back to dataset order, whatever the loader did
     texts = [c for caps in captions for c in caps]
     owner = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long)
     text_feats = encode_texts(model, tokenizer, texts, device, loader.batch_size or 256, amp_dtype)
-    similarity = image_feats @ text_feats.T
+    # CLIP_benchmark's product and orientation (texts @ images.T), so its ties are ours (docstring).
+    similarity = (text_feats @ image_feats.T).T
     if not torch.isfinite(similarity).all():
         return Scores.undefined(metrics, NON_FINITE)
     ks = sorted({parse_recall_metric(name)[1] for name in metrics})
@@ -180,5 +243,8 @@ def evaluate_retrieval(
         )
         if hits[name] is None:
             scores.notes[name] = f"k exceeds the gallery of {gallery} items, so recall would be trivially 1"
-    scores.ci = recall_intervals({name: hits[name] for name in metrics}, n_resamples, seed)
+    if (note := tie_note(similarity, owner)) is not None:
+        scores.notes["ties"] = note
+    defined = {name: hits[name] for name in metrics}
+    scores.ci = recall_intervals(defined, n_resamples, seed, owner, image_clusters)
     return scores

@@ -66,6 +66,7 @@ class Source:
     label_encoding: str | None = None  # key of datasets.LABEL_ENCODINGS; default by type and loader
     label_map: dict[str, str] | None = None  # raw label (as a string) -> class name
     filter: dict | None = None  # {column: value or [values]}: keep the rows holding one of them
+    group_column: str | None = None  # rows sharing its value (a patient, a figure): one bootstrap cluster
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,10 @@ NAMED_ENCODINGS = ("int", "sequence_first", "split_json")
 _STRING_KEYS = (
     "loader", "repo_id", "revision", "path", "file", "split", "config_name", "archive", "split_file",
     "image_column", "label_column", "caption_column", "questions_column", "question", "label_encoding",
+    "group_column",
 )  # fmt: skip
+# Task types whose results carry bootstrap CIs, so source.group_column means something there.
+GROUPED_TYPES = ("classification", "retrieval")
 
 
 def _fail(file: Path, key: str, problem: str) -> TaskError:
@@ -347,6 +351,12 @@ def _parse_source(file: Path, raw, type_name: str, classes: list) -> Source:
         _check_filter(file, raw["filter"])
     _check_encoding(file, raw, type_name, task_type)
     _check_label_map(file, raw, classes)
+    if "group_column" in raw and (type_name not in GROUPED_TYPES or not LOADERS[raw["loader"]].has_columns):
+        raise _fail(
+            file,
+            "source.group_column",
+            f"only for {' and '.join(GROUPED_TYPES)} tasks whose loader reads columns; remove it",
+        )
     return Source(**raw)
 
 

@@ -14,14 +14,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from bmca_clip.eval.bootstrap import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Clusters
 from bmca_clip.eval.cache import CachedModel
-from bmca_clip.eval.metrics import (
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
-    DEFAULT_METRICS,
-    Scores,
-    compute_classification_metrics,
-)
+from bmca_clip.eval.metrics import DEFAULT_METRICS, Scores, compute_classification_metrics
 
 
 def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
@@ -113,8 +108,10 @@ def evaluate_classification(
     amp_dtype: torch.dtype | None = None,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
+    clusters: Clusters | None = None,
 ) -> Scores:
     """The named metrics (see metrics.py) of zero-shot predictions on loader's (image, label) items,
-    each with a bootstrap CI over resampled items (n_resamples=0: none)."""
+    each with a bootstrap CI over resampled items, or over their clusters when given (n_resamples=0:
+    none)."""
     logits, labels = classification_logits(model, classifier, loader, device, amp_dtype)
-    return compute_classification_metrics(metrics, logits, labels, n_resamples, seed)
+    return compute_classification_metrics(metrics, logits, labels, n_resamples, seed, clusters)
