@@ -164,3 +164,14 @@ def test_a_hub_repo_whose_commit_moved_is_scored_again(tmp_path, caplog):
         assert scored and offline.status == "ok" and offline.n == 3
         assert "could not confirm" in caplog.text and "org/skin" in caplog.text
         assert "hub_commit" in offline.notes and "not confirmed" in offline.notes["data_identity"]
+
+
+def test_results_stored_under_another_metrics_version_are_scored_again(tmp_path, caplog, monkeypatch):
+    """A change to what a metric means (METRICS_VERSION) must not serve numbers computed the old way."""
+    make_color_task_data(tmp_path / "colors")
+    path = write_task_yaml(tmp_path / "tasks", "colors", COLOR_TASK_BODY)
+    assert _run_logged(caplog, tmp_path, path)[0]
+    assert not _run_logged(caplog, tmp_path, path)[0]
+    monkeypatch.setattr(eval_run, "METRICS_VERSION", eval_run.METRICS_VERSION + 1)
+    assert _run_logged(caplog, tmp_path, path)[0]
+    assert _stored_record(tmp_path)["config"]["metrics_version"] == eval_run.METRICS_VERSION

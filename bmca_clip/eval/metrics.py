@@ -42,6 +42,12 @@ from bmca_clip.eval.bootstrap import (
 NON_FINITE = "scores contain NaN or inf (diverged weights, or fp16 overflow: try fp32)"
 
 
+# Part of every stored result's config_hash: bump it whenever a metric's or an interval's definition
+# changes, so results computed the old way are scored again instead of being reused (eval/run.py).
+# 2: retrieval ranks ties as CLIP_benchmark does; top-k breaks ties as scikit-learn; cluster bootstrap.
+METRICS_VERSION = 2
+
+
 class UndefinedMetric(ValueError):
     """The metric has no meaningful value for these labels; the message says why."""
 

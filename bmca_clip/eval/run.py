@@ -26,7 +26,7 @@ from bmca_clip.config import ConfigError, EvaluateConfig
 from bmca_clip.dist import pick_device
 from bmca_clip.eval.cache import CachedModel, EmbeddingCache, describe_transform, state_dict_sha256
 from bmca_clip.eval.harness import TaskResult, evaluate_suite
-from bmca_clip.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from bmca_clip.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_VERSION
 from bmca_clip.eval.report import (
     cached_result,
     config_hash,
@@ -138,6 +138,7 @@ def _evaluate_model(
         "seed": cfg.seed,
         "preprocess": preprocess,
         "bootstrap": {"n_resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
+        "metrics_version": METRICS_VERSION,
     }
     configs = {task.name: result_config(task, model_id, settings) for task in tasks}
     folder = Path(cfg.output_dir) / _slug(label)
