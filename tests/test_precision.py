@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import compose_config
 
-from bmca_clip.config import PretrainConfig, to_object
+from bmca_clip.config import ConfigError, PretrainConfig, to_object
 from bmca_clip.dist import DistInfo
+from bmca_clip.precision import stalled_weights
 from bmca_clip.trainer import Trainer
 
 
@@ -66,3 +67,58 @@ def test_torch_compile_option_trains_and_saves_plain_keys(tmp_path):
     loss_c, loss_e = compiled.train_step([batch])["loss"], eager.train_step([batch])["loss"]
     assert loss_c.item() == pytest.approx(loss_e.item(), rel=1e-4)
     assert not any(k.startswith("_orig_mod") for k in compiled.state_dict()["model"])
+
+
+def _bf16_trainer(tmp_path, lr: float, *extra: str) -> Trainer:
+    overrides = ["model=bmca-tiny", "train.precision=pure_bf16", f"optim.lr={lr}", *extra]
+    cfg = to_object(compose_config("pretrain", overrides), PretrainConfig)
+    torch.manual_seed(0)
+    return Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True), tmp_path)
+
+
+def test_pure_bf16_at_a_learning_rate_it_cannot_represent_is_refused_with_the_fix(tmp_path):
+    # At lr 1e-6 (BIOMEDICA's), an AdamW step is below half a bf16 step of ~98% of bmca-tiny's weights.
+    with pytest.raises(
+        ConfigError, match=r"9\d\.\d% of the \d+ trainable weights.*train\.precision=amp_bf16"
+    ):
+        _bf16_trainer(tmp_path, 1e-6)
+    trainer = _bf16_trainer(tmp_path, 1e-2)  # large enough for every weight: starts
+    assert all(p.dtype == torch.bfloat16 for p in trainer.model.parameters())
+
+
+def _changed_after_five_steps(trainer: Trainer) -> dict[str, torch.Tensor]:
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        trainer.train_step(
+            [
+                {
+                    "images": torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8, generator=g),
+                    "texts": torch.randint(1, 49000, (8, 32), generator=g),
+                }
+            ]
+        )
+    return {n: p.detach() != before[n] for n, p in trainer.model.named_parameters()}
+
+
+def test_the_predicted_stalled_share_is_what_five_pure_bf16_steps_leave_unchanged(tmp_path):
+    """The issue's measurement: at lr 1e-6, fp32 moves (nearly) every weight with a gradient in 5 steps
+    and pure_bf16 almost none; the check's share is a lower bound on the weights left unchanged (Adam's
+    step is at most ~lr, often smaller)."""
+    schedule = ["optim.warmup_steps=0", "optim.schedule=constant"]
+    bf16 = _bf16_trainer(tmp_path, 1e-6, "train.pure_bf16_max_stalled=1.0", *schedule)
+    stalled, total = stalled_weights(bf16.model, 1e-6)
+    cfg = to_object(
+        compose_config("pretrain", ["model=bmca-tiny", "optim.lr=1e-6", *schedule]), PretrainConfig
+    )
+    torch.manual_seed(0)
+    fp32 = Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True), tmp_path)
+    moved_bf16, moved_fp32 = _changed_after_five_steps(bf16), _changed_after_five_steps(fp32)
+    n_bf16 = sum(int(m.sum()) for m in moved_bf16.values())
+    assert total - n_bf16 >= stalled > 0.95 * total
+    # Among the weights that fp32 moves (those with a gradient: not unused token-embedding rows).
+    n_fp32 = sum(int(m.sum()) for m in moved_fp32.values())
+    n_both = sum(int((moved_bf16[k] & moved_fp32[k]).sum()) for k in moved_fp32)
+    rows = {k: m for k, m in moved_fp32.items() if "token_embedding" not in k}
+    assert sum(int(m.sum()) for m in rows.values()) > 0.99 * sum(m.numel() for m in rows.values())
+    assert n_both < 0.05 * n_fp32
