@@ -49,12 +49,14 @@ def check_alpha(alpha: float) -> float:
 
 def blend(base: dict[str, Tensor], tuned: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
     """(1 - alpha) * base + alpha * tuned for every floating tensor, computed in float32 and cast to the
-    tuned dtype; other tensors (integer buffers) must agree and are taken from `tuned`."""
+    tuned dtype; other tensors (integer buffers) must agree and are taken from `tuned`. The merge lands on
+    the tuned tensors' device, whichever device base is on (eval.py's base lives on the GPU, a checkpoint
+    is read to the CPU)."""
     alpha = check_alpha(alpha)
     _check_same_layout(base, tuned)
     merged = {}
     for key, t in tuned.items():
-        b = base[key]
+        b = base[key].to(t.device)  # a copy per tensor, not a second full state dict on either device
         if t.is_floating_point():
             # torch.lerp is exact at both ends (start at 0, end at 1), so alpha 0 / 1 return the inputs.
             merged[key] = torch.lerp(b.float(), t.float(), alpha).to(t.dtype)
