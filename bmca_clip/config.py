@@ -53,6 +53,9 @@ class ModelConfig:
     lock_text_unlocked_layers: int = 0  # ... except its last N groups (projection, last block + ln, ...)
     freeze: list[str] = field(default_factory=list)  # regexes: parameters whose name matches any are frozen
     wise_ft_alpha: Any = None  # eval only: blend each checkpoint with model.pretrained at alpha (or a list)
+    # eval only: blend even when model.pretrained is not the weights the checkpoint's run started from (its
+    # start_weights fingerprint); by default such a merge is refused
+    wise_ft_any_base: bool = False
 
     def __post_init__(self):
         _check(bool(self.name), "model.name", self.name, "an open_clip model name such as ViT-L-14")

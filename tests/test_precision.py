@@ -10,9 +10,10 @@ from numeric import assert_close_scaled
 from torch.utils.data import DataLoader, TensorDataset
 
 from bmca_clip import train as train_mod
-from bmca_clip.config import ConfigError, PretrainConfig, to_object
+from bmca_clip.config import ConfigError, ModelConfig, PretrainConfig, to_object
 from bmca_clip.dist import DistInfo
 from bmca_clip.eval.zeroshot import encode_images
+from bmca_clip.model import build_model, weights_sha256
 from bmca_clip.precision import stalled_weights
 from bmca_clip.trainer import Trainer
 
@@ -140,6 +141,12 @@ def test_pure_bf16_training_with_an_eval_suite_scores_every_task(corpus, tmp_pat
     tasks = {"synthetic_modality", "synthetic_color", "synthetic_retrieval"}
     assert {k.removeprefix("eval/") for k in last if k.startswith("eval/")} == tasks | {"mean"}
     assert all(0.0 <= last[f"eval/{t}"] <= 1.0 for t in tasks)
+    # The start-weights fingerprint is of the fp32 weights build_model returned, before the bf16 cast.
+    torch.manual_seed(0)
+    start = weights_sha256(build_model(ModelConfig(name="bmca-tiny")).model.state_dict())
+    saved = torch.load(tmp_path / "checkpoints" / "step_00000002.pt", weights_only=True)
+    assert saved["start_weights"]["sha256"] == start
+    assert all(v.dtype == torch.bfloat16 for v in saved["model"].values() if v.is_floating_point())
 
 
 def test_a_bf16_model_encodes_fp32_images_like_its_fp32_copy():
