@@ -82,6 +82,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         path, state = found
         trainer.load_state_dict(state)
         set_rng_state(state["rng"])
+        start = state.get("start_weights") or start  # the run's own start, even if its source changed since
         data_state = _rank_data_state(state, dist.rank, dist.world_size)
         log.info("resumed from %s at step %d", path, trainer.step)
     loader = build_train_loader(

@@ -126,3 +126,18 @@ def test_a_checkpoint_without_a_fingerprint_merges_with_a_warning(tmp_path, capl
     assert "no start-weights fingerprint" in caplog.text
     merged = torch.load(tmp_path / "w.pt", weights_only=True)["model"]
     assert all(torch.equal(v, tuned[k]) for k, v in merged.items())
+
+
+def test_a_resumed_run_keeps_the_start_it_recorded(corpus, tmp_path):
+    """Resuming rebuilds the model from model.pretrained; if that file changed since, the checkpoints must
+    still name the weights the run really started from."""
+    torch.save(_seeded_state(0), tmp_path / "base.pt")
+    start = weights_sha256(_seeded_state(0))
+    extra = {"model.pretrained": tmp_path / "base.pt", "train.steps": 4, "checkpoint.every_steps": 2}
+    overrides = tiny_train_overrides(corpus, tmp_path / "run", **extra)
+    train_mod.run(to_object(compose_config("pretrain", overrides), PretrainConfig))
+    (tmp_path / "run" / "checkpoints" / "step_00000004.pt").unlink()
+    torch.save(_seeded_state(1), tmp_path / "base.pt")  # the start file is overwritten between the two jobs
+    train_mod.run(to_object(compose_config("pretrain", [*overrides, "resume=latest"]), PretrainConfig))
+    resumed = torch.load(tmp_path / "run" / "checkpoints" / "step_00000004.pt", weights_only=True)
+    assert resumed["start_weights"]["sha256"] == start
