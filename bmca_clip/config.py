@@ -53,6 +53,9 @@ class ModelConfig:
     lock_text_unlocked_layers: int = 0  # ... except its last N groups (projection, last block + ln, ...)
     freeze: list[str] = field(default_factory=list)  # regexes: parameters whose name matches any are frozen
     wise_ft_alpha: Any = None  # eval only: blend each checkpoint with model.pretrained at alpha (or a list)
+    # eval only: blend even when model.pretrained is not the weights the checkpoint's run started from (its
+    # start_weights fingerprint); by default such a merge is refused
+    wise_ft_any_base: bool = False
 
     def __post_init__(self):
         _check(bool(self.name), "model.name", self.name, "an open_clip model name such as ViT-L-14")
@@ -164,7 +167,10 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps to run in total
     batch_size: int = 256  # micro-batch per device; contrastive batch = batch_size * accum_freq * world
     accum_freq: int = 1  # micro-batches whose features are cached so one loss spans all of them
-    precision: str = "fp32"  # fp32 | amp_bf16 | amp_fp16 (amp_fp16 uses a GradScaler and needs CUDA)
+    precision: str = "fp32"  # fp32 | amp_bf16 | amp_fp16 (GradScaler, CUDA only) | pure_bf16 (bf16 weights)
+    # pure_bf16 refuses to start when more than this share of the trainable weights cannot move at the peak
+    # optim.lr (the update rounds away in bf16; bmca_clip/precision.py); 1.0 = never refuse
+    pure_bf16_max_stalled: float = 0.1
     device: str = "auto"  # auto picks cuda when available
     seed: int = 0  # seeds model init, data order and augmentation
     log_every: int = 10  # steps between metric lines
@@ -177,6 +183,12 @@ class TrainConfig:
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
         _check(self.accum_freq >= 1, "train.accum_freq", self.accum_freq, "an integer >= 1")
         _one_of("train.precision", self.precision, PRECISIONS)
+        _check(
+            0 <= self.pure_bf16_max_stalled <= 1,
+            "train.pure_bf16_max_stalled",
+            self.pure_bf16_max_stalled,
+            "a share in [0, 1]",
+        )
         _one_of("train.device", self.device, DEVICES)
         _check(self.log_every >= 1, "train.log_every", self.log_every, "an integer >= 1")
 

@@ -3,12 +3,16 @@
 open_clip does the building, the downloading and the state-dict massaging (it strips the `module.` prefix
 of DDP-saved files such as BMC_CLIP_CF.pt and accepts safetensors). This module adds our small configs,
 our own checkpoints as a weight source, and error messages that say what to download and where to put it.
+`start_weights` is the fingerprint of the weights a run starts from, which every checkpoint records so a
+WiSE-FT merge can check its base (wise_ft.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +76,30 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBun
         model.set_grad_checkpointing(True)
     freeze(model, cfg)
     return ClipBundle(model, preprocess_train, preprocess_eval, open_clip.get_tokenizer(name))
+
+
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of every state-dict entry's name, dtype, shape and bytes, in name order (as eval/cache.py's
+    state_dict_sha256), with floating tensors as float32: a run's start is hashed before any bf16 cast,
+    and a base read from an fp16 file into an fp32 model hashes the same."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(state.items()):
+        tensor = tensor.detach()
+        tensor = (tensor.float() if tensor.is_floating_point() else tensor).cpu().contiguous()  # a sync
+        digest.update(f"\0{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def start_weights(model: torch.nn.Module, cfg: ModelConfig, seed: int) -> dict:
+    """What a checkpoint records about the weights its run started from: their sha256 (weights_sha256)
+    and where they came from (model.name, model.pretrained, train.seed)."""
+    return {
+        "sha256": weights_sha256(model.state_dict()),
+        "model": cfg.name,
+        "pretrained": cfg.pretrained,
+        "seed": seed,
+    }
 
 
 def freeze(model: torch.nn.Module, cfg: ModelConfig) -> list[str]:

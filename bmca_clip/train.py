@@ -18,7 +18,7 @@ from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import from_open_clip
 from bmca_clip.data.pipeline import DataError, build_train_loader
 from bmca_clip.dist import init_distributed
-from bmca_clip.model import build_model
+from bmca_clip.model import build_model, start_weights
 from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm, slurm_restart
 from bmca_clip.tracking import MetricLogger
 from bmca_clip.train_eval import PeriodicEval
@@ -74,12 +74,15 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     seed_everything(cfg.train.seed)  # the same on every rank: all ranks must start from identical weights
     bundle = build_model(cfg.model, dist.device)
+    # Hashed before Trainer casts pure_bf16 weights in place; every checkpoint carries it for WiSE-FT.
+    start = start_weights(bundle.model, cfg.model, cfg.train.seed) if dist.is_main else None
     trainer = Trainer(cfg, dist, bundle.model, ckpt_dir)
     data_state = None
     if (found := resolve_resume(resume, ckpt_dir)) is not None:
         path, state = found
         trainer.load_state_dict(state)
         set_rng_state(state["rng"])
+        start = state.get("start_weights") or start  # the run's own start, even if its source changed since
         data_state = _rank_data_state(state, dist.rank, dist.world_size)
         log.info("resumed from %s at step %d", path, trainer.step)
     loader = build_train_loader(
@@ -112,7 +115,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         )
     trainer.preemption = PreemptionHandler(dist)
     try:
-        return trainer.train(loader, logger, {"config": resolved, "versions": library_versions()})
+        extra = {"config": resolved, "versions": library_versions(), "start_weights": start}
+        return trainer.train(loader, logger, extra)
     except Preempted as stop:
         log.warning(
             "%s received: checkpoint saved at step %d; exiting with %d so the job runs again",

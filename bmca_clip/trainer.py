@@ -18,6 +18,7 @@ from bmca_clip.data.pipeline import DataError, TrainLoader
 from bmca_clip.dist import DistInfo
 from bmca_clip.loss import build_loss
 from bmca_clip.optim import build_optimizer, build_scheduler
+from bmca_clip.precision import check_pure_bf16
 from bmca_clip.preempt import Preempted, PreemptionHandler
 from bmca_clip.tracking import MetricLogger
 
@@ -58,6 +59,7 @@ class Trainer:
         model = model.to(dist.device)
         if cfg.train.precision == "pure_bf16":  # weights, grads and optimizer state all in bf16
             model = model.to(torch.bfloat16)
+            check_pure_bf16(model, cfg.optim.lr, cfg.train.pure_bf16_max_stalled)  # refuses a stalled run
         if cfg.train.compile:
             model = torch.compile(model)
         if dist.world_size > 1:

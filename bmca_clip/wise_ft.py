@@ -5,12 +5,17 @@ BIOMEDICA's biggest gains came from merging the continually pretrained model wit
 that eval.py and `model.pretrained=` load like any other, and `blended_models` yields one merge per alpha
 for an evaluation sweep without rereading the checkpoints.
 
+A merge is only meaningful with the weights the tuned run started from. Every training checkpoint records
+their fingerprint (`start_weights`, model.py); `check_base` refuses another base unless told (`any_base=true`
+here, `model.wise_ft_any_base=true` in eval.py), and merges a checkpoint without one with a warning.
+
     python -m bmca_clip.wise_ft base=openai tuned=runs/x/checkpoints/step_00010000.pt alpha=0.5 out=merged.pt
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -21,11 +26,14 @@ from torch import Tensor
 
 from bmca_clip.cli import exit_on_user_error, parse_key_values
 from bmca_clip.config import ConfigError, ModelConfig
-from bmca_clip.model import ModelLoadError, build_model
+from bmca_clip.model import ModelLoadError, build_model, weights_sha256
 from bmca_clip.train import library_versions
 
+log = logging.getLogger(__name__)
+
 USAGE = (
-    "python -m bmca_clip.wise_ft base=<tag|file> tuned=<checkpoint> alpha=<0..1> out=<file.pt> [model=<arch>]"
+    "python -m bmca_clip.wise_ft base=<tag|file> tuned=<checkpoint> alpha=<0..1> out=<file.pt> [model=<arch>] "
+    "[any_base=true]"
 )
 
 
@@ -49,12 +57,14 @@ def check_alpha(alpha: float) -> float:
 
 def blend(base: dict[str, Tensor], tuned: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
     """(1 - alpha) * base + alpha * tuned for every floating tensor, computed in float32 and cast to the
-    tuned dtype; other tensors (integer buffers) must agree and are taken from `tuned`."""
+    tuned dtype; other tensors (integer buffers) must agree and are taken from `tuned`. The merge lands on
+    the tuned tensors' device, whichever device base is on (eval.py's base lives on the GPU, a checkpoint
+    is read to the CPU)."""
     alpha = check_alpha(alpha)
     _check_same_layout(base, tuned)
     merged = {}
     for key, t in tuned.items():
-        b = base[key]
+        b = base[key].to(t.device)  # a copy per tensor, not a second full state dict on either device
         if t.is_floating_point():
             # torch.lerp is exact at both ends (start at 0, end at 1), so alpha 0 / 1 return the inputs.
             merged[key] = torch.lerp(b.float(), t.float(), alpha).to(t.dtype)
@@ -66,6 +76,39 @@ def blend(base: dict[str, Tensor], tuned: dict[str, Tensor], alpha: float) -> di
                 "the two checkpoints must come from the same architecture and configuration"
             )
     return merged
+
+
+def check_base(
+    base: dict[str, Tensor],
+    tuned_ckpt: dict | None,
+    base_name: str,
+    tuned_name: str,
+    override: str,
+    any_base: bool,
+) -> None:
+    """Refuse (MergeError) a base whose weights are not the ones the tuned run started from, as recorded in
+    the checkpoint's `start_weights`; with `any_base` only warn. `override` is the setting that says so."""
+    start = (tuned_ckpt or {}).get("start_weights")
+    if not start:
+        log.warning(
+            "%s records no start-weights fingerprint (written before bmca-clip recorded one, or not by "
+            "bmca-clip): cannot check that %s is the start of its run; merging anyway",
+            tuned_name,
+            base_name,
+        )
+        return
+    found = weights_sha256(base)
+    if found == start["sha256"]:
+        return
+    message = (
+        f"WiSE-FT base {base_name} (weights sha256 {found[:16]}) is not the start of {tuned_name}, which was "
+        f"trained from weights sha256 {start['sha256'][:16]} (model {start.get('model')}, pretrained "
+        f"{start.get('pretrained')}, seed {start.get('seed')}); merge with those weights, or set {override} "
+        "to merge anyway"
+    )
+    if not any_base:
+        raise MergeError(message)
+    log.warning("%s; %s given: merging anyway", message, override)
 
 
 def _check_same_layout(base: dict[str, Tensor], tuned: dict[str, Tensor]) -> None:
@@ -110,21 +153,28 @@ def load_state(spec: str, model_name: str | ModelConfig) -> dict[str, Tensor]:
 
 
 def blended_models(
-    model_cfg: ModelConfig, base: str, tuned: str, alphas: float | Sequence[float]
+    model_cfg: ModelConfig, base: str, tuned: str, alphas: float | Sequence[float], any_base: bool = False
 ) -> Iterator[tuple[float, dict[str, Tensor]]]:
     """(alpha, merged state dict) for each alpha, reading base and tuned once; for evaluation sweeps:
-    `for alpha, state in blended_models(cfg.model, base, ckpt, [0.25, 0.5]): model.load_state_dict(state)`."""
+    `for alpha, state in blended_models(cfg.model, base, ckpt, [0.25, 0.5]): model.load_state_dict(state)`.
+    A base that is not the tuned run's start is refused unless `any_base` (check_base)."""
     alphas = [check_alpha(a) for a in ([alphas] if isinstance(alphas, (int, float)) else alphas)]
-    base_state, tuned_state = load_state(base, model_cfg), load_state(tuned, model_cfg)
+    tuned_ckpt = read_bmca_checkpoint(tuned)
+    base_state = load_state(base, model_cfg)
+    tuned_state = tuned_ckpt["model"] if tuned_ckpt else load_state(tuned, model_cfg)
+    check_base(base_state, tuned_ckpt, f"base={base}", f"tuned={tuned}", "any_base=True", any_base)
     for alpha in alphas:
         yield alpha, blend(base_state, tuned_state, alpha)
 
 
-def wise_ft(base: str, tuned: str, alpha: float, out: Path, model: str | None = None) -> Path:
+def wise_ft(
+    base: str, tuned: str, alpha: float, out: Path, model: str | None = None, any_base: bool = False
+) -> Path:
     """Merge `base` and `tuned` with weight `alpha` and write a bmca-clip checkpoint to `out`.
 
     `model` (the open_clip architecture) defaults to the tuned checkpoint's `config.model.name`. Step,
-    samples seen and config come from the tuned checkpoint when it is ours; `wise_ft` records the merge.
+    samples seen, config and start_weights come from the tuned checkpoint when it is ours; `wise_ft`
+    records the merge. A base that is not the tuned run's start is refused unless `any_base` (check_base).
     """
     alpha = check_alpha(alpha)
     tuned_ckpt = read_bmca_checkpoint(tuned)
@@ -138,7 +188,9 @@ def wise_ft(base: str, tuned: str, alpha: float, out: Path, model: str | None = 
         )
     model_cfg = trained_model_config(config, name=model)
     tuned_state = tuned_ckpt["model"] if tuned_ckpt else load_state(tuned, model_cfg)
-    merged = blend(load_state(base, model_cfg), tuned_state, alpha)
+    base_state = load_state(base, model_cfg)
+    check_base(base_state, tuned_ckpt, f"base={base}", f"tuned={tuned}", "any_base=true", any_base)
+    merged = blend(base_state, tuned_state, alpha)
     state = {
         "model": merged,
         "step": int(tuned_ckpt["step"]) if tuned_ckpt else 0,
@@ -149,6 +201,8 @@ def wise_ft(base: str, tuned: str, alpha: float, out: Path, model: str | None = 
         "versions": library_versions(),
         "wise_ft": {"base": str(base), "tuned": str(tuned), "alpha": alpha},
     }
+    if tuned_ckpt and tuned_ckpt.get("start_weights"):
+        state["start_weights"] = tuned_ckpt["start_weights"]  # the merge descends from the same start
     return atomic_torch_save(state, Path(out))
 
 
@@ -176,13 +230,23 @@ def atomic_torch_save(obj: dict, path: Path) -> Path:
     return path
 
 
+def _flag(key: str, value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ConfigError(f"{key}={value!r} is not a boolean; give {key}=true or {key}=false")
+    return value.lower() == "true"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     with exit_on_user_error():
         args = parse_key_values(
-            sys.argv[1:] if argv is None else argv, ("base", "tuned", "alpha", "out"), ("model",), USAGE
+            sys.argv[1:] if argv is None else argv,
+            ("base", "tuned", "alpha", "out"),
+            ("model", "any_base"),
+            USAGE,
         )
         alpha = check_alpha(args["alpha"])
-        out = wise_ft(args["base"], args["tuned"], alpha, Path(args["out"]), model=args.get("model"))
+        any_base = _flag("any_base", args.get("any_base", "false"))
+        out = wise_ft(args["base"], args["tuned"], alpha, Path(args["out"]), args.get("model"), any_base)
     print(f"wrote {out} (WiSE-FT alpha={alpha}: base={args['base']}, tuned={args['tuned']})")
 
 

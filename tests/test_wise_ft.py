@@ -135,3 +135,26 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown key 'oops'; allowed keys: base, tuned")
+
+
+def _device_pairs() -> list[tuple[str, str]]:
+    # "meta" is a second device on every machine: lerp across devices fails there exactly as it does
+    # between a CUDA base and a CPU checkpoint (eval.py model.wise_ft_alpha on a GPU). It checks where
+    # the merge lands, not its values; a GPU adds the pairs whose values are compared.
+    pairs = [("cpu", "meta")]
+    if torch.cuda.is_available():
+        pairs += [("cuda", "cpu"), ("cpu", "cuda")]
+    return pairs
+
+
+@pytest.mark.parametrize(("base_device", "tuned_device"), _device_pairs())
+def test_blend_merges_on_the_tuned_device_whatever_the_base_device(base_device, tuned_device):
+    base = {k: v.to(base_device) for k, v in tiny_state(0).items()}
+    tuned = {k: v.to(tuned_device) for k, v in tiny_state(1).items()}
+    merged = blend(base, tuned, 0.5)
+    assert all(v.device == tuned[k].device and v.shape == tuned[k].shape for k, v in merged.items())
+    if "meta" not in (base_device, tuned_device):
+        expected = blend(tiny_state(0), tiny_state(1), 0.5)
+        assert all(torch.equal(v.cpu(), expected[k]) for k, v in merged.items())
+        ids = blend({"ids": torch.tensor([1, 2], device=base_device)}, {"ids": torch.tensor([1, 2])}, 0.5)
+        assert torch.equal(ids["ids"], torch.tensor([1, 2]))

@@ -42,7 +42,7 @@ from bmca_clip.eval.report import (
 from bmca_clip.eval.shard import resolve_shard, select
 from bmca_clip.eval.tasks import Suite, Task, list_suites, load_suite, suite_from_mapping
 from bmca_clip.model import ClipBundle, build_model
-from bmca_clip.wise_ft import blend, check_alpha, load_state
+from bmca_clip.wise_ft import blend, check_alpha, check_base, load_state, read_bmca_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +65,23 @@ def _slug(label: str) -> str:
 
 def _weights(cfg: EvaluateConfig, checkpoint: Path | None, initial: dict):
     """(label, state dict, provenance extras) for one requested checkpoint: as is, or blended with the
-    initial weights (model.pretrained) at each WiSE-FT alpha."""
+    initial weights (model.pretrained) at each WiSE-FT alpha, once they are known to be the weights the
+    checkpoint's run started from (wise_ft.check_base; model.wise_ft_any_base=true merges any base)."""
     label = _label(cfg, checkpoint)
     if checkpoint is None:
         yield label, initial, {}
         return
-    tuned = load_state(str(checkpoint), cfg.model)
+    ours = read_bmca_checkpoint(str(checkpoint))
+    tuned = ours["model"] if ours is not None else load_state(str(checkpoint), cfg.model)
     if cfg.model.wise_ft_alpha is None:
         yield label, tuned, {}
         return
     if not cfg.model.pretrained:
         raise ConfigError("model.wise_ft_alpha blends with the base weights: set model.pretrained to them")
+    base = f"model.pretrained={cfg.model.pretrained}"
+    check_base(
+        initial, ours, base, str(checkpoint), "model.wise_ft_any_base=true", cfg.model.wise_ft_any_base
+    )
     alphas = (
         cfg.model.wise_ft_alpha
         if isinstance(cfg.model.wise_ft_alpha, (list, tuple))

@@ -1,6 +1,7 @@
 """Zero-shot classification: prompt-ensemble class weights from open_clip, then logits and metrics.
 
-Also holds the image-encoding loop and the autocast switch that retrieval.py shares. Given a
+Also holds the image-encoding loop and the autocast switch that retrieval.py shares; images are cast to
+the image tower's dtype, so a model trained with pure_bf16 (bf16 weights) is scored as it trains. Given a
 cache.CachedModel, the class weights and image features come from its embedding cache when stored.
 """
 
@@ -24,6 +25,13 @@ def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype images must have for the image tower: its weights' (bf16 for a model trained with
+    pure_bf16, whose patch convolution refuses fp32 input outside autocast), fp32 otherwise."""
+    tower = getattr(model, "visual", model)
+    return next((p.dtype for p in tower.parameters() if p.is_floating_point()), torch.float32)
 
 
 def zero_shot_classifier(
@@ -76,9 +84,10 @@ def encode_images(
             loader.dataset, amp_dtype, lambda: encode_images(model.model, loader, device, amp_dtype)
         )
     feats, targets = [], []
+    dtype = input_dtype(model)
     for images, target in loader:
         with autocast_context(device, amp_dtype):
-            out = model.encode_image(images.to(device, non_blocking=True), normalize=True)
+            out = model.encode_image(images.to(device, dtype, non_blocking=True), normalize=True)
         feats.append(out.float().cpu())  # .cpu() syncs with the device once per batch
         targets.append(torch.as_tensor(target))
     return torch.nn.functional.normalize(torch.cat(feats), dim=-1), torch.cat(targets)
