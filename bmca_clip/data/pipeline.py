@@ -19,7 +19,6 @@ loader rotates its worker-to-stream mapping so that its first batch comes from t
 
 from __future__ import annotations
 
-import bisect
 import io
 import logging
 import random
@@ -50,6 +49,7 @@ from bmca_clip.data.hub import (
     discover,
     open_shard,
 )
+from bmca_clip.data.mixing import SourceMixer
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,8 @@ def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
         if probs[name] == 0:
             continue
         try:
-            urls = (
-                discover(src, default_cache_dir(cfg.cache_dir), policy).urls()
-                if src.repo_id
-                else expand_shards(src.shards)
-            )
+            manifest = discover(src, default_cache_dir(cfg.cache_dir), policy) if src.repo_id else None
+            urls = manifest.urls() if manifest else expand_shards(src.shards)
         except HubError as err:
             raise DataError(f"data.sources.{name}: {err}") from None
         sources.append(Source(name, urls, probs[name]))
@@ -144,11 +141,15 @@ class StreamContext:
 
 
 class SourceReader:
-    """The samples of one source for one stream, shard after shard; `position` = (shard number, taken)."""
+    """The samples of one source for one stream, shard after shard; `position` = (shard number, taken).
+
+    Each sample carries `__seen__`: the pairs read to find it (it and those dropped before it in shard
+    order; a shard's trailing drops go to the next shard's first sample), for the mixer's kept fraction."""
 
     def __init__(self, source: Source, index: int, ctx: StreamContext, position=(0, 0)):
         self.source, self.index, self.ctx = source, index, ctx
         self.shard, self.taken = position
+        self._dropped = self._carry = 0  # dropped since the last kept pair; trailing drops of past shards
         self._samples = self._generate()
 
     def next(self) -> dict:
@@ -171,17 +172,20 @@ class SourceReader:
         empty_in_a_row, last_problem = 0, "no sample passed the filters"
         while True:
             url, part, parts = self._assignment(self.shard)
-            got = 0
+            got, self._dropped = 0, 0
             try:
                 for n, sample in enumerate(self._shuffled(url, part, parts)):
                     if n < self.taken:
-                        continue  # resuming: already consumed before the checkpoint
+                        continue  # resuming: already consumed (and counted) before the checkpoint
                     self.taken, got = n + 1, got + 1
+                    sample["__seen__"] += self._carry
+                    self._carry = 0
                     yield sample
             except ShardError as err:
                 _count(self.ctx.counters, f"shards_failed/{err.reason}")
                 last_problem = str(err)
                 log.warning("%s", err)
+            self._carry += self._dropped
             empty_in_a_row = 0 if got else empty_in_a_row + 1
             if empty_in_a_row >= self.ctx.cfg.max_empty_shards:
                 raise DataError(
@@ -222,15 +226,19 @@ class SourceReader:
                     meta = parse_metadata(sample.get("json", b"{}")) if needs_meta else {}
                 except ValueError:
                     _count(c.counters, "filtered/bad_metadata")
+                    self._dropped += 1
                     continue
                 reason = c.keep.reason(meta, sample.get(cfg.caption_key, b"").decode("utf-8", "replace"))
                 if reason is None and c.balance.active and not c.balance.accept(meta, self._draw(sample, n)):
                     reason = "balance"
                 if reason is not None:
                     _count(c.counters, f"filtered/{reason}")
+                    self._dropped += 1
                     continue
             _count(c.counters, "kept")
-            yield {k: sample[k] for k in wanted if k in sample}
+            slim = {k: sample[k] for k in wanted if k in sample}
+            slim["__seen__"], self._dropped = self._dropped + 1, 0
+            yield slim
 
     def _draw(self, sample: dict, n: int) -> float:
         c = self.ctx
@@ -321,6 +329,12 @@ class TrainStream(IterableDataset):
     def _batches(self, local: int):
         stream = self.rank * self.num_local + local
         start = self.positions.get(local, {"sample": 0, "sources": [(0, 0)] * len(self.sources)})
+        mixer = SourceMixer(
+            [s.probability for s in self.sources],
+            self.cfg.mixing,
+            self.cfg.mixing_prior_samples,
+            start.get("mixing"),  # absent in checkpoints from before natural mixing: the prior again
+        )
         counters: dict[str, int] = {}
         ctx = StreamContext(
             self.cfg,
@@ -337,11 +351,11 @@ class TrainStream(IterableDataset):
             SourceReader(s, i, ctx, tuple(p))
             for i, (s, p) in enumerate(zip(self.sources, start["sources"], strict=True))
         ]
-        cumulative = [sum(s.probability for s in self.sources[: i + 1]) for i in range(len(self.sources))]
         t, images, captions, keys = start["sample"], [], [], []
         while True:
-            pick = min(bisect.bisect_right(cumulative, _uniform(self.seed, stream, t, 6)), len(readers) - 1)
+            pick = mixer.pick(_uniform(self.seed, stream, t, 6))
             sample = readers[pick].next()
+            mixer.observe(pick, sample.pop("__seen__"))
             t += 1
             try:
                 image, caption = self.decoder(sample, _seed(self.seed, stream, t, 4))
@@ -354,7 +368,11 @@ class TrainStream(IterableDataset):
             captions.append(caption)
             keys.append(sample["__key__"])
             if len(images) == self.batch_size:
-                position = {"sample": t, "sources": [(r.shard, r.taken) for r in readers]}
+                position = {
+                    "sample": t,
+                    "sources": [(r.shard, r.taken) for r in readers],
+                    "mixing": mixer.state(),
+                }
                 yield {
                     "images": torch.stack(images),
                     "texts": self.tokenizer(captions),

@@ -1,0 +1,110 @@
+"""Mixing sources after the filters: `data.mixing=weights` draws the kept samples in the weights' shares,
+`data.mixing=natural` in the natural proportions of what survives the filter (raw pair count x kept
+fraction, the fraction estimated per stream as it reads), and a resumed stream draws exactly what the
+uninterrupted one would, estimates included."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import open_clip
+import webdataset as wds
+from PIL import Image
+
+from bmca_clip.config import DataConfig, SourceConfig
+from bmca_clip.data.filters import FilterConfig
+from bmca_clip.data.pipeline import PilTransform, build_train_loader
+
+PASS, FAIL = "a caption long enough", "x"  # data.filter.min_caption_chars=5 keeps the first only
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (30, 120, 200)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _source(folder, name: str, passes_per_5: int, shards: int = 2, per_shard: int = 100) -> str:
+    """Shards of one source whose samples pass the caption filter at rate passes_per_5 / 5."""
+    folder.mkdir(parents=True)
+    jpg = _jpeg()
+    for s in range(shards):
+        with wds.TarWriter(str(folder / f"{s:06d}.tar")) as sink:
+            for i in range(per_shard):
+                txt = PASS if i % 5 < passes_per_5 else FAIL
+                sink.write({"__key__": f"{name}_{s}_{i:03d}", "jpg": jpg, "txt": txt})
+    return str(folder)
+
+
+def _two_sources(tmp_path, **kw) -> DataConfig:
+    """Sources a and b of equal size (weight = pair count), a keeps 80% of its pairs and b 20%."""
+    sources = {
+        "a": SourceConfig(shards=_source(tmp_path / "a", "a", 4), weight=200),
+        "b": SourceConfig(shards=_source(tmp_path / "b", "b", 1), weight=200),
+    }
+    values = dict(
+        filter=FilterConfig(min_caption_chars=5),
+        num_workers=0,
+        shuffle_buffer=20,
+        shuffle_initial=5,
+        mixing_prior_samples=10,
+    )
+    return DataConfig(sources=sources, **(values | kw))
+
+
+def _keys(cfg: DataConfig, batches: int, batch_size: int = 50, state=None):
+    loader = build_train_loader(
+        cfg,
+        PilTransform(open_clip.image_transform(32, is_train=False)),
+        open_clip.get_tokenizer("bmca-tiny"),
+        batch_size=batch_size,
+        seed=0,
+        state=state,
+    )
+    out = []
+    for batch in loader:
+        out.append(batch["keys"])
+        if len(out) == batches:
+            return out, loader.state_dict()
+
+
+def _share_of_a(batches) -> tuple[float, int]:
+    keys = [k for batch in batches for k in batch]
+    return sum(k.startswith("a_") for k in keys) / len(keys), len(keys)
+
+
+def _within_sampling_error(observed: float, expected: float, n: int) -> bool:
+    """|observed - expected| below 4 binomial standard errors (a false alarm about once in 16,000 runs)."""
+    return abs(observed - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
+
+
+def test_natural_mixing_draws_the_filtered_data_in_its_natural_proportions(tmp_path):
+    """80 kept pairs of a for every 20 of b: natural mixing draws a 80% of the time, not 50%."""
+    share, n = _share_of_a(_keys(_two_sources(tmp_path, mixing="natural"), 40)[0])
+    assert _within_sampling_error(share, 0.8, n), (share, n)
+
+
+def test_weights_mixing_draws_kept_samples_in_the_weights_shares(tmp_path):
+    """data.mixing=weights: a weight is the source's share of the samples drawn, whatever its filter keeps."""
+    share, n = _share_of_a(_keys(_two_sources(tmp_path, mixing="weights"), 40)[0])
+    assert _within_sampling_error(share, 0.5, n), (share, n)
+
+
+def test_natural_mixing_resumes_exactly_with_its_estimates(tmp_path):
+    """13 batches, a checkpoint, 17 more == 30 uninterrupted, with the estimates of both workers' streams
+    restored from the state; dropping them (back to the prior) would change what is drawn."""
+    cfg = _two_sources(tmp_path, mixing="natural", num_workers=2)
+    full, full_state = _keys(cfg, 30, batch_size=8)
+    first, state = _keys(cfg, 13, batch_size=8)  # odd: the next batch is due from the second worker
+    rest, rest_state = _keys(cfg, 17, batch_size=8, state=state)
+    assert first + rest == full
+    assert rest_state["positions"] == full_state["positions"]
+    seen_kept = [pair for p in state["positions"].values() for pair in p["mixing"]]
+    assert all(kept > 0 and seen > kept for seen, kept in seen_kept)  # both sources drop some, per stream
+
+    forgetful = {
+        **state,
+        "positions": {k: {**p, "mixing": [(0, 0), (0, 0)]} for k, p in state["positions"].items()},
+    }
+    assert _keys(cfg, 17, batch_size=8, state=forgetful)[0] != rest
