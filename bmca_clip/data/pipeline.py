@@ -90,6 +90,7 @@ class Source:
     name: str
     urls: list[str]
     probability: float
+    commit: str | None = None  # the hub commit the URLs name; None for local shards
 
 
 def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
@@ -108,7 +109,7 @@ def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
             urls = manifest.urls() if manifest else expand_shards(src.shards)
         except HubError as err:
             raise DataError(f"data.sources.{name}: {err}") from None
-        sources.append(Source(name, urls, probs[name]))
+        sources.append(Source(name, urls, probs[name], manifest.commit if manifest else None))
         log.info("source %s: %d shards, sampling probability %.3f", name, len(urls), probs[name])
     return sources
 
@@ -423,6 +424,7 @@ class TrainLoader:
             "next_stream": self.next_stream,
             "num_streams": self.dataset.num_local,
             "sources": [s.name for s in self.dataset.sources],
+            "commits": {s.name: s.commit for s in self.dataset.sources},
         }
 
 
@@ -472,4 +474,12 @@ def _check_resume_state(state: dict | None, cfg: DataConfig, sources: list[Sourc
             f"the checkpoint's data position is for sources {state['sources']}, this run reads "
             f"{[s.name for s in sources]}: resume with the same data config"
         )
+    for source in sources:  # checkpoints from before commits were recorded hold none: nothing to compare
+        old = state.get("commits", {}).get(source.name)
+        if old is not None and old != source.commit:
+            raise DataError(
+                f"data.sources.{source.name}: the checkpoint's data stream read commit {old}, this run "
+                f"reads {source.commit}: pass resume_data=reset to start a fresh data stream on the new "
+                f"commit, or data.sources.{source.name}.revision={old} to continue the old one"
+            )
     return {int(k): v for k, v in state["positions"].items()}, state["next_stream"]
