@@ -66,7 +66,7 @@ def _keys(cfg: DataConfig, batches: int, batch_size: int = 50, state=None):
     for batch in loader:
         out.append(batch["keys"])
         if len(out) == batches:
-            return out, loader.state_dict()
+            return out, loader.state_dict() | {"counters": loader.counters()}
 
 
 def _share_of_a(batches) -> tuple[float, int]:
@@ -81,8 +81,13 @@ def _within_sampling_error(observed: float, expected: float, n: int) -> bool:
 
 def test_natural_mixing_draws_the_filtered_data_in_its_natural_proportions(tmp_path):
     """80 kept pairs of a for every 20 of b: natural mixing draws a 80% of the time, not 50%."""
-    share, n = _share_of_a(_keys(_two_sources(tmp_path, mixing="natural"), 40)[0])
+    batches, state = _keys(_two_sources(tmp_path, mixing="natural"), 40)
+    share, n = _share_of_a(batches)
     assert _within_sampling_error(share, 0.8, n), (share, n)
+    counters = state["counters"]  # logged as data/drawn/<source> and data/read/<source>
+    assert counters["drawn/a"] + counters["drawn/b"] == n
+    for source, passes in (("a", 0.8), ("b", 0.2)):  # exact but for the part-read shard (100 pairs)
+        assert abs(counters[f"drawn/{source}"] - passes * counters[f"read/{source}"]) <= 100, counters
 
 
 def test_weights_mixing_draws_kept_samples_in_the_weights_shares(tmp_path):

@@ -355,8 +355,11 @@ class TrainStream(IterableDataset):
         t, images, captions, keys = start["sample"], [], [], []
         while True:
             pick = mixer.pick(_uniform(self.seed, stream, t, 6))
-            sample = readers[pick].next()
-            mixer.observe(pick, sample.pop("__seen__"))
+            sample, name = readers[pick].next(), self.sources[pick].name
+            seen = sample.pop("__seen__")
+            mixer.observe(pick, seen)
+            _count(counters, f"drawn/{name}")
+            _count(counters, f"read/{name}", seen)
             t += 1
             try:
                 image, caption = self.decoder(sample, _seed(self.seed, stream, t, 4))
@@ -411,7 +414,8 @@ class TrainLoader:
 
     def counters(self) -> dict[str, int]:
         """Counts since this loader started, summed over its streams: decoded, kept, skipped/<reason>,
-        filtered/<reason>, shards_failed/<reason>, retries."""
+        filtered/<reason>, shards_failed/<reason>, retries; per source drawn/<name> (samples drawn) and
+        read/<name> (pairs read to find them: drawn / read is the fraction that passes its filters)."""
         total: dict[str, int] = {}
         for stream_counters in self._counters.values():
             for name, n in stream_counters.items():
