@@ -3,8 +3,9 @@
 Each rank runs one stream per dataloader worker. A stream reads every source shard by shard; the shard
 sequence of (stream, source) and the shuffle buffer inside each shard are seeded from
 (seed, stream, source, shard number), and the source of each sample is drawn from a hash of
-(seed, stream, sample number). So a stream's position is a few integers: the sample number, and per
-source the shard number and how many samples of that shard were taken. Each batch carries that position;
+(seed, stream, sample number) by the stream's SourceMixer (mixing.py; sources.py resolves the sources). So
+a stream's position is a few integers: the sample number, and per source the shard number, how many
+samples of that shard were taken, and the (pairs read, pairs kept) counts behind natural mixing. Each batch carries that position;
 a resumed stream reopens each source's current shard and skips the samples already taken (read, not
 decoded): resuming costs at most one shard read per source, and yields exactly the samples an
 uninterrupted run would have.
@@ -24,9 +25,7 @@ import logging
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import braceexpand
 import torch
 import webdataset as wds
 from PIL import Image, UnidentifiedImageError
@@ -38,80 +37,15 @@ from bmca_clip.data.filters import (
     MetadataFilter,
     key_uniform,
     parse_metadata,
-    source_probabilities,
 )
-from bmca_clip.data.hub import (
-    HttpPolicy,
-    HubError,
-    ShardCache,
-    ShardError,
-    default_cache_dir,
-    discover,
-    open_shard,
-)
+from bmca_clip.data.hub import HttpPolicy, ShardCache, ShardError, default_cache_dir, open_shard
 from bmca_clip.data.mixing import SourceMixer
+from bmca_clip.data.sources import DataError, Source, check_commits, resolve_sources
+from bmca_clip.data.sources import expand_shards as expand_shards  # part of this module's interface
 
 log = logging.getLogger(__name__)
 
 DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, SyntaxError)
-
-
-class DataError(RuntimeError):
-    """The data cannot feed training; the message names the shards or samples and what to do."""
-
-
-def expand_shards(spec: str) -> list[str]:
-    """Shard URLs from 'a/{000..009}.tar', a folder (its *.tar, recursively), a file or URL; '::' joins."""
-    urls: list[str] = []
-    for part in filter(None, (p.strip() for p in spec.split("::"))):
-        for item in braceexpand.braceexpand(part):
-            path = Path(item)
-            if "://" in item:
-                urls.append(item)
-            elif path.is_dir():
-                found = sorted(str(p) for p in path.rglob("*.tar"))
-                if not found:
-                    raise DataError(f"data.train_shards: folder {item} holds no .tar shards")
-                urls.extend(found)
-            elif path.is_file():
-                urls.append(str(path))
-            else:
-                raise DataError(
-                    f"data.train_shards: {item} does not exist. For the demo corpus run "
-                    "`python -m bmca_clip.data.synthetic --out data/synthetic`."
-                )
-    if not urls:
-        raise DataError(f"data.train_shards={spec!r} names no shards")
-    return urls
-
-
-@dataclass
-class Source:
-    name: str
-    urls: list[str]
-    probability: float
-    commit: str | None = None  # the hub commit the URLs name; None for local shards
-
-
-def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
-    """The sources to read, with their shard URLs and sampling probabilities (hub repos listed here)."""
-    if cfg.train_shards:
-        return [Source("shards", expand_shards(cfg.train_shards), 1.0)]
-    if not cfg.sources:
-        raise DataError("no training data: set data.train_shards, or pick a preset such as data=biomedica")
-    probs = source_probabilities({name: src.weight for name, src in cfg.sources.items()})
-    sources = []
-    for name, src in cfg.sources.items():
-        if probs[name] == 0:
-            continue
-        try:
-            manifest = discover(src, default_cache_dir(cfg.cache_dir), policy) if src.repo_id else None
-            urls = manifest.urls() if manifest else expand_shards(src.shards)
-        except HubError as err:
-            raise DataError(f"data.sources.{name}: {err}") from None
-        sources.append(Source(name, urls, probs[name], manifest.commit if manifest else None))
-        log.info("source %s: %d shards, sampling probability %.3f", name, len(urls), probs[name])
-    return sources
 
 
 def _seed(*parts: int) -> int:
@@ -478,12 +412,5 @@ def _check_resume_state(state: dict | None, cfg: DataConfig, sources: list[Sourc
             f"the checkpoint's data position is for sources {state['sources']}, this run reads "
             f"{[s.name for s in sources]}: resume with the same data config"
         )
-    for source in sources:  # checkpoints from before commits were recorded hold none: nothing to compare
-        old = state.get("commits", {}).get(source.name)
-        if old is not None and old != source.commit:
-            raise DataError(
-                f"data.sources.{source.name}: the checkpoint's data stream read commit {old}, this run "
-                f"reads {source.commit}: pass resume_data=reset to start a fresh data stream on the new "
-                f"commit, or data.sources.{source.name}.revision={old} to continue the old one"
-            )
+    check_commits(state.get("commits", {}), sources)  # none in checkpoints from before they were recorded
     return {int(k): v for k, v in state["positions"].items()}, state["next_stream"]
