@@ -64,7 +64,8 @@ PRIMARY_CONCEPTS = (
 # Image pairs per global concept, from the paper (BIOMEDICA.md, "Image counts per global concept"); the paper
 # names Screen Based Visuals "Hand Drawn and Screen Based Visuals". They sum to 24.07M, a little over the
 # 24.05M pairs (rounding in the paper) and leave none for Natural Images, Laboratory Specimens and Cultures
-# and Ambiguous, which it does not count: we treat those three as rare. Per subset (other / commercial / noncommercial) the paper splits three:
+# and Ambiguous, which it does not count: we treat those three as rare. Per subset (other / commercial /
+# noncommercial) the paper splits three:
 # Plots and Charts 542,718 / 9,426,147 / 2,394,358; Microscopy 101,617 / 1,818,302 / 597,413;
 # Clinical Imaging 82,349 / 1,078,901 / 766,908.
 PRIMARY_CONCEPT_PAIRS = {

@@ -5,10 +5,10 @@ sequence of (stream, source) and the shuffle buffer inside each shard are seeded
 (seed, stream, source, shard number), and the source of each sample is drawn from a hash of
 (seed, stream, sample number) by the stream's SourceMixer (mixing.py; sources.py resolves the sources). So
 a stream's position is a few integers: the sample number, and per source the shard number, how many
-samples of that shard were taken, and the (pairs read, pairs kept) counts behind natural mixing. Each batch carries that position;
-a resumed stream reopens each source's current shard and skips the samples already taken (read, not
-decoded): resuming costs at most one shard read per source, and yields exactly the samples an
-uninterrupted run would have.
+samples of that shard were taken, and the (pairs read, pairs kept) counts behind natural mixing. Each
+batch carries that position; a resumed stream reopens each source's current shard and skips the samples
+already taken (read, not decoded): resuming costs at most one shard read per source, and yields exactly
+the samples an uninterrupted run would have.
 
 The shuffle buffer is emptied at the end of every shard, which is what makes the position that small.
 BIOMEDICA shards hold ~10,000 samples, so a buffer of a few thousand still mixes within a shard, and the
