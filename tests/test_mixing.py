@@ -9,10 +9,14 @@ import io
 import math
 
 import open_clip
+import torch
 import webdataset as wds
+from conftest import compose_config, tiny_train_overrides
 from PIL import Image
 
-from bmca_clip.config import DataConfig, SourceConfig
+import bmca_clip.train as train_mod
+from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
+from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
 from bmca_clip.data.filters import FilterConfig
 from bmca_clip.data.pipeline import PilTransform, build_train_loader
 
@@ -113,3 +117,29 @@ def test_natural_mixing_resumes_exactly_with_its_estimates(tmp_path):
         "positions": {k: {**p, "mixing": [(0, 0), (0, 0)]} for k, p in state["positions"].items()},
     }
     assert _keys(cfg, 17, batch_size=8, state=forgetful)[0] != rest
+
+
+def test_train_py_with_natural_mixing_resumes_to_the_same_weights(corpus, tmp_path):
+    """Through train.run and its checkpoints (weights_only): 6 steps == 3, a crash, resume=latest, 3 more,
+    with the synthetic corpus's three subsets mixed naturally under a concept filter."""
+    subsets = {name: corpus / "train" / name for name in ("commercial", "noncommercial", "other")}
+    extra = {"data.train_shards": "null", "data.mixing": "natural", "data.mixing_prior_samples": 10}
+    extra["data.filter.include_primary"] = "[Clinical Imaging,Microscopy]"
+    extra["+data.sources"] = (
+        "{" + ",".join(f"{n}:{{shards:'{f}',weight:100}}" for n, f in subsets.items()) + "}"
+    )
+
+    def run(**more):
+        overrides = tiny_train_overrides(corpus, tmp_path, **extra, **more)
+        train_mod.run(to_object(compose_config("pretrain", overrides), PretrainConfig))
+
+    run()
+    ckpts = list_checkpoints(tmp_path / "checkpoints")
+    uninterrupted = load_checkpoint(ckpts[-1])
+    ckpts[-1].unlink()
+    run(resume="latest")
+    resumed = load_checkpoint(list_checkpoints(tmp_path / "checkpoints")[-1])
+    assert resumed["data"] == uninterrupted["data"]
+    assert len(resumed["data"]["ranks"][0]["positions"]["0"]["mixing"]) == 3
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
