@@ -71,7 +71,8 @@ def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
         except HubError as err:
             raise DataError(f"data.sources.{name}: {err}") from None
         sources.append(Source(name, urls, probs[name], manifest.commit if manifest else None))
-        log.info("source %s: %d shards, sampling probability %.3f", name, len(urls), probs[name])
+        what = "share of pairs before filters" if cfg.mixing == "natural" else "sampling probability"
+        log.info("source %s: %d shards, %s %.3f", name, len(urls), what, probs[name])
     return sources
 
 
