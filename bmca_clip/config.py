@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bmca_clip.data.filters import BalanceConfig, FilterConfig
+from bmca_clip.data.mixing import MIXINGS
 
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_bf16")
 SCHEDULES = ("cosine", "constant")
@@ -77,7 +78,7 @@ class SourceConfig:
     subset: str | None = None  # folder inside the repo, e.g. commercial; null = every .tar in the repo
     pattern: str | None = None  # brace pattern inside the repo, used when listing the repo is impossible
     shards: str | None = None  # instead of a repo: a folder, file, brace pattern or URL; '::' joins several
-    weight: float = 1.0  # share of samples drawn from this source (normalised over sources; 0 = off)
+    weight: float = 1.0  # data.mixing=weights: share of the samples drawn; natural: raw pair count; 0 = off
 
     def __post_init__(self):
         _check(self.weight >= 0, "data.sources.<name>.weight", self.weight, "a float >= 0")
@@ -96,6 +97,12 @@ class DataConfig:
     sources: dict[str, SourceConfig] = field(default_factory=dict)  # named sources, mixed by weight
     filter: FilterConfig = field(default_factory=FilterConfig)  # which samples to keep, by metadata
     balance: BalanceConfig = field(default_factory=BalanceConfig)  # per-concept sampling weights
+    # What sources.<name>.weight means: weights = each source's share of the samples drawn (after filters);
+    # natural = its raw pair count, drawn in proportion to count x kept fraction (bmca_clip/data/mixing.py).
+    mixing: str = "weights"
+    mixing_prior_samples: int = (
+        100  # natural: each kept-fraction estimate starts at 1.0, worth this many pairs
+    )
     resampled: bool = True  # draw shards with replacement (no epochs); false = epochs over the shard list
     shuffle_buffer: int = 2000  # samples held in the shuffle buffer of each stream (refilled per shard)
     shuffle_initial: int = 500  # samples buffered before the first one is yielded
@@ -122,6 +129,8 @@ class DataConfig:
             "null when data.sources is set (one or the other)",
         )
         _check(self.retries >= 1, "data.retries", self.retries, "an integer >= 1")
+        _one_of("data.mixing", self.mixing, MIXINGS)
+        _check(self.mixing_prior_samples >= 1, "data.mixing_prior_samples", self.mixing_prior_samples, ">= 1")
 
 
 @dataclass

@@ -286,6 +286,7 @@ def test_filter_stats_count_merge_and_round_trip():
 def test_every_biomedica_preset_composes_with_the_hub_sources(preset):
     cfg = to_object(compose_config("pretrain", [f"data={preset}"]), PretrainConfig).data
     assert cfg.train_shards is None and set(cfg.sources) == set(bm.SUBSETS)
+    assert cfg.mixing == "natural"  # weights are pair counts: drawn in proportion to pairs x kept fraction
     for name, source in cfg.sources.items():
         assert source.repo_id == "BIOMEDICA/biomedica_webdataset_24M" and source.subset == name
         assert source.weight == bm.SUBSET_PAIRS[name]
@@ -316,26 +317,35 @@ def test_filtered_preset_on_synthetic_samples_drops_charts_and_keeps_imaging(syn
     assert outcome["Plots and Charts", "primary_label"] and outcome["Clinical Imaging", None]
 
 
-def test_balanced_preset_flattens_the_published_chart_share(synthetic_samples):
+def _cap(pairs: list[int], size: float) -> float:
+    """The cap T with sum(min(n, T)) == size: the flattest subset of that size (by bisection)."""
+    low, high = 0.0, float(max(pairs))
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if sum(min(n, mid) for n in pairs) < size else (low, mid)
+    return low
+
+
+def test_balanced_preset_is_the_flattest_8m_subset_by_the_papers_counts():
+    """From the paper's pairs per concept: the preset keeps ~8M pairs (the paper's size), every concept
+    min(its pairs, one cap), so no concept outgrows the big ones (today's estimates made Chemical Structures,
+    1.13M pairs kept whole, the largest concept at 14.7%)."""
     cfg = to_object(compose_config("pretrain", ["data=biomedica_concept_balanced"]), PretrainConfig).data
     balancer = ConceptBalancer(cfg.balance)
-    assert balancer.active and not MetadataFilter(cfg.filter).active
-    probs = {parse_metadata(s["json"])["image_primary_label"][0]: None for s in synthetic_samples}
-    probs = {c: balancer.keep_probability({"image_primary_label": [c]}) for c in probs}
-    assert probs["Plots and Charts"] == pytest.approx(0.032 / 0.51, abs=0.002)  # ~51% -> ~3.2% of pairs
-    assert probs["Chemical Structures"] == 1.0  # rarer than the cap: kept whole, never oversampled
-    assert cfg.balance.fixed_subset
-    # The estimated shares in the preset's comments give the paper's ~8M pairs.
-    shares = {"Plots and Charts": 51, "Microscopy": 12, "Illustrative Diagrams": 9, "Clinical Imaging": 7,
-              "Ambiguous": 3.5, "Immuno Assays": 3, "Chemical Structures": 2.5, "Tables": 2,
-              "Graphs and Networks": 2, "Natural Images": 2, "Laboratory Specimens and Cultures": 2,
-              "Screen Based Visuals": 1, "Tools and Materials": 1, "PCR": 1, "Maps": 0.5,
-              "Scientific Formulae and Equations": 0.5}  # fmt: skip
-    assert sum(shares.values()) == pytest.approx(100) and set(shares) == set(bm.PRIMARY_CONCEPTS)
-    kept = sum(
-        share / 100 * balancer.keep_probability({"image_primary_label": c}) for c, share in shares.items()
-    )
-    assert 7.5e6 < kept * sum(bm.SUBSET_PAIRS.values()) < 8.5e6
+    assert balancer.active and not MetadataFilter(cfg.filter).active and cfg.balance.fixed_subset
+    pairs = bm.PRIMARY_CONCEPT_PAIRS
+    assert sum(pairs.values()) == pytest.approx(sum(bm.SUBSET_PAIRS.values()), rel=1e-3)  # they cover it all
+    kept = {c: n * balancer.keep_probability({"image_primary_label": [c]}) for c, n in pairs.items()}
+    total = sum(kept.values())
+    assert total == pytest.approx(8e6, rel=0.01)
+    cap = _cap(list(pairs.values()), 8e6)
+    shares = {c: k / total for c, k in kept.items()}
+    for concept, n in pairs.items():
+        assert kept[concept] == pytest.approx(min(n, cap), rel=0.005), (concept, f"{shares[concept]:.1%}")
+    assert shares["Chemical Structures"] <= shares["Plots and Charts"] * 1.005
+    uncounted = set(bm.PRIMARY_CONCEPTS) - set(pairs)
+    assert uncounted == {"Natural Images", "Laboratory Specimens and Cultures", "Ambiguous"}
+    assert all(balancer.keep_probability({"image_primary_label": [c]}) == 1.0 for c in uncounted)
 
 
 def test_filter_and_balancer_cost_microseconds_per_sample(synthetic_samples):

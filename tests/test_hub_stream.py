@@ -249,3 +249,45 @@ def test_local_shard_cache_serves_repeated_epochs_within_its_size_limit(hub, tmp
     )
     _read(small, 3)
     assert len(list((tmp_path / "small" / "shards").glob("*.tar"))) == 1  # the limit holds one shard
+
+
+def test_a_resume_onto_another_hub_commit_is_refused_unless_pinned(hub, tmp_path):
+    """The checkpoint records each source's commit; when the branch has moved, the resume names both
+    commits and the two ways on, and pinning the old commit continues the stream exactly."""
+    write_repo(tmp_path / "v1", {f"commercial/{i:06d}.tar": 20 for i in range(2)})
+    old = hub.add_dataset(REPO_ID, tmp_path / "v1", revision="v1")
+    hub.add_dataset(REPO_ID, tmp_path / "v1")  # main at the same commit
+    cfg = _cfg(tmp_path, {"commercial": _source()})
+    full, _ = _read_state(cfg, 4)
+    first, state = _read_state(cfg, 2)
+    assert state["commits"] == {"commercial": old}
+
+    write_repo(tmp_path / "v2", {f"commercial/{i:06d}.tar": 20 for i in range(3)})
+    new = hub.add_dataset(REPO_ID, tmp_path / "v2")  # main moves on
+    assert new != old
+    with pytest.raises(DataError) as err:
+        _read_state(cfg, 1, state=state)
+    message = str(err.value)
+    assert "\n" not in message and "data.sources.commercial" in message and old in message and new in message
+    assert "resume_data=reset" in message and f"data.sources.commercial.revision={old}" in message
+
+    pinned = _cfg(tmp_path, {"commercial": _source(revision=old)})
+    rest, _ = _read_state(pinned, 2, state=state)
+    assert first + rest == full
+
+
+def _read_state(cfg: DataConfig, n_batches: int, state=None):
+    """The keys of n batches of 10, and the loader's state after them."""
+    loader = build_train_loader(
+        cfg,
+        PilTransform(open_clip.image_transform(32, is_train=True)),
+        open_clip.get_tokenizer("bmca-tiny"),
+        batch_size=10,
+        seed=0,
+        state=state,
+    )
+    keys = []
+    for batch in loader:
+        keys += batch["keys"]
+        if len(keys) == n_batches * 10:
+            return keys, loader.state_dict()

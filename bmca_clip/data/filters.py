@@ -7,7 +7,8 @@ here both are configuration (`data.filter`, `data.balance`, presets in `conf/dat
 - `MetadataFilter(cfg).reason(meta, caption)`: None to keep a sample, else a stable reason (`REASONS`).
 - `ConceptBalancer(cfg).accept(meta, u)`: keep with probability weight / max weight, given a uniform draw `u`
   from the caller; `key_uniform(key, seed)` makes that draw a function of the sample, so a fixed subset passes.
-- `source_probabilities(weights)`: per-source mixing probabilities from `data.sources.<name>.weight`.
+- `source_probabilities(weights)`: per-source weight shares from `data.sources.<name>.weight` (the sampling
+  probabilities under data.mixing=weights; mixing.py scales them by kept fractions under natural).
 - `FilterStats`: kept and dropped counts per reason, mergeable across workers and ranks.
 
 Both classes validate their config once (a misspelled concept fails naming the key and the closest names) and

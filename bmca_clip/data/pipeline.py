@@ -3,11 +3,12 @@
 Each rank runs one stream per dataloader worker. A stream reads every source shard by shard; the shard
 sequence of (stream, source) and the shuffle buffer inside each shard are seeded from
 (seed, stream, source, shard number), and the source of each sample is drawn from a hash of
-(seed, stream, sample number). So a stream's position is a few integers: the sample number, and per
-source the shard number and how many samples of that shard were taken. Each batch carries that position;
-a resumed stream reopens each source's current shard and skips the samples already taken (read, not
-decoded): resuming costs at most one shard read per source, and yields exactly the samples an
-uninterrupted run would have.
+(seed, stream, sample number) by the stream's SourceMixer (mixing.py; sources.py resolves the sources). So
+a stream's position is a few integers: the sample number, and per source the shard number, how many
+samples of that shard were taken, and the (pairs read, pairs kept) counts behind natural mixing. Each
+batch carries that position; a resumed stream reopens each source's current shard and skips the samples
+already taken (read, not decoded): resuming costs at most one shard read per source, and yields exactly
+the samples an uninterrupted run would have.
 
 The shuffle buffer is emptied at the end of every shard, which is what makes the position that small.
 BIOMEDICA shards hold ~10,000 samples, so a buffer of a few thousand still mixes within a shard, and the
@@ -19,15 +20,12 @@ loader rotates its worker-to-stream mapping so that its first batch comes from t
 
 from __future__ import annotations
 
-import bisect
 import io
 import logging
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import braceexpand
 import torch
 import webdataset as wds
 from PIL import Image, UnidentifiedImageError
@@ -39,81 +37,15 @@ from bmca_clip.data.filters import (
     MetadataFilter,
     key_uniform,
     parse_metadata,
-    source_probabilities,
 )
-from bmca_clip.data.hub import (
-    HttpPolicy,
-    HubError,
-    ShardCache,
-    ShardError,
-    default_cache_dir,
-    discover,
-    open_shard,
-)
+from bmca_clip.data.hub import HttpPolicy, ShardCache, ShardError, default_cache_dir, open_shard
+from bmca_clip.data.mixing import SourceMixer
+from bmca_clip.data.sources import DataError, Source, check_commits, resolve_sources
+from bmca_clip.data.sources import expand_shards as expand_shards  # part of this module's interface
 
 log = logging.getLogger(__name__)
 
 DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, SyntaxError)
-
-
-class DataError(RuntimeError):
-    """The data cannot feed training; the message names the shards or samples and what to do."""
-
-
-def expand_shards(spec: str) -> list[str]:
-    """Shard URLs from 'a/{000..009}.tar', a folder (its *.tar, recursively), a file or URL; '::' joins."""
-    urls: list[str] = []
-    for part in filter(None, (p.strip() for p in spec.split("::"))):
-        for item in braceexpand.braceexpand(part):
-            path = Path(item)
-            if "://" in item:
-                urls.append(item)
-            elif path.is_dir():
-                found = sorted(str(p) for p in path.rglob("*.tar"))
-                if not found:
-                    raise DataError(f"data.train_shards: folder {item} holds no .tar shards")
-                urls.extend(found)
-            elif path.is_file():
-                urls.append(str(path))
-            else:
-                raise DataError(
-                    f"data.train_shards: {item} does not exist. For the demo corpus run "
-                    "`python -m bmca_clip.data.synthetic --out data/synthetic`."
-                )
-    if not urls:
-        raise DataError(f"data.train_shards={spec!r} names no shards")
-    return urls
-
-
-@dataclass
-class Source:
-    name: str
-    urls: list[str]
-    probability: float
-
-
-def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
-    """The sources to read, with their shard URLs and sampling probabilities (hub repos listed here)."""
-    if cfg.train_shards:
-        return [Source("shards", expand_shards(cfg.train_shards), 1.0)]
-    if not cfg.sources:
-        raise DataError("no training data: set data.train_shards, or pick a preset such as data=biomedica")
-    probs = source_probabilities({name: src.weight for name, src in cfg.sources.items()})
-    sources = []
-    for name, src in cfg.sources.items():
-        if probs[name] == 0:
-            continue
-        try:
-            urls = (
-                discover(src, default_cache_dir(cfg.cache_dir), policy).urls()
-                if src.repo_id
-                else expand_shards(src.shards)
-            )
-        except HubError as err:
-            raise DataError(f"data.sources.{name}: {err}") from None
-        sources.append(Source(name, urls, probs[name]))
-        log.info("source %s: %d shards, sampling probability %.3f", name, len(urls), probs[name])
-    return sources
 
 
 def _seed(*parts: int) -> int:
@@ -144,11 +76,15 @@ class StreamContext:
 
 
 class SourceReader:
-    """The samples of one source for one stream, shard after shard; `position` = (shard number, taken)."""
+    """The samples of one source for one stream, shard after shard; `position` = (shard number, taken).
+
+    Each sample carries `__seen__`: the pairs read to find it (it and those dropped before it in shard
+    order; a shard's trailing drops go to the next shard's first sample), for the mixer's kept fraction."""
 
     def __init__(self, source: Source, index: int, ctx: StreamContext, position=(0, 0)):
         self.source, self.index, self.ctx = source, index, ctx
         self.shard, self.taken = position
+        self._dropped = self._carry = 0  # dropped since the last kept pair; trailing drops of past shards
         self._samples = self._generate()
 
     def next(self) -> dict:
@@ -171,17 +107,20 @@ class SourceReader:
         empty_in_a_row, last_problem = 0, "no sample passed the filters"
         while True:
             url, part, parts = self._assignment(self.shard)
-            got = 0
+            got, self._dropped = 0, 0
             try:
                 for n, sample in enumerate(self._shuffled(url, part, parts)):
                     if n < self.taken:
-                        continue  # resuming: already consumed before the checkpoint
+                        continue  # resuming: already consumed (and counted) before the checkpoint
                     self.taken, got = n + 1, got + 1
+                    sample["__seen__"] += self._carry
+                    self._carry = 0
                     yield sample
             except ShardError as err:
                 _count(self.ctx.counters, f"shards_failed/{err.reason}")
                 last_problem = str(err)
                 log.warning("%s", err)
+            self._carry += self._dropped
             empty_in_a_row = 0 if got else empty_in_a_row + 1
             if empty_in_a_row >= self.ctx.cfg.max_empty_shards:
                 raise DataError(
@@ -222,15 +161,19 @@ class SourceReader:
                     meta = parse_metadata(sample.get("json", b"{}")) if needs_meta else {}
                 except ValueError:
                     _count(c.counters, "filtered/bad_metadata")
+                    self._dropped += 1
                     continue
                 reason = c.keep.reason(meta, sample.get(cfg.caption_key, b"").decode("utf-8", "replace"))
                 if reason is None and c.balance.active and not c.balance.accept(meta, self._draw(sample, n)):
                     reason = "balance"
                 if reason is not None:
                     _count(c.counters, f"filtered/{reason}")
+                    self._dropped += 1
                     continue
             _count(c.counters, "kept")
-            yield {k: sample[k] for k in wanted if k in sample}
+            slim = {k: sample[k] for k in wanted if k in sample}
+            slim["__seen__"], self._dropped = self._dropped + 1, 0
+            yield slim
 
     def _draw(self, sample: dict, n: int) -> float:
         c = self.ctx
@@ -321,6 +264,12 @@ class TrainStream(IterableDataset):
     def _batches(self, local: int):
         stream = self.rank * self.num_local + local
         start = self.positions.get(local, {"sample": 0, "sources": [(0, 0)] * len(self.sources)})
+        mixer = SourceMixer(
+            [s.probability for s in self.sources],
+            self.cfg.mixing,
+            self.cfg.mixing_prior_samples,
+            start.get("mixing"),  # absent in checkpoints from before natural mixing: the prior again
+        )
         counters: dict[str, int] = {}
         ctx = StreamContext(
             self.cfg,
@@ -337,11 +286,14 @@ class TrainStream(IterableDataset):
             SourceReader(s, i, ctx, tuple(p))
             for i, (s, p) in enumerate(zip(self.sources, start["sources"], strict=True))
         ]
-        cumulative = [sum(s.probability for s in self.sources[: i + 1]) for i in range(len(self.sources))]
         t, images, captions, keys = start["sample"], [], [], []
         while True:
-            pick = min(bisect.bisect_right(cumulative, _uniform(self.seed, stream, t, 6)), len(readers) - 1)
-            sample = readers[pick].next()
+            pick = mixer.pick(_uniform(self.seed, stream, t, 6))
+            sample, name = readers[pick].next(), self.sources[pick].name
+            seen = sample.pop("__seen__")
+            mixer.observe(pick, seen)
+            _count(counters, f"drawn/{name}")
+            _count(counters, f"read/{name}", seen)
             t += 1
             try:
                 image, caption = self.decoder(sample, _seed(self.seed, stream, t, 4))
@@ -354,7 +306,11 @@ class TrainStream(IterableDataset):
             captions.append(caption)
             keys.append(sample["__key__"])
             if len(images) == self.batch_size:
-                position = {"sample": t, "sources": [(r.shard, r.taken) for r in readers]}
+                position = {
+                    "sample": t,
+                    "sources": [(r.shard, r.taken) for r in readers],
+                    "mixing": mixer.state(),
+                }
                 yield {
                     "images": torch.stack(images),
                     "texts": self.tokenizer(captions),
@@ -392,7 +348,8 @@ class TrainLoader:
 
     def counters(self) -> dict[str, int]:
         """Counts since this loader started, summed over its streams: decoded, kept, skipped/<reason>,
-        filtered/<reason>, shards_failed/<reason>, retries."""
+        filtered/<reason>, shards_failed/<reason>, retries; per source drawn/<name> (samples drawn) and
+        read/<name> (pairs read to find them: drawn / read is the fraction that passes its filters)."""
         total: dict[str, int] = {}
         for stream_counters in self._counters.values():
             for name, n in stream_counters.items():
@@ -405,6 +362,7 @@ class TrainLoader:
             "next_stream": self.next_stream,
             "num_streams": self.dataset.num_local,
             "sources": [s.name for s in self.dataset.sources],
+            "commits": {s.name: s.commit for s in self.dataset.sources},
         }
 
 
@@ -454,4 +412,5 @@ def _check_resume_state(state: dict | None, cfg: DataConfig, sources: list[Sourc
             f"the checkpoint's data position is for sources {state['sources']}, this run reads "
             f"{[s.name for s in sources]}: resume with the same data config"
         )
+    check_commits(state.get("commits", {}), sources)  # none in checkpoints from before they were recorded
     return {int(k): v for k, v in state["positions"].items()}, state["next_stream"]
