@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 import bmca_clip
-from bmca_clip.checkpoint import list_checkpoints, resolve_resume, set_rng_state
+from bmca_clip.checkpoint import list_checkpoints, resolve_resume, restore_rank_rng
 from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import from_open_clip
 from bmca_clip.data.pipeline import DataError, build_train_loader
@@ -79,7 +79,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     if (found := resolve_resume(resume, ckpt_dir)) is not None:
         path, state = found
         trainer.load_state_dict(state)
-        set_rng_state(state["rng"])
+        restore_rank_rng(state["rng"], dist.rank, dist.world_size, dist.device)
         data_state = _rank_data_state(state, dist.rank, dist.world_size)
         log.info("resumed from %s at step %d", path, trainer.step)
     loader = build_train_loader(

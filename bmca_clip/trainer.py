@@ -166,6 +166,7 @@ class Trainer:
             t0 = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.train.accum_freq)]
             window.data_time += time.perf_counter() - t0
+            lr = self.scheduler.get_last_lr()[0]  # what this step uses: train_step moves the schedule on
             metrics = self.train_step(micro)
             self.step += 1
             self.samples_seen += per_step
@@ -176,7 +177,7 @@ class Trainer:
                 }  # device sync, once per log line
                 last.update(
                     window.rates(per_step, self.dist.world_size),
-                    lr=self.scheduler.get_last_lr()[0],
+                    lr=lr,
                     samples_seen=self.samples_seen,
                 )
                 last.update(_data_health(loader, cfg.data.max_bad_fraction))
@@ -209,14 +210,16 @@ class Trainer:
         return metrics | {"loss": loss / self.dist.world_size}
 
     def save(self, loader: TrainLoader, extra: dict):
-        """Write a checkpoint from rank 0; every rank must call this (the data positions are gathered)."""
-        positions = [loader.state_dict()]
-        if self.dist.world_size > 1:  # collective: each rank's streams are at their own positions
-            positions = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(positions, loader.state_dict())
+        """Write a checkpoint from rank 0; every rank must call this (data positions and RNGs are gathered)."""
+        own = (loader.state_dict(), rng_state(self.dist.device))
+        ranks = [own]
+        if self.dist.world_size > 1:  # collective: each rank's streams and random draws are its own
+            ranks = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(ranks, own)
         if not self.dist.is_main:
             return None
-        state = self.state_dict() | {"data": {"ranks": positions}, "rng": rng_state()} | extra
+        gathered = {"data": {"ranks": [r[0] for r in ranks]}, "rng": {"ranks": [r[1] for r in ranks]}}
+        state = self.state_dict() | gathered | extra
         path = save_checkpoint(state, self.checkpoint_dir, self.step, self.cfg.checkpoint.keep_last)
         log.info("saved %s", path)
         return path
