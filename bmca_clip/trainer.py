@@ -68,6 +68,7 @@ class Trainer:
         # Built once: rebuilding it every step costs ~4 ms of host time for ViT-L-14 (bench/train_throughput.py).
         self.trainable = [p for p in unwrap(model).parameters() if p.requires_grad]
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
+        self.resumed_at: tuple[int, float] | None = None  # where a resume re-planned the schedule (optim.py)
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.train.precision == "amp_fp16")
         self.loss_fn = build_loss(cfg.loss, dist)
         self.step = 0
@@ -145,15 +146,29 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "samples_seen": self.samples_seen,
+            "schedule": {"resumed_at": list(self.resumed_at) if self.resumed_at else None},
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, resumed_at: tuple[int, float] | None = None) -> None:
+        """Weights, optimizer moments, scaler and counters from `state`; the optimizer's hyperparameters and
+        the schedule stay this config's (bmca_clip/resume.py checked that what changed may change).
+        `resumed_at`: where the rest of the schedule starts, if this resume re-plans it; else the
+        checkpoint's own."""
         unwrap(self.model).load_state_dict(state["model"])
+        # The saved param groups carry the old run's lr, betas, eps and weight decay: keep this config's.
+        ours = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for group, values in zip(self.optimizer.param_groups, ours, strict=True):
+            group.update(values)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.samples_seen = state["step"], state["samples_seen"]
+        saved = (state.get("schedule") or {}).get("resumed_at")
+        self.resumed_at = resumed_at or (tuple(saved) if saved else None)
+        # Rebuilt rather than loaded: a LambdaLR's state holds the old run's peak lr (base_lrs).
+        self.scheduler = build_scheduler(
+            self.optimizer, self.cfg.optim, self.cfg.train.steps, self.resumed_at, self.step
+        )
 
     def train(self, loader: TrainLoader, logger: MetricLogger, checkpoint_extra: dict) -> dict[str, float]:
         """Run until train.steps; log every train.log_every steps; checkpoint every checkpoint.every_steps."""
