@@ -9,6 +9,7 @@ mid-write never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -117,6 +118,18 @@ def rng_state(device: torch.device | None = None) -> dict:
     if device is not None and device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
+
+
+def packed_rng_state(device: torch.device | None = None) -> bytes:
+    """rng_state() serialised, for all_gather_object: tensors pickled inside an object do not load on the
+    other side (torch 2.14: "UntypedStorage has no attribute dtype" in its legacy unpickler)."""
+    buffer = io.BytesIO()
+    torch.save(rng_state(device), buffer)
+    return buffer.getvalue()
+
+
+def unpack_rng_state(packed: bytes) -> dict:
+    return torch.load(io.BytesIO(packed), map_location="cpu", weights_only=True)
 
 
 def set_rng_state(state: dict, device: torch.device | None = None) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from bmca_clip.checkpoint import rng_state, save_checkpoint
+from bmca_clip.checkpoint import packed_rng_state, save_checkpoint, unpack_rng_state
 from bmca_clip.config import PretrainConfig
 from bmca_clip.data.decode import normalize_on_device
 from bmca_clip.data.pipeline import DataError, TrainLoader
@@ -226,14 +226,15 @@ class Trainer:
 
     def save(self, loader: TrainLoader, extra: dict):
         """Write a checkpoint from rank 0; every rank must call this (data positions and RNGs are gathered)."""
-        own = (loader.state_dict(), rng_state(self.dist.device))
+        own = (loader.state_dict(), packed_rng_state(self.dist.device))
         ranks = [own]
         if self.dist.world_size > 1:  # collective: each rank's streams and random draws are its own
             ranks = [None] * self.dist.world_size
             torch.distributed.all_gather_object(ranks, own)
         if not self.dist.is_main:
             return None
-        gathered = {"data": {"ranks": [r[0] for r in ranks]}, "rng": {"ranks": [r[1] for r in ranks]}}
+        rngs = [unpack_rng_state(r[1]) for r in ranks]
+        gathered = {"data": {"ranks": [r[0] for r in ranks]}, "rng": {"ranks": rngs}}
         state = self.state_dict() | gathered | extra
         path = save_checkpoint(state, self.checkpoint_dir, self.step, self.cfg.checkpoint.keep_last)
         log.info("saved %s", path)
