@@ -120,7 +120,8 @@ def plan_resume(
         )
         raise ConfigError(
             f"resume: {_listed(fixed)} cannot change when resuming ({reasons}); resume with the old "
-            "value, or start a new run (name=...) with model.pretrained=<this checkpoint> to go on from its weights"
+            "value, or start a new run (name=...) with model.pretrained=<this checkpoint> to go on from "
+            "its weights"
         )
     steps = new["train"]["steps"]
     if steps < step:
@@ -132,8 +133,8 @@ def plan_resume(
     if stream and not wants_reset:
         raise ConfigError(
             f"resume: {_listed(stream)} would change which samples come next, so the data stream cannot "
-            "continue exactly; resume with the old value, or pass resume_data=reset to keep weights, optimizer "
-            "and step and start a fresh data stream"
+            "continue exactly; resume with the old value, or pass resume_data=reset to keep weights, "
+            "optimizer and step and start a fresh data stream"
         )
     # A requeued job repeats its command line: a checkpoint written after a reset with these same data
     # settings carries the fresh stream's position, which continues exactly.
@@ -154,7 +155,8 @@ def resumed_schedule(state: dict, plan: ResumePlan, cfg: PretrainConfig) -> tupl
         raise ConfigError(
             f"resume: {_listed({k: plan.changed[k] for k in RESHAPING_KEYS if k in plan.changed})}: the "
             f"schedule had already decayed to lr 0 at step {step}, so the steps added would not train; set "
-            "optim.lr_min > 0 (the lr rises to it) or start a new run (name=...) with model.pretrained=<this checkpoint>"
+            "optim.lr_min > 0 (the lr rises to it) or start a new run (name=...) with "
+            "model.pretrained=<this checkpoint>"
         )
     return step, factor
 
@@ -164,8 +166,8 @@ def log_plan(plan: ResumePlan, step: int, seed: int) -> None:
         log.info("resume: %s %s -> %s applied", key, old, new)
     if plan.reset_data:
         log.warning(
-            "resume_data=reset: weights, optimizer and step %d kept; the data stream starts afresh from train.seed=%d "
-            "(with the same data and seed it yields the samples this run began with)",
+            "resume_data=reset: weights, optimizer and step %d kept; the data stream starts afresh from "
+            "train.seed=%d (with the same data and seed it yields the samples this run began with)",
             step,
             seed,
         )

@@ -225,7 +225,7 @@ class Trainer:
         return metrics | {"loss": loss / self.dist.world_size}
 
     def save(self, loader: TrainLoader, extra: dict):
-        """Write a checkpoint from rank 0; every rank must call this (data positions and RNGs are gathered)."""
+        """Write a checkpoint from rank 0; every rank must call this (positions and RNGs are gathered)."""
         own = (loader.state_dict(), packed_rng_state(self.dist.device))
         ranks = [own]
         if self.dist.world_size > 1:  # collective: each rank's streams and random draws are its own
