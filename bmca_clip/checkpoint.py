@@ -2,12 +2,14 @@
 
 A checkpoint is one `step_NNNNNNNN.pt` file holding plain tensors and Python containers only, so it loads
 with `torch.load(weights_only=True)`: model, optimizer, scheduler, grad scaler, step, samples seen, the data
-position, RNG states, the resolved config and library versions. It is first written to a temporary name in
-the same folder and then renamed, so a crash mid-write never leaves a file that looks complete.
+position and RNG states of every rank, the resolved config (and its history over resumes) and library
+versions. It is first written to a temporary name in the same folder and then renamed, so a crash
+mid-write never leaves a file that looks complete.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -99,8 +101,9 @@ def resolve_checkpoint(path: str) -> Path:
     raise CheckpointError(f"checkpoint={path}: no such file or folder")
 
 
-def rng_state() -> dict:
-    """All RNG states as tensors and plain ints, loadable with weights_only=True."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """This process's RNG states as tensors and plain ints, loadable with weights_only=True; on a CUDA
+    `device`, that device's generator (the one this rank's dropout draws from)."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -112,18 +115,56 @@ def rng_state() -> dict:
         },
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def packed_rng_state(device: torch.device | None = None) -> bytes:
+    """rng_state() serialised, for all_gather_object: tensors pickled inside an object do not load on the
+    other side (torch 2.14: "UntypedStorage has no attribute dtype" in its legacy unpickler)."""
+    buffer = io.BytesIO()
+    torch.save(rng_state(device), buffer)
+    return buffer.getvalue()
+
+
+def unpack_rng_state(packed: bytes) -> dict:
+    return torch.load(io.BytesIO(packed), map_location="cpu", weights_only=True)
+
+
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy(), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" not in state or not torch.cuda.is_available():
+        return
+    if isinstance(state["cuda"], torch.Tensor):  # one device's generator: this rank's
+        torch.cuda.set_rng_state(state["cuda"], device if device is not None else "cuda")
+    else:  # every visible device's, as checkpoints before per-rank states held them
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_rank_rng(saved: dict, rank: int, world_size: int, device: torch.device | None = None) -> None:
+    """Set this rank's RNG from a checkpoint's "rng" entry: {"ranks": [one state per rank]}, or one state
+    (checkpoints before per-rank states), which every rank then gets as before, with a warning."""
+    states = saved.get("ranks")
+    if states is None:
+        if world_size > 1:
+            log.warning(
+                "the checkpoint holds one RNG state (saved before per-rank states): every rank resumes with "
+                "rank 0's, so ranks >= 1 do not continue their own random stream (dropout) exactly"
+            )
+        set_rng_state(saved, device)
+        return
+    if rank >= len(states):
+        log.warning(
+            "the checkpoint holds RNG states of %d ranks and this is rank %d: it resumes with rank 0's",
+            len(states),
+            rank,
+        )
+        rank = 0
+    set_rng_state(states[rank], device)
 
 
 def _as_tuple(value):

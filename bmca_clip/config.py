@@ -24,6 +24,7 @@ SCHEDULES = ("cosine", "constant")
 LOSSES = ("clip", "siglip")
 WANDB_MODES = ("online", "offline", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
+RESUME_DATA = ("exact", "reset")
 
 
 class ConfigError(ValueError):
@@ -260,8 +261,12 @@ class PretrainConfig:
     name: str = "default"  # run name; the run lives in output_dir
     output_dir: str = "runs/${name}"  # fixed per run name so that resume=latest finds it again
     resume: str | None = None  # null | latest | path to a checkpoint file
+    # exact: a resume continues the checkpoint's data stream and refuses settings that would change it;
+    # reset: keep weights, optimizer and step, start a fresh data stream (bmca_clip/resume.py)
+    resume_data: str = "exact"
 
     def __post_init__(self):
+        _one_of("resume_data", self.resume_data, RESUME_DATA)
         if self.loss.name == "siglip" and self.model.init_logit_bias is None:
             raise ConfigError(
                 "loss.name=siglip needs a logit bias: use loss=siglip (sets model.init_logit_bias=-10)"

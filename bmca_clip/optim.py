@@ -29,18 +29,40 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 
-def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then cosine or flat."""
+def lr_factor(
+    step: int, total_steps: int, cfg: OptimConfig, resumed_at: tuple[int, float] | None = None
+) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then cosine or flat.
+
+    `resumed_at=(s0, f0)`: a resume at step s0 changed train.steps, optim.schedule or optim.lr_min (see
+    bmca_clip/resume.py). From s0 on the factor starts at f0, the one in force there (no jump), and then
+    goes to lr_min/lr by a cosine half-wave ending at `total_steps` (cosine), or stays at f0 (constant).
+    """
+    floor = cfg.lr_min / cfg.lr
+    if resumed_at is not None and step >= resumed_at[0]:
+        start, factor = resumed_at
+        if cfg.schedule == "constant":
+            return factor
+        progress = min(1.0, (step - start) / max(1, total_steps - start))
+        return floor + (factor - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
     decay_steps = max(1, total_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
-    floor = cfg.lr_min / cfg.lr
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
-    """A LambdaLR, so its position is part of optimizer state and resumes exactly."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    cfg: OptimConfig,
+    total_steps: int,
+    resumed_at: tuple[int, float] | None = None,
+    step: int = 0,
+):
+    """A LambdaLR positioned at `step` (the lr of that step is set on the optimizer). Its peak lr is each
+    param group's `initial_lr`, so after a resume it is this config's optim.lr, not the checkpoint's."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, cfg, resumed_at), last_epoch=step - 1
+    )

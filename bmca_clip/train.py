@@ -13,13 +13,21 @@ import torch
 from omegaconf import OmegaConf
 
 import bmca_clip
-from bmca_clip.checkpoint import list_checkpoints, resolve_resume, set_rng_state
+from bmca_clip.checkpoint import list_checkpoints, resolve_resume, restore_rank_rng
 from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import from_open_clip
 from bmca_clip.data.pipeline import DataError, build_train_loader
 from bmca_clip.dist import init_distributed
 from bmca_clip.model import build_model, start_weights
 from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm, slurm_restart
+from bmca_clip.resume import (
+    ResumePlan,
+    config_history,
+    log_plan,
+    plan_resume,
+    resumed_schedule,
+    write_config_files,
+)
 from bmca_clip.tracking import MetricLogger
 from bmca_clip.train_eval import PeriodicEval
 from bmca_clip.trainer import Trainer
@@ -51,6 +59,17 @@ def _rank_data_state(state: dict, rank: int, world_size: int) -> dict:
     return ranks[rank]
 
 
+def _plan(state: dict | None, resolved: dict, world_size: int) -> ResumePlan:
+    """What this (re)start changes against the checkpoint it resumes from (bmca_clip/resume.py)."""
+    if state is None:
+        return ResumePlan()
+    if not state.get("config"):
+        log.warning("the checkpoint records no config: this run's settings are not compared with it")
+        return ResumePlan()
+    old_world = len(state["data"]["ranks"]) if "data" in state else world_size
+    return plan_resume(state["config"], resolved, step=state["step"], old_world=old_world, world=world_size)
+
+
 def run(cfg: PretrainConfig) -> dict[str, float]:
     """Train as `cfg` says; returns the last logged metrics. The caller closes the process group."""
     dist = init_distributed(cfg.train.device)
@@ -67,8 +86,11 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    path, state = resolve_resume(resume, ckpt_dir) or (None, None)
+    plan = _plan(state, resolved, dist.world_size)  # refuses a change a resume cannot make, before any work
+    history = config_history(state, resolved, plan, dist.world_size)
     if dist.is_main:
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        write_config_files(out_dir, resolved, history)
 
     if dist.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
@@ -78,12 +100,13 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     start = start_weights(bundle.model, cfg.model, cfg.train.seed) if dist.is_main else None
     trainer = Trainer(cfg, dist, bundle.model, ckpt_dir)
     data_state = None
-    if (found := resolve_resume(resume, ckpt_dir)) is not None:
-        path, state = found
-        trainer.load_state_dict(state)
-        set_rng_state(state["rng"])
+    if state is not None:
+        trainer.load_state_dict(state, resumed_schedule(state, plan, cfg))
+        restore_rank_rng(state["rng"], dist.rank, dist.world_size, dist.device)
         start = state.get("start_weights") or start  # the run's own start, even if its source changed since
-        data_state = _rank_data_state(state, dist.rank, dist.world_size)
+        log_plan(plan, trainer.step, cfg.train.seed)
+        if not plan.reset_data:
+            data_state = _rank_data_state(state, dist.rank, dist.world_size)
         log.info("resumed from %s at step %d", path, trainer.step)
     loader = build_train_loader(
         cfg.data,
@@ -115,7 +138,12 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         )
     trainer.preemption = PreemptionHandler(dist)
     try:
-        extra = {"config": resolved, "versions": library_versions(), "start_weights": start}
+        extra = {
+            "config": resolved,
+            "config_history": history,
+            "versions": library_versions(),
+            "start_weights": start,
+        }
         return trainer.train(loader, logger, extra)
     except Preempted as stop:
         log.warning(

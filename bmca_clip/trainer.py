@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from bmca_clip.checkpoint import rng_state, save_checkpoint
+from bmca_clip.checkpoint import packed_rng_state, save_checkpoint, unpack_rng_state
 from bmca_clip.config import PretrainConfig
 from bmca_clip.data.decode import normalize_on_device
 from bmca_clip.data.pipeline import DataError, TrainLoader
@@ -70,6 +70,7 @@ class Trainer:
         # Built once: rebuilding it every step costs ~4 ms of host time for ViT-L-14 (bench/train_throughput.py).
         self.trainable = [p for p in unwrap(model).parameters() if p.requires_grad]
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
+        self.resumed_at: tuple[int, float] | None = None  # where a resume re-planned the schedule (optim.py)
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.train.precision == "amp_fp16")
         self.loss_fn = build_loss(cfg.loss, dist)
         self.step = 0
@@ -147,15 +148,29 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "samples_seen": self.samples_seen,
+            "schedule": {"resumed_at": list(self.resumed_at) if self.resumed_at else None},
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, resumed_at: tuple[int, float] | None = None) -> None:
+        """Weights, optimizer moments, scaler and counters from `state`; the optimizer's hyperparameters and
+        the schedule stay this config's (bmca_clip/resume.py checked that what changed may change).
+        `resumed_at`: where the rest of the schedule starts, if this resume re-plans it; else the
+        checkpoint's own."""
         unwrap(self.model).load_state_dict(state["model"])
+        # The saved param groups carry the old run's lr, betas, eps and weight decay: keep this config's.
+        ours = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for group, values in zip(self.optimizer.param_groups, ours, strict=True):
+            group.update(values)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.samples_seen = state["step"], state["samples_seen"]
+        saved = (state.get("schedule") or {}).get("resumed_at")
+        self.resumed_at = resumed_at or (tuple(saved) if saved else None)
+        # Rebuilt rather than loaded: a LambdaLR's state holds the old run's peak lr (base_lrs).
+        self.scheduler = build_scheduler(
+            self.optimizer, self.cfg.optim, self.cfg.train.steps, self.resumed_at, self.step
+        )
 
     def train(self, loader: TrainLoader, logger: MetricLogger, checkpoint_extra: dict) -> dict[str, float]:
         """Run until train.steps; log every train.log_every steps; checkpoint every checkpoint.every_steps."""
@@ -168,6 +183,7 @@ class Trainer:
             t0 = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.train.accum_freq)]
             window.data_time += time.perf_counter() - t0
+            lr = self.scheduler.get_last_lr()[0]  # what this step uses: train_step moves the schedule on
             metrics = self.train_step(micro)
             self.step += 1
             self.samples_seen += per_step
@@ -178,7 +194,7 @@ class Trainer:
                 }  # device sync, once per log line
                 last.update(
                     window.rates(per_step, self.dist.world_size),
-                    lr=self.scheduler.get_last_lr()[0],
+                    lr=lr,
                     samples_seen=self.samples_seen,
                 )
                 last.update(_data_health(loader, cfg.data.max_bad_fraction))
@@ -211,14 +227,17 @@ class Trainer:
         return metrics | {"loss": loss / self.dist.world_size}
 
     def save(self, loader: TrainLoader, extra: dict):
-        """Write a checkpoint from rank 0; every rank must call this (the data positions are gathered)."""
-        positions = [loader.state_dict()]
-        if self.dist.world_size > 1:  # collective: each rank's streams are at their own positions
-            positions = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(positions, loader.state_dict())
+        """Write a checkpoint from rank 0; every rank must call this (positions and RNGs are gathered)."""
+        own = (loader.state_dict(), packed_rng_state(self.dist.device))
+        ranks = [own]
+        if self.dist.world_size > 1:  # collective: each rank's streams and random draws are its own
+            ranks = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(ranks, own)
         if not self.dist.is_main:
             return None
-        state = self.state_dict() | {"data": {"ranks": positions}, "rng": rng_state()} | extra
+        rngs = [unpack_rng_state(r[1]) for r in ranks]
+        gathered = {"data": {"ranks": [r[0] for r in ranks]}, "rng": {"ranks": rngs}}
+        state = self.state_dict() | gathered | extra
         path = save_checkpoint(state, self.checkpoint_dir, self.step, self.cfg.checkpoint.keep_last)
         log.info("saved %s", path)
         return path

@@ -73,6 +73,7 @@ def test_torchrun_train_py_saves_every_ranks_data_position(corpus, tmp_path):
     assert len(state["data"]["ranks"]) == 2
     for rank in state["data"]["ranks"]:  # each rank's own stream took its 4 batches of 16
         assert rank["positions"]["0"]["sample"] == 4 * 16
+    assert len(state["rng"]["ranks"]) == 2  # and each rank's own: see the periodic-eval test below
 
 
 def test_periodic_eval_splits_the_suite_across_ranks_and_logs_every_task(corpus, tmp_path):
@@ -88,3 +89,8 @@ def test_periodic_eval_splits_the_suite_across_ranks_and_logs_every_task(corpus,
     tasks = {"synthetic_modality", "synthetic_color", "synthetic_retrieval"}
     assert {k.removeprefix("eval/") for k in scores if k.startswith("eval/") and k != "eval/mean"} == tasks
     assert all(0.0 <= scores[f"eval/{t}"] <= 1.0 for t in tasks)
+    # Scoring other tasks drew other random numbers (a DataLoader seed per task): the checkpoint holds each
+    # rank's own RNG, not rank 0's twice, so a resumed rank 1 continues its own stream.
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step_00000002.pt", weights_only=True)
+    rngs = state["rng"]["ranks"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])

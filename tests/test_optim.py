@@ -54,3 +54,15 @@ def test_scheduler_drives_the_optimizer_lr():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
+
+
+def test_a_resume_that_replans_the_schedule_continues_from_the_factor_in_force():
+    """resumed_at=(s0, f0): f0 at s0 (no jump), then a cosine half-wave to lr_min/lr at the new total;
+    a constant schedule stays at f0."""
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, lr_min=0.1, schedule="cosine")
+    assert lr_factor(50, 200, cfg, resumed_at=(50, 0.7)) == pytest.approx(0.7)
+    assert lr_factor(125, 200, cfg, resumed_at=(50, 0.7)) == pytest.approx(0.1 + 0.6 * 0.5)
+    assert lr_factor(200, 200, cfg, resumed_at=(50, 0.7)) == pytest.approx(0.1)
+    assert lr_factor(49, 200, cfg, resumed_at=(50, 0.7)) == lr_factor(49, 200, cfg)  # before: unchanged
+    flat = OptimConfig(lr=1.0, warmup_steps=10, schedule="constant")
+    assert lr_factor(150, 200, flat, resumed_at=(50, 0.7)) == 0.7

@@ -80,18 +80,22 @@ def _train(corpus, out, steps, env=None, **extra) -> subprocess.CompletedProcess
 def test_a_new_run_never_overwrites_checkpoints_and_a_requeued_job_resumes_by_itself(corpus, tmp_path):
     import os
 
-    first = _train(corpus, tmp_path, 3)
+    # 3 steps stand in for a job preempted at step 3 of 6. A constant lr: a finished 3-step cosine ends at
+    # lr 0, and a resume refuses to extend it (bmca_clip/resume.py).
+    flat = {"optim.schedule": "constant"}
+    first = _train(corpus, tmp_path, 3, **flat)
     assert first.returncode == 0, first.stderr[-2000:]
     before = {p.name: p.stat().st_mtime_ns for p in list_checkpoints(tmp_path / "checkpoints")}
 
-    again = _train(corpus, tmp_path, 6)  # the same command: would restart from step 0 over the old run
+    # The same command: it would restart from step 0 over the old run.
+    again = _train(corpus, tmp_path, 6, **flat)
     assert again.returncode == 2
     assert "already holds checkpoints of an earlier run (newest: step_00000003.pt)" in again.stderr
     assert "resume=latest" in again.stderr and "Traceback" not in again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in list_checkpoints(tmp_path / "checkpoints")} == before
 
     requeued = _train(
-        corpus, tmp_path, 6, env={**os.environ, "SLURM_RESTART_COUNT": "1", "SLURM_JOB_ID": "7"}
+        corpus, tmp_path, 6, env={**os.environ, "SLURM_RESTART_COUNT": "1", "SLURM_JOB_ID": "7"}, **flat
     )
     assert requeued.returncode == 0, requeued.stderr[-2000:]
     assert "Slurm restart 1 of job 7: resume=latest" in requeued.stderr

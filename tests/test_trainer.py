@@ -156,3 +156,10 @@ def test_stream_is_deterministic_and_resumes_by_sample_key(corpus, resampled):
     assert first + rest == full
     if not resampled:  # epochs: each stream reads its own shards, so nothing repeats within an epoch
         assert len({k for batch in full for k in batch}) == 31 * 8
+
+
+def test_logged_lr_is_the_lr_the_step_used(corpus, tmp_path):
+    """With warmup W, step 1 runs at lr/W and step W at the peak lr (not step s+1's lr)."""
+    _run(corpus, tmp_path, **{"train.steps": 4, "optim.warmup_steps": 4, "optim.lr": 1e-3})
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in logged] == pytest.approx([1e-3 / 4, 2e-3 / 4, 3e-3 / 4, 1e-3], rel=1e-12)
