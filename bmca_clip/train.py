@@ -16,7 +16,8 @@ import bmca_clip
 from bmca_clip.checkpoint import list_checkpoints, resolve_resume, restore_rank_rng
 from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import from_open_clip
-from bmca_clip.data.pipeline import DataError, build_train_loader
+from bmca_clip.data.pipeline import DataError, TrainLoader, build_train_loader
+from bmca_clip.data.sources import SourceCommitMoved
 from bmca_clip.dist import init_distributed
 from bmca_clip.model import build_model, start_weights
 from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm, slurm_restart
@@ -70,6 +71,32 @@ def _plan(state: dict | None, resolved: dict, world_size: int) -> ResumePlan:
     return plan_resume(state["config"], resolved, step=state["step"], old_world=old_world, world=world_size)
 
 
+def _loader(cfg: PretrainConfig, bundle, dist, data_state: dict | None) -> TrainLoader:
+    """This rank's batches, continuing `data_state` exactly. Under resume_data=reset a stream whose hub
+    commit moved starts afresh: a requeued job repeats its reset command line, which the resume plan reads
+    as 'already reset' and so passes the position on; a later move of the commit must not block it."""
+
+    def build(state: dict | None) -> TrainLoader:
+        return build_train_loader(
+            cfg.data,
+            from_open_clip(bundle.model, is_train=True),  # uint8 from the workers, normalised on the device
+            bundle.tokenizer,
+            batch_size=cfg.train.batch_size,
+            seed=cfg.train.seed,  # the streams are told apart by rank and worker inside
+            rank=dist.rank,
+            world_size=dist.world_size,
+            state=state,
+        )
+
+    try:
+        return build(data_state)
+    except SourceCommitMoved as moved:
+        if cfg.resume_data != "reset":
+            raise
+        log.warning("%s; resume_data=reset: the data stream starts afresh on the new commit", moved)
+        return build(None)
+
+
 def run(cfg: PretrainConfig) -> dict[str, float]:
     """Train as `cfg` says; returns the last logged metrics. The caller closes the process group."""
     dist = init_distributed(cfg.train.device)
@@ -108,16 +135,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         if not plan.reset_data:
             data_state = _rank_data_state(state, dist.rank, dist.world_size)
         log.info("resumed from %s at step %d", path, trainer.step)
-    loader = build_train_loader(
-        cfg.data,
-        from_open_clip(bundle.model, is_train=True),  # uint8 from the workers, normalised on the device
-        bundle.tokenizer,
-        batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,  # the streams are told apart by rank and worker inside
-        rank=dist.rank,
-        world_size=dist.world_size,
-        state=data_state,
-    )
+    loader = _loader(cfg, bundle, dist, data_state)
     logger = MetricLogger(
         cfg.logger,
         out_dir,

@@ -13,12 +13,14 @@ import sys
 import open_clip
 import pytest
 import webdataset as wds
-from conftest import REPO
+from conftest import REPO, compose_config
 from hub_server import FakeHub
 from huggingface_hub import HfApi
 from PIL import Image
 
-from bmca_clip.config import DataConfig, SourceConfig
+from bmca_clip import train as train_mod
+from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
+from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
 from bmca_clip.data.hub import HttpPolicy, discover
 from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader
 
@@ -291,3 +293,37 @@ def _read_state(cfg: DataConfig, n_batches: int, state=None):
         keys += batch["keys"]
         if len(keys) == n_batches * 10:
             return keys, loader.state_dict()
+
+
+def test_resume_data_reset_passes_a_moved_commit_each_time_it_is_asked(hub, tmp_path, corpus):
+    """train.py: a moved commit refuses a plain resume; resume_data=reset starts a fresh stream on it, and
+    the same reset command line (what a requeued job repeats) also passes the next move."""
+
+    def train(steps: int, *extra: str) -> dict:
+        values = {
+            "data": "biomedica",
+            "model": "bmca-tiny",
+            "train.steps": steps,
+            "train.batch_size": 8,
+            "train.device": "cpu",
+            "data.num_workers": 0,
+            "data.shuffle_buffer": 16,
+            "data.shuffle_initial": 4,
+            "data.cache_dir": str(tmp_path / "cache"),
+            "logger.progress_bar": "false",
+            "output_dir": str(tmp_path / "run"),
+        }
+        overrides = [f"{k}={v}" for k, v in values.items()] + list(extra)
+        train_mod.run(to_object(compose_config("pretrain", overrides), PretrainConfig))
+        return load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
+
+    hub.add_dataset(REPO_ID, corpus / "train", commit="1" * 40)
+    assert set(train(2)["data"]["ranks"][0]["commits"].values()) == {"1" * 40}
+    hub.add_dataset(REPO_ID, corpus / "train", commit="2" * 40)
+    with pytest.raises(DataError, match="resume_data=reset"):
+        train(4, "resume=latest")
+    state = train(4, "resume=latest", "resume_data=reset")
+    assert state["step"] == 4 and set(state["data"]["ranks"][0]["commits"].values()) == {"2" * 40}
+    hub.add_dataset(REPO_ID, corpus / "train", commit="3" * 40)
+    state = train(6, "resume=latest", "resume_data=reset")
+    assert state["step"] == 6 and set(state["data"]["ranks"][0]["commits"].values()) == {"3" * 40}

@@ -21,6 +21,10 @@ class DataError(RuntimeError):
     """The data cannot feed training; the message names the shards or samples and what to do."""
 
 
+class SourceCommitMoved(DataError):
+    """A resumed data stream's hub source now resolves to another commit (check_commits)."""
+
+
 def expand_shards(spec: str) -> list[str]:
     """Shard URLs from 'a/{000..009}.tar', a folder (its *.tar, recursively), a file or URL; '::' joins."""
     urls: list[str] = []
@@ -92,7 +96,7 @@ def check_commits(saved: dict, sources: list[Source]) -> None:
                 source.commit,
             )
             continue
-        raise DataError(
+        raise SourceCommitMoved(
             f"data.sources.{source.name}: the checkpoint's data stream read commit {old}, this run "
             f"reads {source.commit}: pass resume_data=reset to start a fresh data stream on the new "
             f"commit, or data.sources.{source.name}.revision={old} to continue the old one"
