@@ -189,8 +189,23 @@ def model_card(ckpt: dict, title: str, results: Sequence[TaskResult] = (), licen
     if results:
         lines += ["", "## Zero-shot results", "", "Main metric per task, in percent.", ""]
         lines.append(format_table({"this model": list(results)}))
+    lines += _history_lines(ckpt.get("config_history") or [])
     lines += ["", "## Training config", "", "```yaml", OmegaConf.to_yaml(config).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _history_lines(history: Sequence[dict]) -> list[str]:
+    """What changed at each resume (bmca_clip/resume.py): the config below is the one in force at the end,
+    so a run resumed with another lr or more steps says which steps ran with which values."""
+    restarts = [entry for entry in history[1:] if entry.get("changed") or entry.get("resume_data") == "reset"]
+    if not restarts:
+        return []
+    lines = ["", "## Resumed with changed settings", ""]
+    for entry in restarts:
+        changes = ", ".join(f"`{k}` {old} -> {new}" for k, (old, new) in (entry.get("changed") or {}).items())
+        fresh = "; fresh data stream (resume_data=reset)" if entry.get("resume_data") == "reset" else ""
+        lines.append(f"- from step {entry.get('step')}: {changes or 'no setting changed'}{fresh}")
+    return lines
 
 
 def push_folder(folder: Path, repo_id: str, private: bool = True) -> str:

@@ -13,7 +13,7 @@ from PIL import Image
 
 import bmca_clip.export as export_module
 from bmca_clip.checkpoint import CheckpointError
-from bmca_clip.export import export, main
+from bmca_clip.export import export, main, model_card
 from bmca_clip.model import build_model
 from bmca_clip.wise_ft import trained_model_config
 
@@ -136,3 +136,24 @@ def test_cli_exports_and_bad_arguments_exit_2(trained, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: missing out=; allowed keys: checkpoint, out, results")
+
+
+def test_model_card_says_which_steps_ran_with_which_settings():
+    """A run resumed with a new lr and more steps: the card's config is the final one, so the card also
+    lists what changed at each resume (the checkpoint's config_history)."""
+    history = [
+        {"step": 0, "config": CONFIG, "changed": {}, "resume_data": "exact"},
+        {"step": 3, "config": CONFIG, "changed": {}, "resume_data": "exact"},  # a plain requeue: not listed
+        {"step": 6, "config": CONFIG, "changed": {"optim.lr": [0.001, 1e-06], "train.steps": [6, 12]}},
+        {"step": 9, "config": CONFIG, "changed": {"train.seed": [0, 1]}, "resume_data": "reset"},
+    ]
+    card = model_card({"config": CONFIG, "step": 12, "config_history": history}, "org/model")
+    section = card.split("## Resumed with changed settings")[1].split("##")[0]
+    lines = [line for line in section.splitlines() if line.startswith("- ")]
+    assert lines == [
+        "- from step 6: `optim.lr` 0.001 -> 1e-06, `train.steps` 6 -> 12",
+        "- from step 9: `train.seed` 0 -> 1; fresh data stream (resume_data=reset)",
+    ]
+    assert "Resumed with" not in model_card(
+        {"config": CONFIG, "step": 12, "config_history": history[:2]}, "x"
+    )
