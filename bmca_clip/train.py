@@ -115,6 +115,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     path, state = resolve_resume(resume, ckpt_dir) or (None, None)
     plan = _plan(state, resolved, dist.world_size)  # refuses a change a resume cannot make, before any work
+    schedule = resumed_schedule(state, plan, cfg) if state is not None else None  # may refuse too
     history = config_history(state, resolved, plan, dist.world_size)
     if dist.is_main:
         write_config_files(out_dir, resolved, history)
@@ -128,7 +129,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     trainer = Trainer(cfg, dist, bundle.model, ckpt_dir)
     data_state = None
     if state is not None:
-        trainer.load_state_dict(state, resumed_schedule(state, plan, cfg))
+        trainer.load_state_dict(state, schedule)
         restore_rank_rng(state["rng"], dist.rank, dist.world_size, dist.device)
         start = state.get("start_weights") or start  # the run's own start, even if its source changed since
         log_plan(plan, trainer.step, cfg.train.seed)

@@ -199,3 +199,13 @@ def test_extending_a_schedule_that_already_reached_lr_0_is_refused():
     state["optimizer"]["param_groups"][0]["lr"] = LR / 4
     assert resumed_schedule(state, plan, cfg) == (6, 0.25)
     assert resumed_schedule(state, ResumePlan({"optim.lr": [LR, 1e-4]}), cfg) is None  # nothing re-planned
+
+
+def test_a_refused_resume_leaves_config_yaml_and_the_history_alone(corpus, tmp_path):
+    """The lr-0 refusal comes from the schedule, checked before the run folder's files are rewritten."""
+    out = tmp_path / "finished"
+    _run(corpus, out)  # 6 steps: the cosine ends at lr 0
+    files = {name: (out / name).read_text() for name in ("config.yaml", "config_history.yaml")}
+    with pytest.raises(ConfigError, match="decayed to lr 0"):
+        _run(corpus, out, resume="latest", **{"train.steps": 10})
+    assert {name: (out / name).read_text() for name in files} == files
