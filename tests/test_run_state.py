@@ -170,6 +170,24 @@ def test_a_stale_lock_of_a_dead_process_or_of_this_slurm_job_is_taken_over(corpu
     assert [r["step"] for r in _rows(tmp_path)] == [1, 2]
 
 
+def test_under_torchrun_every_rank_refuses_a_locked_folder_without_hanging(corpus, tmp_path):
+    holder = subprocess.Popen(["sleep", "120"])
+    try:
+        _lock(tmp_path, pid=holder.pid)
+        env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        env.pop("SLURM_JOB_ID", None)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        command += ["train.py", *tiny_train_overrides(corpus, tmp_path)]
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode != 0 and done.stderr.count(f"is in use by pid {holder.pid}") == 2, done.stderr[
+        -2000:
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+
+
 # --- item 9: a refused start writes nothing; tmp files; links ------------------------------------------
 
 
@@ -235,3 +253,13 @@ def test_symlinked_config_and_metrics_are_not_written_through(corpus, tmp_path):
         assert (elsewhere / name).read_text() == '{"step": 0, "other": "run"}\n', name
         assert not (out / name).is_symlink(), name
     assert [r["step"] for r in _rows(out)] == [0, 1]  # the linked history is kept, as a copy
+
+
+def test_a_lock_whose_pid_was_reused_by_another_process_is_stale(tmp_path, monkeypatch):
+    from bmca_clip.rundir import _stale
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    here = {"host": socket.gethostname(), "pid": os.getpid()}
+    assert _stale(here | {"pid_start": "1"}) == "its pid now belongs to another process"
+    assert _stale(here) is None  # alive, and nothing says it is another process
+    assert _stale({"host": "elsewhere", "pid": 1}) is None  # cannot be checked from here: held
