@@ -77,6 +77,9 @@ class Trainer:
         self.samples_seen = 0
         self.nonfinite_steps = 0  # steps whose update was skipped for a nan/inf loss or gradient norm
         self.nonfinite_in_a_row = 0
+        self.save_pending = (
+            False  # a checkpoint deferred during non-finite steps, written at the next finite one
+        )
         self.preemption: PreemptionHandler | None = None  # set by run(); None in tests that drive steps
         self.evaluator = None  # set by run() when eval.suite is given: model -> {"eval/<task>": value}
 
@@ -248,6 +251,7 @@ class Trainer:
                 logger.log(self.step, scores)
                 last.update(scores)
             saved = self.step % cfg.checkpoint.every_steps == 0 or self.step == cfg.train.steps
+            saved = saved or (self.save_pending and not self.nonfinite_in_a_row)  # one deferred by a nan
             if saved:
                 self.save(loader, checkpoint_extra)
             if self.preemption is not None and self.step < cfg.train.steps and self.preemption.should_stop():
@@ -268,6 +272,8 @@ class Trainer:
         """Write a checkpoint from rank 0; every rank must call this (positions and RNGs are gathered).
         Non-finite weights are never written: the run stops and the checkpoints on disk stay as they were."""
         _check_finite_weights(unwrap(self.model), self.step)  # ranks hold the same weights: all raise
+        if self._defer_save():
+            return None
         own = (loader.state_dict(), packed_rng_state(self.dist.device))
         ranks = [own]
         if self.dist.world_size > 1:  # collective: each rank's streams and random draws are its own
@@ -281,6 +287,26 @@ class Trainer:
         path = save_checkpoint(state, self.checkpoint_dir, self.step, self.cfg.checkpoint.keep_last)
         log.info("saved %s", path)
         return path
+
+    def _defer_save(self) -> bool:
+        """Whether to write no checkpoint now: the last step was skipped as non-finite (the same on every
+        rank), so these weights may be what produced the nan; keep_last must not prune a good checkpoint
+        for them. The checkpoint is written at the next finite step; a run that ends in such a streak stops."""
+        self.save_pending = bool(self.nonfinite_in_a_row)
+        if not self.save_pending:
+            return False
+        if self.step >= self.cfg.train.steps:
+            raise TrainingDiverged(
+                f"step {self.step}: the run ended with {self.nonfinite_in_a_row} non-finite steps in a row; no "
+                "final checkpoint was written and none was pruned: resume=latest with a lower optim.lr, or "
+                "use the newest checkpoint as the result"
+            )
+        log.warning(
+            "step %d: checkpoint deferred (the last %d steps were non-finite); the newest one on disk is kept",
+            self.step,
+            self.nonfinite_in_a_row,
+        )
+        return True
 
 
 class TrainingDiverged(RuntimeError):

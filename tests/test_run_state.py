@@ -263,3 +263,18 @@ def test_a_lock_whose_pid_was_reused_by_another_process_is_stale(tmp_path, monke
     assert _stale(here | {"pid_start": "1"}) == "its pid now belongs to another process"
     assert _stale(here) is None  # alive, and nothing says it is another process
     assert _stale({"host": "elsewhere", "pid": 1}) is None  # cannot be checked from here: held
+
+
+def test_a_checkpoint_due_on_a_nan_step_is_deferred_to_the_next_finite_step(corpus, tmp_path, nan_grads):
+    nan_grads.add(3)  # checkpoint.every_steps=3: weights that may have produced the nan are not saved
+    train_mod.run(_cfg(corpus, tmp_path))
+    kept = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in kept] == ["step_00000004.pt", "step_00000006.pt"]
+    assert all(_finite(load_checkpoint(p)) for p in kept)
+
+
+def test_a_run_that_ends_in_nan_steps_writes_no_final_checkpoint(corpus, tmp_path, nan_grads):
+    nan_grads.add(6)
+    with pytest.raises(TrainingDiverged, match="step 6: the run ended with 1 non-finite steps in a row"):
+        train_mod.run(_cfg(corpus, tmp_path, **{"checkpoint.keep_last": 1}))
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000003.pt"]
