@@ -42,19 +42,37 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep_last: int) -> Path:
-    """Write `state` as the checkpoint of `step`, atomically, then delete all but the newest `keep_last`."""
+    """Write `state` as the checkpoint of `step`, atomically, then delete all but the newest `keep_last`.
+    The file just written is never deleted, even when other files sort after it (a newer step left by
+    another run): pruning must not leave a folder without the one checkpoint known to load."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(ckpt_dir, step)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    for old in list_checkpoints(ckpt_dir)[:-keep_last]:
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:  # a full disk, a kill by KeyboardInterrupt: leave no half-written file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    others = [p for p in list_checkpoints(ckpt_dir) if p != final]
+    for old in others[: max(0, len(others) - (keep_last - 1))]:
         old.unlink(missing_ok=True)
     return final
+
+
+def remove_stale_tmp(ckpt_dir: Path) -> list[Path]:
+    """Delete half-written `.step_N.pt.tmp<pid>` files a killed run or a full disk left; call it only
+    while holding the run folder's lock (bmca_clip/rundir.py), so no live writer owns them."""
+    ckpt_dir = Path(ckpt_dir)
+    stale = [p for p in ckpt_dir.glob(".step_*.pt.tmp*") if p.is_file()] if ckpt_dir.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.info("removed %s, a checkpoint left half-written by an earlier run", path)
+    return stale
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -74,16 +92,26 @@ def load_checkpoint(path: Path) -> dict:
 
 def resolve_resume(resume: str | None, ckpt_dir: Path) -> tuple[Path, dict] | None:
     """The checkpoint to resume from: `latest` = newest readable one in ckpt_dir (older ones if it is
-    corrupt), or an explicit path. None when starting fresh."""
+    corrupt), or an explicit path. None when starting fresh: `latest` in a folder without checkpoints
+    (how a sweep or a first Slurm start begins). Checkpoints that exist but none of which loads are
+    refused: starting over would overwrite and prune them."""
     if resume is None:
         return None
     if resume != "latest":
         return Path(resume), load_checkpoint(Path(resume))
-    for path in reversed(list_checkpoints(ckpt_dir)):
+    found = list_checkpoints(ckpt_dir)
+    failures = []
+    for path in reversed(found):
         try:
             return path, load_checkpoint(path)
         except CheckpointError as err:
             log.warning("%s; trying the previous checkpoint", err)
+            failures.append(str(err).replace(f"checkpoint {path}", path.name).replace(str(path), path.name))
+    if found:
+        raise CheckpointError(
+            f"resume=latest: none of the {len(found)} checkpoints in {ckpt_dir} loads ({'; '.join(failures)}); "
+            "nothing was overwritten. Resume from a good copy with resume=<path>, or move them away to start over"
+        )
     log.info("resume=latest: no checkpoint in %s yet, starting from step 0", ckpt_dir)
     return None
 

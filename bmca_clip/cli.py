@@ -12,8 +12,16 @@ from bmca_clip.checkpoint import CheckpointError
 from bmca_clip.config import ConfigError
 from bmca_clip.data.pipeline import DataError
 from bmca_clip.model import ModelLoadError
+from bmca_clip.trainer import TrainingDiverged
 
-USER_ERRORS = (ConfigError, DataError, ModelLoadError, CheckpointError, OmegaConfBaseException)
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    ModelLoadError,
+    CheckpointError,
+    TrainingDiverged,
+    OmegaConfBaseException,
+)
 
 
 @contextlib.contextmanager

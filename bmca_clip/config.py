@@ -41,6 +41,11 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
 
 
+def _finite(*values: float | None) -> bool:
+    """Every value is a finite number: nan and inf compare false with < and >, so range checks miss them."""
+    return all(v is None or math.isfinite(v) for v in values)
+
+
 @dataclass
 class ModelConfig:
     name: str = "bmca-tiny"  # open_clip architecture (ViT-L-14, ...), or an hf-hub:/local-dir: id
@@ -61,6 +66,8 @@ class ModelConfig:
 
     def __post_init__(self):
         _check(bool(self.name), "model.name", self.name, "an open_clip model name such as ViT-L-14")
+        bias = self.init_logit_bias
+        _check(_finite(bias), "model.init_logit_bias", bias, "a finite float (SigLIP uses -10) or null")
         for pattern in self.freeze:
             try:
                 re.compile(pattern)
@@ -147,10 +154,12 @@ class OptimConfig:
     grad_clip_norm: float | None = 1.0  # clip the global gradient norm; null = no clipping
 
     def __post_init__(self):
-        _check(self.lr > 0, "optim.lr", self.lr, "a positive float")
-        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a float >= 0")
+        _check(self.lr > 0 and _finite(self.lr), "optim.lr", self.lr, "a finite positive float")
+        wd = self.weight_decay
+        _check(wd >= 0 and _finite(wd), "optim.weight_decay", wd, "a finite float >= 0")
+        _check(self.eps > 0 and _finite(self.eps), "optim.eps", self.eps, "a finite positive float")
         _check(
-            0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+            0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,  # false for nan
             "optim.beta1/beta2",
             (self.beta1, self.beta2),
             "in [0, 1)",
@@ -187,6 +196,9 @@ class TrainConfig:
     logit_scale_max: float = math.log(100)  # clamp, as in CLIP, so the temperature cannot collapse
     compile: bool = False  # torch.compile the model (slow first steps, faster after; best on GPUs)
     tf32: bool = True  # TF32 matmuls on Ampere+ GPUs: ~3x faster fp32 matmuls, CLIP-training-safe
+    # a step whose loss or gradient norm is nan/inf is skipped (no update, counted as nonfinite_steps);
+    # this many in a row stop the run, its last checkpoint (always finite) kept
+    max_nonfinite_steps: int = 10
 
     def __post_init__(self):
         _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
@@ -201,6 +213,12 @@ class TrainConfig:
         )
         _one_of("train.device", self.device, DEVICES)
         _check(self.log_every >= 1, "train.log_every", self.log_every, "an integer >= 1")
+        top = self.logit_scale_max  # a log: exp(top) is the largest logit scale; below 0 it inverts CLIP's
+        _check(
+            top >= 0 and _finite(top), "train.logit_scale_max", top, "a finite float >= 0 (ln 100 = 4.605)"
+        )
+        n = self.max_nonfinite_steps
+        _check(n >= 1, "train.max_nonfinite_steps", n, "an integer >= 1")
 
 
 @dataclass

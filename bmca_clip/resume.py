@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from bmca_clip.config import ConfigError, PretrainConfig
+from bmca_clip.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -200,5 +201,6 @@ def config_history(state: dict | None, config: dict, plan: ResumePlan, world: in
 
 def write_config_files(out_dir: Path, config: dict, history: list[dict]) -> None:
     """output_dir/config.yaml: the config in force now; config_history.yaml: one entry per (re)start."""
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
-    (out_dir / "config_history.yaml").write_text(OmegaConf.to_yaml(history))
+    # Whole files, replacing a symlink rather than writing through it into another run's folder.
+    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
+    atomic_write_text(out_dir / "config_history.yaml", OmegaConf.to_yaml(history))

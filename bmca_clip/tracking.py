@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bmca_clip.config import LoggerConfig
+from bmca_clip.rundir import atomic_write_text, unlink_symlink
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ class MetricLogger:
                 total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
             )
         if cfg.jsonl:
-            self.jsonl = open(Path(out_dir) / "metrics.jsonl", "a", encoding="utf-8")
+            path = Path(out_dir) / "metrics.jsonl"
+            unlink_symlink(path)  # appending through a link would write into another run's history
+            self.jsonl = open(path, "a", encoding="utf-8")
         if cfg.wandb.mode != "disabled":
             self.wandb_run = _start_wandb(cfg, out_dir, run_name, config)
 
@@ -89,7 +92,7 @@ def _start_wandb(cfg: LoggerConfig, out_dir: Path, run_name: str, config: dict):
     # The run id is stored beside the run, so a restarted job continues the same wandb run.
     id_file = Path(out_dir) / "wandb_run_id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
-    id_file.write_text(run_id)
+    atomic_write_text(id_file, run_id)
     return wandb.init(
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,

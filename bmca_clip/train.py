@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 import bmca_clip
-from bmca_clip.checkpoint import list_checkpoints, resolve_resume, restore_rank_rng
+from bmca_clip.checkpoint import list_checkpoints, remove_stale_tmp, resolve_resume, restore_rank_rng
 from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import from_open_clip
 from bmca_clip.data.pipeline import DataError, TrainLoader, build_train_loader
@@ -29,6 +29,7 @@ from bmca_clip.resume import (
     resumed_schedule,
     write_config_files,
 )
+from bmca_clip.rundir import atomic_write_text, run_lock
 from bmca_clip.tracking import MetricLogger
 from bmca_clip.train_eval import PeriodicEval
 from bmca_clip.trainer import Trainer
@@ -97,9 +98,18 @@ def _loader(cfg: PretrainConfig, bundle, dist, data_state: dict | None) -> Train
         return build(None)
 
 
-def run(cfg: PretrainConfig) -> dict[str, float]:
-    """Train as `cfg` says; returns the last logged metrics. The caller closes the process group."""
+def run(cfg: PretrainConfig, hydra_files: dict[str, str] | None = None) -> dict[str, float]:
+    """Train as `cfg` says; returns the last logged metrics. The caller closes the process group.
+    `hydra_files`: the .hydra/ files (name -> YAML) train.py hands over, written only once the start
+    checks passed, so a refused start leaves an earlier run's record alone."""
     dist = init_distributed(cfg.train.device)
+    with run_lock(Path(cfg.output_dir), dist):  # before anything is read or written in the run folder
+        return _run_locked(cfg, dist, hydra_files or {})
+
+
+def _start(cfg: PretrainConfig, dist, hydra_files: dict[str, str]):
+    """Decide where the run starts, refusing what would overwrite or lose work; then record its config.
+    Returns (checkpoint path, its state, plan, schedule, history, resolved config); None entries start fresh."""
     out_dir = Path(cfg.output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
     resume = cfg.resume
@@ -117,8 +127,19 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     plan = _plan(state, resolved, dist.world_size)  # refuses a change a resume cannot make, before any work
     schedule = resumed_schedule(state, plan, cfg) if state is not None else None  # may refuse too
     history = config_history(state, resolved, plan, dist.world_size)
-    if dist.is_main:
+    if dist.is_main:  # every check passed: from here on the run folder is this run's
+        remove_stale_tmp(ckpt_dir)
         write_config_files(out_dir, resolved, history)
+        for name, text in hydra_files.items():
+            (out_dir / ".hydra").mkdir(exist_ok=True)
+            atomic_write_text(out_dir / ".hydra" / name, text)
+    return path, state, plan, schedule, history, resolved
+
+
+def _run_locked(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> dict[str, float]:
+    out_dir = Path(cfg.output_dir)
+    ckpt_dir = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
+    path, state, plan, schedule, history, resolved = _start(cfg, dist, hydra_files)
 
     if dist.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32

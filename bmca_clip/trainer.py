@@ -75,6 +75,11 @@ class Trainer:
         self.loss_fn = build_loss(cfg.loss, dist)
         self.step = 0
         self.samples_seen = 0
+        self.nonfinite_steps = 0  # steps whose update was skipped for a nan/inf loss or gradient norm
+        self.nonfinite_in_a_row = 0
+        self.save_pending = (
+            False  # a checkpoint deferred during non-finite steps, written at the next finite one
+        )
         self.preemption: PreemptionHandler | None = None  # set by run(); None in tests that drive steps
         self.evaluator = None  # set by run() when eval.suite is given: model -> {"eval/<task>": value}
 
@@ -128,9 +133,21 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip_norm  # clip_grad_norm_ skips parameters without a gradient
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip if clip is not None else float("inf"))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        ok = torch.isfinite(grad_norm)  # the same on every rank: DDP all-reduced the gradients
+        if self.dist.world_size == 1:  # a rank's own loss could differ, and ranks must agree to skip
+            ok = ok & torch.isfinite(loss.detach())
+        # Device sync, once per step: whether to apply the update must be known before optimizer.step
+        # (GradScaler.step reads its own inf check the same way under amp_fp16).
+        finite = bool(ok)
+        if finite:
+            self.scaler.step(self.optimizer)
+        else:
+            self._skipped(loss, grad_norm)
+        self.scaler.update()  # under amp_fp16 an overflow backs the scale off, stepped or not
+        # A skipped update still moves the schedule on: lr stays a function of the step, as a resume rebuilds it.
         self.scheduler.step()
+        if finite:
+            self.nonfinite_in_a_row = 0
         with torch.no_grad():
             unwrap(self.model).logit_scale.clamp_(0, self.cfg.train.logit_scale_max)
         # Tensors, not floats: calling .item() here would force a device sync every step.
@@ -138,7 +155,29 @@ class Trainer:
             "loss": loss.detach(),
             "grad_norm": grad_norm.detach(),
             "logit_scale": unwrap(self.model).logit_scale.detach().exp(),
+            "nonfinite_steps": torch.tensor(float(self.nonfinite_steps)),
         }
+
+    def _skipped(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Count a step whose update was dropped; too many in a row stop the run before it saves."""
+        self.nonfinite_steps += 1
+        self.nonfinite_in_a_row += 1
+        step, limit = self.step + 1, self.cfg.train.max_nonfinite_steps
+        lr, precision = self.scheduler.get_last_lr()[0], self.cfg.train.precision
+        log.warning(
+            "step %d: loss %s, grad norm %s: update skipped (%d in a row)",
+            step,
+            loss.item(),
+            grad_norm.item(),
+            self.nonfinite_in_a_row,
+        )
+        if self.nonfinite_in_a_row >= limit:
+            raise TrainingDiverged(
+                f"step {step}: the loss or gradient norm was nan/inf for {limit} steps in a row "
+                f"(train.max_nonfinite_steps={limit}) at lr {lr:.3g}, precision {precision}; no update was "
+                "applied and the checkpoints kept are finite: lower optim.lr, set optim.grad_clip_norm or "
+                "change train.precision, then resume=latest"
+            )
 
     def state_dict(self) -> dict:
         return {
@@ -148,6 +187,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "samples_seen": self.samples_seen,
+            "nonfinite_steps": self.nonfinite_steps,
             "schedule": {"resumed_at": list(self.resumed_at) if self.resumed_at else None},
         }
 
@@ -165,6 +205,7 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.samples_seen = state["step"], state["samples_seen"]
+        self.nonfinite_steps = state.get("nonfinite_steps", 0)
         saved = (state.get("schedule") or {}).get("resumed_at")
         self.resumed_at = resumed_at or (tuple(saved) if saved else None)
         # Rebuilt rather than loaded: a LambdaLR's state holds the old run's peak lr (base_lrs).
@@ -210,6 +251,7 @@ class Trainer:
                 logger.log(self.step, scores)
                 last.update(scores)
             saved = self.step % cfg.checkpoint.every_steps == 0 or self.step == cfg.train.steps
+            saved = saved or (self.save_pending and not self.nonfinite_in_a_row)  # one deferred by a nan
             if saved:
                 self.save(loader, checkpoint_extra)
             if self.preemption is not None and self.step < cfg.train.steps and self.preemption.should_stop():
@@ -227,7 +269,11 @@ class Trainer:
         return metrics | {"loss": loss / self.dist.world_size}
 
     def save(self, loader: TrainLoader, extra: dict):
-        """Write a checkpoint from rank 0; every rank must call this (positions and RNGs are gathered)."""
+        """Write a checkpoint from rank 0; every rank must call this (positions and RNGs are gathered).
+        Non-finite weights are never written: the run stops and the checkpoints on disk stay as they were."""
+        _check_finite_weights(unwrap(self.model), self.step)  # ranks hold the same weights: all raise
+        if self._defer_save():
+            return None
         own = (loader.state_dict(), packed_rng_state(self.dist.device))
         ranks = [own]
         if self.dist.world_size > 1:  # collective: each rank's streams and random draws are its own
@@ -241,6 +287,43 @@ class Trainer:
         path = save_checkpoint(state, self.checkpoint_dir, self.step, self.cfg.checkpoint.keep_last)
         log.info("saved %s", path)
         return path
+
+    def _defer_save(self) -> bool:
+        """Whether to write no checkpoint now: the last step was skipped as non-finite (the same on every
+        rank), so these weights may be what produced the nan; keep_last must not prune a good checkpoint
+        for them. The checkpoint is written at the next finite step; a run that ends in such a streak stops."""
+        self.save_pending = bool(self.nonfinite_in_a_row)
+        if not self.save_pending:
+            return False
+        if self.step >= self.cfg.train.steps:
+            raise TrainingDiverged(
+                f"step {self.step}: the run ended with {self.nonfinite_in_a_row} non-finite steps in a row; no "
+                "final checkpoint was written and none was pruned: resume=latest with a lower optim.lr, or "
+                "use the newest checkpoint as the result"
+            )
+        log.warning(
+            "step %d: checkpoint deferred (the last %d steps were non-finite); the newest one on disk is kept",
+            self.step,
+            self.nonfinite_in_a_row,
+        )
+        return True
+
+
+class TrainingDiverged(RuntimeError):
+    """The run cannot go on without losing its last good state; the message names the step and what to do."""
+
+
+def _check_finite_weights(model: torch.nn.Module, step: int) -> None:
+    tensors = {k: t for k, t in model.state_dict().items() if t.is_floating_point()}
+    # Device sync, once per checkpoint.
+    if bool(torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()):
+        return
+    bad = [k for k, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    raise TrainingDiverged(
+        f"step {step}: the model has non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+        "no checkpoint was written and none was pruned: lower optim.lr or set optim.grad_clip_norm, then "
+        "resume=latest from the last checkpoint"
+    )
 
 
 class _Window:
