@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from bmca_clip.cli import exit_on_user_error
 from bmca_clip.config import PretrainConfig, register_configs, to_object
+from bmca_clip.redact import save_hydra_record
 
 register_configs()
 
@@ -38,6 +39,7 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("bmca_clip").setLevel(logging.INFO)
     try:
         with exit_on_user_error():
+            save_hydra_record(cfg)  # .hydra/, redacted: conf/pretrain.yaml stops Hydra writing it raw
             train.run(to_object(_sweep_output_dir(cfg), PretrainConfig))
     finally:
         dist.shutdown()
