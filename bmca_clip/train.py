@@ -165,7 +165,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
             "config": resolved,
             "config_history": history,
             "versions": library_versions(),
-            "start_weights": start,
+            "start_weights": redact_config(start),  # model.pretrained may be a URL too
         }
         return trainer.train(loader, logger, extra)
     except Preempted as stop:
