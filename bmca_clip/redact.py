@@ -31,7 +31,7 @@ _SECRET_KEY = re.compile(r"token|sig|key|pass|pwd|secret|auth|credential|session
 # Header and command-line forms: 'Authorization: Bearer <x>', curl -u user:pw, a bare hf_ token.
 _HEADER = re.compile(r"(?P<lead>\bauthorization\s*[:=]\s*)(?:(?:bearer|basic|token)\s+)?[^\s'\"]+", re.I)
 _CURL_USER = re.compile(r"(?P<lead>(?:^|\s)(?:-u|--user)(?:\s+|=))[^\s'\"]+")
-_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")  # hub tokens: hf_ + 34 letters
 
 
 def _query_value(match: re.Match) -> str:
