@@ -12,10 +12,11 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bmca_clip.cli import exit_on_user_error
 from bmca_clip.config import PretrainConfig, register_configs, to_object
+from bmca_clip.redact import hydra_record
 
 register_configs()
 
@@ -30,17 +31,6 @@ def _sweep_output_dir(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def _hydra_files(cfg: DictConfig) -> dict[str, str]:
-    """The .hydra/ record Hydra would write before any check (conf/pretrain.yaml turns that off with
-    hydra.output_subdir: null); run() writes it once the start checks passed."""
-    hydra_cfg = HydraConfig.get()
-    return {
-        "config.yaml": OmegaConf.to_yaml(cfg),
-        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
-        "overrides.yaml": OmegaConf.to_yaml(list(hydra_cfg.overrides.task)),
-    }
-
-
 @hydra.main(config_path="conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from bmca_clip import dist, train  # after Hydra parsed the command line: --help stays fast
@@ -50,7 +40,8 @@ def main(cfg: DictConfig) -> None:
     try:
         with exit_on_user_error():
             cfg = _sweep_output_dir(cfg)
-            train.run(to_object(cfg, PretrainConfig), hydra_files=_hydra_files(cfg))
+            # .hydra/ (redacted) is written by run() once its checks pass: conf/pretrain.yaml stops Hydra's
+            train.run(to_object(cfg, PretrainConfig), hydra_files=hydra_record(cfg))
     finally:
         dist.shutdown()
 

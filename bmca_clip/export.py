@@ -35,6 +35,7 @@ from bmca_clip.config import ConfigError
 from bmca_clip.eval.harness import TaskResult
 from bmca_clip.eval.report import format_table
 from bmca_clip.model import ModelLoadError, build_model
+from bmca_clip.redact import redact_config
 from bmca_clip.wise_ft import trained_model_config
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,9 @@ def _base_model(model_section: dict) -> str | None:
 
 
 def model_card(ckpt: dict, title: str, results: Sequence[TaskResult] = (), license: str = "other") -> str:
-    """README.md for the hub: metadata front matter, provenance, results table and training config."""
+    """README.md for the hub: metadata front matter, provenance, results table and training config.
+    Published by push_to_hub, so credentials in URLs are redacted (checkpoints before redaction hold them)."""
+    ckpt = {**ckpt, **redact_config({k: ckpt.get(k) for k in ("config", "config_history", "wise_ft")})}
     config = ckpt.get("config") or {}
     section = config.get("model") or {}
     sources = ((config.get("data") or {}).get("sources") or {}).values()

@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from bmca_clip.config import ConfigError, PretrainConfig
+from bmca_clip.redact import redact_config
 from bmca_clip.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def log_plan(plan: ResumePlan, step: int, seed: int) -> None:
 
 def config_history(state: dict | None, config: dict, plan: ResumePlan, world: int) -> list[dict]:
     """The checkpoint's history plus this (re)start; a checkpoint from before histories starts it with
-    the config it recorded, marked as such."""
+    the config it recorded, marked as such. Redacted: older checkpoints may hold credentials in URLs."""
     history: list[dict] = []
     if state is not None:
         history = list(state.get("config_history") or [])
@@ -196,7 +197,7 @@ def config_history(state: dict | None, config: dict, plan: ResumePlan, world: in
         "resume_data": "reset" if plan.reset_data else "exact",
         "world_size": world,
     }
-    return [*history, entry]
+    return redact_config([*history, entry])
 
 
 def write_config_files(out_dir: Path, config: dict, history: list[dict]) -> None:

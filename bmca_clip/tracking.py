@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from bmca_clip.config import LoggerConfig
+from bmca_clip.redact import redact_config, redact_url
 from bmca_clip.rundir import atomic_write_text, unlink_symlink
 
 log = logging.getLogger(__name__)
@@ -93,14 +96,27 @@ def _start_wandb(cfg: LoggerConfig, out_dir: Path, run_name: str, config: dict):
     id_file = Path(out_dir) / "wandb_run_id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
     atomic_write_text(id_file, run_id)
-    return wandb.init(
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        name=cfg.wandb.name or run_name,
-        tags=list(cfg.wandb.tags),
-        mode=cfg.wandb.mode,
-        dir=str(out_dir),
-        id=run_id,
-        resume="allow",
-        config=config,
-    )
+    with _redacted_argv():  # wandb projects are often shared: never credentials in shard URLs
+        return wandb.init(
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity,
+            name=cfg.wandb.name or run_name,
+            tags=list(cfg.wandb.tags),
+            mode=cfg.wandb.mode,
+            dir=str(out_dir),
+            id=run_id,
+            resume="allow",
+            config=redact_config(config),
+        )
+
+
+@contextlib.contextmanager
+def _redacted_argv():
+    """wandb.init records the command line (its run metadata `args`, read from sys.argv): it sees the
+    redacted one, and the process gets its own back."""
+    argv = sys.argv[:]
+    sys.argv[:] = [redact_url(arg) for arg in argv]
+    try:
+        yield
+    finally:
+        sys.argv[:] = argv

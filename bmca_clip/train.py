@@ -21,6 +21,7 @@ from bmca_clip.data.sources import SourceCommitMoved
 from bmca_clip.dist import init_distributed
 from bmca_clip.model import build_model, start_weights
 from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm, slurm_restart
+from bmca_clip.redact import redact_config
 from bmca_clip.resume import (
     ResumePlan,
     config_history,
@@ -69,7 +70,9 @@ def _plan(state: dict | None, resolved: dict, world_size: int) -> ResumePlan:
         log.warning("the checkpoint records no config: this run's settings are not compared with it")
         return ResumePlan()
     old_world = len(state["data"]["ranks"]) if "data" in state else world_size
-    return plan_resume(state["config"], resolved, step=state["step"], old_world=old_world, world=world_size)
+    # Both sides redacted: a checkpoint from before redaction, or a rotated token, is no data change.
+    old = redact_config(state["config"])
+    return plan_resume(old, resolved, step=state["step"], old_world=old_world, world=world_size)
 
 
 def _loader(cfg: PretrainConfig, bundle, dist, data_state: dict | None) -> TrainLoader:
@@ -122,7 +125,8 @@ def _start(cfg: PretrainConfig, dist, hydra_files: dict[str, str]):
             "was overwritten. Pass resume=latest to continue that run, or name=/output_dir= for a new one"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    # What the run records (config.yaml, checkpoints, wandb): credentials in shard URLs are redacted.
+    resolved = redact_config(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
     path, state = resolve_resume(resume, ckpt_dir) or (None, None)
     plan = _plan(state, resolved, dist.world_size)  # refuses a change a resume cannot make, before any work
     schedule = resumed_schedule(state, plan, cfg) if state is not None else None  # may refuse too
@@ -182,7 +186,7 @@ def _run_locked(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> dict[
             "config": resolved,
             "config_history": history,
             "versions": library_versions(),
-            "start_weights": start,
+            "start_weights": redact_config(start),  # model.pretrained may be a URL too
         }
         return trainer.train(loader, logger, extra)
     except Preempted as stop:

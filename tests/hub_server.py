@@ -195,12 +195,21 @@ class FakeHub:
     cdn_redirect: answer resolve requests for LFS files with a 302 to `http://localhost:<port>/cdn-lfs/...` like
         the real hub's redirect to its CDN. `localhost` is a different origin from `127.0.0.1`, so
         huggingface_hub treats it as a CDN: it reads the metadata from the 302 and drops the token.
+    basic_auth: (user, password): instead of a token, every request except the CDN leg must carry that HTTP
+        Basic `Authorization`, else 401 with `WWW-Authenticate: Basic` (a plain web server with a password).
     """
 
     def __init__(
-        self, token: str | None = None, *, port: int = 0, page_size: int = 1000, cdn_redirect: bool = False
+        self,
+        token: str | None = None,
+        *,
+        port: int = 0,
+        page_size: int = 1000,
+        cdn_redirect: bool = False,
+        basic_auth: tuple[str, str] | None = None,
     ):
         self.token = token
+        self.basic_auth = basic_auth
         self.page_size = page_size
         self.cdn_redirect = cdn_redirect
         # method, path (as sent, still %-encoded), query (parse_qs), headers (Canonical-Case names), status
@@ -336,6 +345,11 @@ class FakeHub:
             self.requests.append(entry)
 
     def _check_auth(self, header: str | None) -> None:
+        if self.basic_auth is not None:
+            expected = "Basic " + base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            if not header or not hmac.compare_digest(header.encode(), expected.encode()):
+                raise _HubError(401, "Unauthorized", headers={"WWW-Authenticate": 'Basic realm="fakehub"'})
+            return
         if self.token is None:
             return
         if not header or not header.startswith("Bearer "):

@@ -9,7 +9,11 @@ under a running job. When listing fails, a cached manifest or the source's brace
 with exponential backoff and jitter, honouring Retry-After, and an interrupted body resumes with a Range
 request where it stopped; permanent ones (404, an HTML page instead of a tar) raise ShardError at once.
 The token comes from huggingface_hub (HF_TOKEN or the login cache) and only ever travels in the
-Authorization header of requests to the hub itself (never to a redirect target, never into a message).
+Authorization header of requests to the hub itself: the URL's scheme, host and port equal HF_ENDPOINT's
+(default ports normalised) and its path lies under the endpoint's path (never to a look-alike host, a
+redirect target, or into a message). A URL with its own `user:password@` is sent with that as Basic auth
+instead (urllib sends none by itself), the userinfo stripped from the URL requested; messages and log
+lines show URLs through bmca_clip.redact.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ import braceexpand
 from huggingface_hub import HfApi, hf_hub_url
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import build_hf_headers
 
 from bmca_clip.config import SourceConfig
+from bmca_clip.data.auth import auth_headers as _auth_headers
+from bmca_clip.data.auth import split_userinfo
+from bmca_clip.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +51,8 @@ class ShardError(OSError):
     """A shard that cannot be read; `reason` is a short counter name (http_404, not_a_tar, ...)."""
 
     def __init__(self, url: str, reason: str, detail: str):
-        super().__init__(f"shard {url}: {detail}")
-        self.url, self.reason = url, reason
+        super().__init__(redact_url(f"shard {url}: {detail}"))  # the detail may quote the URL too
+        self.url, self.reason = redact_url(url), reason
 
 
 class HubError(RuntimeError):
@@ -202,13 +208,6 @@ def _seconds(value: str | None) -> float | None:
         return None  # an HTTP-date Retry-After: fall back to our own backoff
 
 
-def _auth_headers(url: str) -> dict[str, str]:
-    from huggingface_hub import constants
-
-    # Only the hub itself gets the token; any other URL (a mirror, a CDN) is fetched anonymously.
-    return build_hf_headers() if url.startswith(constants.ENDPOINT) else {}
-
-
 class ShardReader(io.RawIOBase):
     """A read-only stream of one shard over HTTP(S) that retries and resumes; counts into `stats`."""
 
@@ -216,7 +215,9 @@ class ShardReader(io.RawIOBase):
         super().__init__()
         self.url, self.policy, self.stats = url, policy, stats
         self.pos, self.length, self._resp = 0, None, None
+        self._request_url, basic = split_userinfo(url)
         self._headers = _auth_headers(url)
+        self._hint = "the user and password in the URL" if basic else "the revision or your HF token"
         self._rng = random.Random()
 
     def readable(self) -> bool:
@@ -235,7 +236,7 @@ class ShardReader(io.RawIOBase):
             except (TimeoutError, ConnectionError, http.client.HTTPException, urllib.error.URLError) as err:
                 self._drop()
                 self._count("retries")
-                log.debug("%s: %s at byte %d, retrying", self.url, type(err).__name__, self.pos)
+                log.debug("%s: %s at byte %d, retrying", redact_url(self.url), type(err).__name__, self.pos)
                 time.sleep(self.policy.delay(attempt, None, self._rng))
         raise ShardError(
             self.url, "network", f"the connection kept failing after {self.policy.retries} tries"
@@ -244,7 +245,7 @@ class ShardReader(io.RawIOBase):
     def _open(self) -> None:
         for attempt in range(self.policy.retries):
             request = urllib.request.Request(
-                self.url, headers={"User-Agent": self._headers.get("user-agent", "")}
+                self._request_url, headers={"User-Agent": self._headers.get("user-agent", "")}
             )
             if "authorization" in self._headers:
                 request.add_unredirected_header("Authorization", self._headers["authorization"])
@@ -255,7 +256,7 @@ class ShardReader(io.RawIOBase):
             except urllib.error.HTTPError as err:
                 if err.code in PERMANENT_STATUS:
                     raise ShardError(
-                        self.url, f"http_{err.code}", f"HTTP {err.code}; check the revision or your HF token"
+                        self.url, f"http_{err.code}", f"HTTP {err.code}; check {self._hint}"
                     ) from None
                 self._count("retries")
                 time.sleep(self.policy.delay(attempt, _seconds(err.headers.get("Retry-After")), self._rng))

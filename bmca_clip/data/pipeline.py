@@ -42,6 +42,7 @@ from bmca_clip.data.hub import HttpPolicy, ShardCache, ShardError, default_cache
 from bmca_clip.data.mixing import SourceMixer
 from bmca_clip.data.sources import DataError, Source, check_commits, resolve_sources
 from bmca_clip.data.sources import expand_shards as expand_shards  # part of this module's interface
+from bmca_clip.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,8 @@ class TrainStream(IterableDataset):
                 image, caption = self.decoder(sample, _seed(self.seed, stream, t, 4))
             except DECODE_ERRORS as err:
                 _count(counters, f"skipped/{type(err).__name__}")
-                log.debug("skipping sample %s from %s: %s", sample.get("__key__"), sample.get("__url__"), err)
+                where = redact_url(sample.get("__url__"))
+                log.debug("skipping sample %s from %s: %s", sample.get("__key__"), where, err)
                 continue
             _count(counters, "decoded")
             images.append(image)
