@@ -29,6 +29,7 @@ def main(cfg: DictConfig) -> None:
         results = run.run(to_object(cfg, EvaluateConfig))
     # After the summary: a nonzero status tells Slurm and scripts that some numbers are missing.
     if line := failed_tasks_line(results):
+        sys.stdout.flush()  # the tables first: in a Slurm log (one file, stdout buffered) this stays last
         print(f"{line}; each task's error is in {cfg.output_dir}/<model>/<task>.json", file=sys.stderr)
         sys.exit(EXIT_TASKS_FAILED)
 

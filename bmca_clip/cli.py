@@ -67,6 +67,7 @@ def disk_full_message(err: BaseException, where: str, hint: str) -> str | None:
 
 def _fail(message: str) -> None:
     lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    sys.stdout.flush()  # in a Slurm log (stdout buffered, both streams in one file) the error stays last
     print(f"error: {' '.join(lines)}", file=sys.stderr)
     sys.exit(EXIT_REFUSED)
 

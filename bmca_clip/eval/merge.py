@@ -117,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"\nsummary: {md}, {csv}, summary_domains.csv, summary.png")
     # After the summary: a Slurm merge job (or a script) that ends 0 means every number is there.
     if line := failed_tasks_line(records, None if tasks is None else [t["name"] for t in tasks]):
+        sys.stdout.flush()  # the tables first: in a Slurm log (one file, stdout buffered) this stays last
         print(
             f"{line}; run the same eval command again (ok results are reused) and merge again",
             file=sys.stderr,
