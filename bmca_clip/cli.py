@@ -73,7 +73,7 @@ def _fail(message: str) -> None:
 
 
 @contextlib.contextmanager
-def exit_on_user_error(where: str = ".", disk_hint: str = "output_dir"):
+def exit_on_user_error(where: str = "the output folder", disk_hint: str = "another output path"):
     """Turn errors caused by the user's input, and a full disk, into `error: <message>` on stderr and exit
     status 2. where / disk_hint: the output folder and the setting named when the disk is full."""
     try:

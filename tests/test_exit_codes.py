@@ -7,6 +7,7 @@ traceback; 3: eval.py / merge ran and wrote the summary, but some tasks failed o
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 from conftest import REPO
 
+from bmca_clip.cli import disk_full_message, failed_tasks_line
 from bmca_clip.eval import merge
 
 # Fault injection for the full-disk cases, loaded by every interpreter that has this folder on its path.
@@ -210,3 +212,33 @@ def test_merge_writes_the_summary_and_exits_3_for_failed_or_missing_tasks(failed
     assert (tmp_path / "merged" / "summary.md").is_file()
     last = capsys.readouterr().err.rstrip().splitlines()[-1]
     assert last.startswith("error: 3 of 3 task results are not ok (3 failed, 0 missing)"), last
+
+
+def test_the_failed_tasks_line_lists_failed_and_missing_results_per_model():
+    records = {"base": [{"task": "a", "status": "ok"}, {"task": "b", "status": "failed"}], "tuned": []}
+    line = failed_tasks_line(records, ["a", "b"])
+    assert line == (
+        "error: 3 of 4 task results are not ok (1 failed, 2 missing): base: b (failed); tuned: a (missing); "
+        "tuned: b (missing)"
+    )
+    assert failed_tasks_line({"base": [{"task": "a", "status": "ok"}]}, ["a"]) is None
+
+
+def test_a_full_disk_is_found_behind_the_error_that_reports_it(tmp_path):
+    def write_through(path):
+        with open(path, "wb") as f:  # noqa: F841  the open file names the path in the message
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what f.write raises: no filename
+            except OSError:
+                raise RuntimeError("unexpected pos 62528 vs 62480") from None
+
+    with pytest.raises(RuntimeError) as info:
+        write_through(tmp_path / "step.pt.tmp1")
+    message = disk_full_message(info.value, "run/checkpoints", "checkpoint.dir")
+    assert (
+        message
+        == f"No space left on device while writing {tmp_path}/step.pt.tmp1: free space or set checkpoint.dir"
+    )
+    named = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/scratch/x.json")
+    assert "/scratch/x.json" in disk_full_message(named, "out", "output_dir")
+    assert disk_full_message(RuntimeError("a bug"), "out", "output_dir") is None
