@@ -2,7 +2,8 @@
 
 0: done; 2: refused (bad input, an unusable environment, a full disk): one `error: ...` line on stderr, no
 traceback; 3: eval.py / merge ran and wrote the summary, but some tasks failed or are missing. Each case runs
-`python train.py ...` / `python eval.py ...` in a subprocess, as a user or a Slurm script would.
+`python train.py ...` / `python eval.py ...` in a subprocess, as a user or a Slurm script would (each
+costs an interpreter start, ~5 s); eval's exit 0 with every task ok is tests/test_eval_suite_e2e.py's.
 """
 
 from __future__ import annotations
@@ -135,7 +136,6 @@ CUDA = torch.cuda.is_available()
         (["train.precision=amp_fp16"], "train.precision=amp_fp16 needs a CUDA device"),
         (["train.seed=-1"], "train.seed=-1 is invalid"),
         (["data.timeout_s=0"], "data.timeout_s=0"),
-        (["data.timeout_s=-5"], "data.timeout_s=-5"),
         (["data.max_empty_shards=0"], "data.max_empty_shards=0"),
     ],
 )
@@ -196,12 +196,6 @@ def test_eval_exits_3_when_tasks_failed_after_writing_the_summary(failed_eval):
     last = proc.stderr.rstrip().splitlines()[-1]
     assert last.startswith("error: 3 of 3 task results are not ok (3 failed, 0 missing)"), last
     assert all(name in last for name in ("synthetic_modality", "synthetic_color", "synthetic_retrieval"))
-
-
-def test_eval_exits_0_when_every_task_is_ok(small, tmp_path):
-    proc = _eval(small, tmp_path / "out")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "error:" not in proc.stderr
 
 
 def test_merge_writes_the_summary_and_exits_3_for_failed_or_missing_tasks(failed_eval, tmp_path, capsys):
