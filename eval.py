@@ -2,6 +2,9 @@
 
 python eval.py suite=demo model=bmca-small checkpoint=runs/demo
 python eval.py suite=demo model=bmca-small 'checkpoint=[null,runs/demo]'   # untrained vs trained
+
+Exit status: 0 every task ok; 2 refused (one `error:` line); 3 the summary is written but some tasks failed
+(the last line names them).
 """
 
 import logging
@@ -10,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from bmca_clip.cli import exit_on_user_error
+from bmca_clip.cli import EXIT_TASKS_FAILED, exit_on_user_error, failed_tasks_line
 from bmca_clip.config import EvaluateConfig, register_configs, to_object
 
 register_configs()
@@ -22,8 +25,13 @@ def main(cfg: DictConfig) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bmca_clip").setLevel(logging.INFO)
-    with exit_on_user_error():
-        run.run(to_object(cfg, EvaluateConfig))
+    with exit_on_user_error(where=cfg.output_dir, disk_hint="output_dir (cache_dir for the embeddings)"):
+        results = run.run(to_object(cfg, EvaluateConfig))
+    # After the summary: a nonzero status tells Slurm and scripts that some numbers are missing.
+    if line := failed_tasks_line(results):
+        sys.stdout.flush()  # the tables first: in a Slurm log (one file, stdout buffered) this stays last
+        print(f"{line}; each task's error is in {cfg.output_dir}/<model>/<task>.json", file=sys.stderr)
+        sys.exit(EXIT_TASKS_FAILED)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from bmca_clip.cli import exit_on_user_error
+from bmca_clip.cli import check_group_choice, exit_on_user_error
 from bmca_clip.config import PretrainConfig, register_configs, to_object
 from bmca_clip.redact import hydra_record
 
@@ -38,8 +38,10 @@ def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bmca_clip").setLevel(logging.INFO)
     try:
-        with exit_on_user_error():
-            cfg = _sweep_output_dir(cfg)
+        cfg = _sweep_output_dir(cfg)
+        ckpt_dir = cfg.checkpoint.get("dir") or f"{cfg.output_dir}/checkpoints"
+        with exit_on_user_error(where=ckpt_dir, disk_hint="checkpoint.dir (or output_dir)"):
+            check_group_choice("experiment")  # optional in conf/pretrain.yaml: Hydra ignores a misspelling
             # .hydra/ (redacted) is written by run() once its checks pass: conf/pretrain.yaml stops Hydra's
             train.run(to_object(cfg, PretrainConfig), hydra_files=hydra_record(cfg))
     finally:

@@ -137,6 +137,11 @@ class DataConfig:
             "null when data.sources is set (one or the other)",
         )
         _check(self.retries >= 1, "data.retries", self.retries, "an integer >= 1")
+        # Both pass the types but cannot work: urllib takes a timeout of 0 as non-blocking (every read fails
+        # at once), and max_empty_shards=0 stops the run after its first shard, however good.
+        _check(self.timeout_s > 0, "data.timeout_s", self.timeout_s, "seconds > 0")
+        _check(self.retry_backoff_s >= 0, "data.retry_backoff_s", self.retry_backoff_s, "seconds >= 0")
+        _check(self.max_empty_shards >= 1, "data.max_empty_shards", self.max_empty_shards, "an integer >= 1")
         _one_of("data.mixing", self.mixing, MIXINGS)
         _check(self.mixing_prior_samples >= 1, "data.mixing_prior_samples", self.mixing_prior_samples, ">= 1")
 
@@ -212,6 +217,8 @@ class TrainConfig:
             "a share in [0, 1]",
         )
         _one_of("train.device", self.device, DEVICES)
+        # numpy's global seed (train.py seed_everything) takes 0 .. 2**32 - 1 only.
+        _check(0 <= self.seed < 2**32, "train.seed", self.seed, "an integer in [0, 2**32)")
         _check(self.log_every >= 1, "train.log_every", self.log_every, "an integer >= 1")
         top = self.logit_scale_max  # a log: exp(top) is the largest logit scale; below 0 it inverts CLIP's
         _check(

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as torch_dist
 from accelerate import PartialState
 
+from bmca_clip.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -25,9 +27,14 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(preference: str, local_rank: int) -> torch.device:
+def _no_cuda(key: str) -> ConfigError:
+    return ConfigError(f"{key}=cuda but no CUDA device is visible; use {key}=cpu or auto")
+
+
+def pick_device(preference: str, local_rank: int, key: str = "train.device") -> torch.device:
+    """The device `preference` (auto | cpu | cuda) names; key: the setting it came from, for the message."""
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+        raise _no_cuda(key)
     if preference in ("cuda", "auto") and torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
@@ -72,7 +79,7 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
     os.environ.update(torch_env_from_slurm())
     use_cpu = device_preference == "cpu" or not torch.cuda.is_available()
     if device_preference == "cuda" and use_cpu:
-        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+        raise _no_cuda("train.device")
     state = PartialState(cpu=use_cpu)
     device = torch.device("cpu") if use_cpu else state.device
     return DistInfo(

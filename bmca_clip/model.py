@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBun
     except (RuntimeError, OSError, ValueError) as err:
         raise ModelLoadError(_explain_load_failure(name, pretrained, err)) from err
     if weights_file:
-        load_model_weights(model, weights_file)
+        load_model_weights(model, weights_file, name)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     freeze(model, cfg)
@@ -143,8 +143,10 @@ def _explain_load_failure(name: str, pretrained: str | None, err: Exception) -> 
     return f"could not load {what}: {err}. {hint}"
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load weights from our checkpoint, an open_clip .pt/.safetensors, or a DDP `module.`-prefixed file."""
+def load_model_weights(model: torch.nn.Module, path: str | Path, model_name: str = "this model") -> None:
+    """Load weights from our checkpoint, an open_clip .pt/.safetensors, or a DDP `module.`-prefixed file;
+    weights of another architecture are a ModelLoadError that summarizes the difference (model_name: the
+    model.name the model was built as, for the message)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"checkpoint {path}: no such file")
@@ -155,9 +157,61 @@ def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
     except Exception as err:
         raise ModelLoadError(f"checkpoint {path} could not be read ({err}); is it complete?") from err
     if isinstance(obj, dict) and "model" in obj and "step" in obj:
-        model.load_state_dict(obj["model"])
+        load_checked(model, obj["model"], f"model.pretrained={path}", model_name, trained_name(obj))
         return
     try:
         open_clip.load_checkpoint(model, str(path))
     except Exception as err:
-        raise ModelLoadError(f"weights in {path} do not fit this architecture: {err}") from err
+        try:  # the file as open_clip reads it (prefixes stripped), to say what differs
+            state = open_clip.factory.load_state_dict(str(path))
+        except Exception:
+            raise ModelLoadError(f"weights in {path} do not fit {model_name}: {err}") from err
+        raise ModelLoadError(mismatch_message(model, state, f"model.pretrained={path}", model_name)) from err
+
+
+def trained_name(checkpoint: Mapping | None) -> str | None:
+    """The model.name a checkpoint of ours was trained as (its saved config), if it says."""
+    config = (checkpoint or {}).get("config") or {}
+    return (config.get("model") or {}).get("name")
+
+
+def load_checked(
+    model: torch.nn.Module,
+    state: Mapping,
+    source: str,
+    model_name: str,
+    trained_as: str | Callable[[], str | None] | None = None,
+) -> None:
+    """model.load_state_dict(state); weights of another architecture are a ModelLoadError naming source,
+    model_name and the architecture the weights were trained as (trained_as: a name, or a function asked
+    only on a mismatch, so a large checkpoint is not read again for every load)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        name = trained_as() if callable(trained_as) else trained_as
+        raise ModelLoadError(mismatch_message(model, state, source, model_name, name)) from err
+
+
+def mismatch_message(
+    model: torch.nn.Module, state: Mapping, source: str, model_name: str, trained_as: str | None = None
+) -> str:
+    """One line on why state does not fit model: counts and one example of each kind, not every key
+    (torch's own message lists hundreds)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    parts = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+    if reshaped:
+        k = reshaped[0]
+        parts.append(
+            f"{len(reshaped)} of another shape (e.g. {k}: {list(state[k].shape)} in the file, "
+            f"{list(own[k].shape)} in the model)"
+        )
+    fix = (
+        f"pass model={trained_as}, the architecture it was trained as"
+        if trained_as and trained_as != model_name
+        else "pass the model= these weights were trained as"
+    )
+    return f"{source} does not fit model.name={model_name}: {'; '.join(parts) or 'the tensors differ'}; {fix}"

@@ -12,7 +12,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from bmca_clip.checkpoint import packed_rng_state, save_checkpoint, unpack_rng_state
-from bmca_clip.config import PretrainConfig
+from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import normalize_on_device
 from bmca_clip.data.pipeline import DataError, TrainLoader
 from bmca_clip.dist import DistInfo
@@ -55,7 +55,7 @@ class Trainer:
     def __init__(self, cfg: PretrainConfig, dist: DistInfo, model: torch.nn.Module, checkpoint_dir: Path):
         self.cfg, self.dist, self.checkpoint_dir = cfg, dist, checkpoint_dir
         if cfg.train.precision == "amp_fp16" and dist.device.type != "cuda":
-            raise ValueError("train.precision=amp_fp16 needs a CUDA device; use fp32 or amp_bf16 on the CPU")
+            raise ConfigError("train.precision=amp_fp16 needs a CUDA device; use fp32 or amp_bf16 on the CPU")
         model = model.to(dist.device)
         if cfg.train.precision == "pure_bf16":  # weights, grads and optimizer state all in bf16
             model = model.to(torch.bfloat16)

@@ -65,7 +65,7 @@ def test_missing_weights_or_unknown_names_say_what_to_do(cfg, expected):
 def test_weights_of_another_architecture_are_refused_clearly(tmp_path):
     path = tmp_path / "wrong.pt"
     torch.save({"visual.conv1.weight": torch.zeros(1)}, path)
-    with pytest.raises(ModelLoadError, match="do not fit this architecture"):
+    with pytest.raises(ModelLoadError, match="does not fit model.name=bmca-tiny: .*pass the model="):
         build_model(ModelConfig(name="bmca-tiny", pretrained=str(path)))
 
 

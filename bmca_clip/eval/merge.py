@@ -7,6 +7,10 @@ summary_domains.csv, summary.png), in --out (default: the first DIR). A task of 
 for a model is listed as missing, a failed one as failed. When two records hold the same model and task,
 an ok one wins over a failed one; two ok ones must have the same config_hash, else merging stops and
 names both files.
+
+Exit status: 0 every task of the suite has an ok result for every model; 3 the summary is written but
+some results are failed or missing (the last line on stderr names them: run the same eval again, ok
+results are reused, then merge again); 2 nothing could be merged (one `error:` line).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,12 +86,18 @@ def collect(dirs: Sequence[str | Path]) -> tuple[dict[str, list[dict]], list[dic
 def merge(dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Write the summary of everything in dirs to out_dir (default dirs[0]); returns (md, csv) paths."""
     records, tasks = collect(dirs)
+    return _write(records, tasks, out_dir or dirs[0])
+
+
+def _write(
+    records: dict[str, list[dict]], tasks: list[dict] | None, out_dir: str | Path
+) -> tuple[Path, Path]:
     print(format_domain_table(records, tasks) + "\n\n" + format_table(records, tasks))
-    return write_summary(records, out_dir or dirs[0], tasks)
+    return write_summary(records, out_dir, tasks)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from bmca_clip.cli import exit_on_user_error
+    from bmca_clip.cli import EXIT_TASKS_FAILED, exit_on_user_error, failed_tasks_line
 
     parser = argparse.ArgumentParser(
         prog="python -m bmca_clip.eval.merge", description=__doc__.splitlines()[0]
@@ -99,9 +110,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    with exit_on_user_error():
-        md, csv = merge(args.dirs, args.out)
+    out = args.out or args.dirs[0]
+    with exit_on_user_error(where=str(out), disk_hint="--out"):
+        records, tasks = collect(args.dirs)
+        md, csv = _write(records, tasks, out)
     print(f"\nsummary: {md}, {csv}, summary_domains.csv, summary.png")
+    # After the summary: a Slurm merge job (or a script) that ends 0 means every number is there.
+    if line := failed_tasks_line(records, None if tasks is None else [t["name"] for t in tasks]):
+        sys.stdout.flush()  # the tables first: in a Slurm log (one file, stdout buffered) this stays last
+        print(
+            f"{line}; run the same eval command again (ok results are reused) and merge again",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_TASKS_FAILED)
 
 
 if __name__ == "__main__":

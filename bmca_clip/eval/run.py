@@ -41,7 +41,7 @@ from bmca_clip.eval.report import (
 )
 from bmca_clip.eval.shard import resolve_shard, select
 from bmca_clip.eval.tasks import Suite, Task, list_suites, load_suite, suite_from_mapping
-from bmca_clip.model import ClipBundle, build_model
+from bmca_clip.model import ClipBundle, build_model, load_checked, trained_name
 from bmca_clip.wise_ft import blend, check_alpha, check_base, load_state, read_bmca_checkpoint
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def _suite(composed: dict) -> Suite:
 
 
 def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
-    device = pick_device(cfg.device, 0)
+    device = pick_device(cfg.device, 0, key="device")
     out_dir = Path(cfg.output_dir)
     checkpoints = [None if c is None else resolve_checkpoint(c) for c in cfg.checkpoints]
     suite = _suite(cfg.suite)
@@ -193,7 +193,9 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     for checkpoint in checkpoints:
         for label, state, extra in _weights(cfg, checkpoint, initial):
             log.info("evaluating %s on suite %s", label, suite.name)
-            bundle.model.load_state_dict(state)
+            # The checkpoint's own model.name is read again only if its weights do not fit.
+            trained_as = lambda: trained_name(read_bmca_checkpoint(str(checkpoint)))  # noqa: B023, E731
+            load_checked(bundle.model, state, f"checkpoint={checkpoint}", cfg.model.name, trained_as)
             results[label] = _evaluate_model(cfg, label, extra, checkpoint, tasks, bundle, device, cache)
     infos = [task_info(task) for task in suite.tasks]
     write_suite_file(out_dir, suite.name, infos, list(results))
