@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,6 +163,31 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_with_its_workers_alive
     assert _logged_steps(run) == list(range(1, stopped + 3))
 
 
+def _hub_data(tmp_path, workers: int) -> dict:
+    return {
+        "data": "biomedica",
+        "data.train_shards": "null",
+        "data.num_workers": workers,
+        "data.shuffle_buffer": 16,
+        "data.shuffle_initial": 4,
+        "data.cache_dir": tmp_path / "cache",
+        "data.timeout_s": 600,  # the stall below outlasts the test's patience many times over
+        **FLAT,
+    }
+
+
+def _stall_mid_run(hub: FakeHub, run) -> None:
+    """Once the run has logged 2 steps, the hub stops sending mid-shard; returns when a read is stalled."""
+
+    def shard_reads() -> int:
+        return sum(r["method"] == "GET" and r["path"].endswith(".tar") for r in hub.requests)
+
+    _wait_for(lambda: len(_logged_steps(run)) >= 2)
+    before = shard_reads()
+    hub.fail("*.tar", "stall", seconds=3600)
+    _wait_for(lambda: shard_reads() > before)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigterm_during_a_stalled_shard_read_saves_the_last_step_at_once_and_resumes_exactly(
     corpus, tmp_path, workers
@@ -169,29 +195,11 @@ def test_sigterm_during_a_stalled_shard_read_saves_the_last_step_at_once_and_res
     """A hub that stops sending mid-shard: the read waits data.timeout_s x data.retries (110 minutes with
     the defaults) before the stream gives up. A signal must not wait for that: it saves the checkpoint of
     the last completed step (its data position, not that of a batch half read) and exits 75."""
-    hub = FakeHub()
-    with hub, hub.use():
+    run, data = tmp_path / "run", _hub_data(tmp_path, workers)
+    with FakeHub() as hub, hub.use():
         hub.add_dataset("BIOMEDICA/biomedica_webdataset_24M", corpus / "train")
-        data = {
-            "data": "biomedica",
-            "data.train_shards": "null",
-            "data.num_workers": workers,
-            "data.shuffle_buffer": 16,
-            "data.shuffle_initial": 4,
-            "data.cache_dir": tmp_path / "cache",
-            "data.timeout_s": 600,  # the stall below outlasts the test's patience many times over
-            **FLAT,
-        }
-        run = tmp_path / "run"
         proc = _start(corpus, run, **data)
-        _wait_for(lambda: len(_logged_steps(run)) >= 2)
-        reads = len([r for r in hub.requests if r["path"].endswith(".tar") and r["method"] == "GET"])
-        hub.fail("*.tar", "stall", seconds=3600)
-        _wait_for(
-            lambda: (
-                len([r for r in hub.requests if r["path"].endswith(".tar") and r["method"] == "GET"]) > reads
-            )
-        )
+        _stall_mid_run(hub, run)
         os.killpg(proc.pid, signal.SIGTERM)
         stderr = _finish(proc, timeout=60)
         assert proc.returncode == REQUEUE_EXIT_CODE, stderr[-2000:]
@@ -199,22 +207,40 @@ def test_sigterm_during_a_stalled_shard_read_saves_the_last_step_at_once_and_res
         assert f"SIGTERM received: checkpoint saved at step {stopped}" in stderr
         assert [p.name for p in list_checkpoints(run / "checkpoints")] == [f"step_{stopped:08d}.pt"]
 
-        _run(
-            [
-                "train.py",
-                *tiny_train_overrides(
-                    corpus, run, **data, **{"train.steps": stopped + 2, "resume": "latest"}
-                ),
-            ]
-        )
-        _run(
-            [
-                "train.py",
-                *tiny_train_overrides(corpus, tmp_path / "straight", **data, **{"train.steps": stopped + 2}),
-            ]
-        )
+        more = {**data, "train.steps": stopped + 2}
+        _run(["train.py", *tiny_train_overrides(corpus, run, **more, resume="latest")])
+        _run(["train.py", *tiny_train_overrides(corpus, tmp_path / "straight", **more)])
     assert _logged_steps(run) == list(range(1, stopped + 3))
     _assert_same_weights(run, tmp_path / "straight", stopped + 2)
+
+
+def test_data_workers_stuck_in_a_stalled_read_end_when_their_training_process_is_killed(corpus, tmp_path):
+    """Workers that ignore the job's signals must not outlive their training process: kill -9 of it ends
+    them within seconds, even while they wait on a stalled shard (torch checks for its parent only
+    between batches)."""
+    run = tmp_path / "run"
+    with FakeHub() as hub, hub.use():
+        hub.add_dataset("BIOMEDICA/biomedica_webdataset_24M", corpus / "train")
+        proc = _start(corpus, run, **_hub_data(tmp_path, 2))
+        _stall_mid_run(hub, run)
+        workers = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(workers) == 2
+        proc.kill()
+        proc.wait()  # not communicate(): the workers hold its pipes open for as long as they live
+        try:
+            _wait_for(lambda: not any(map(_alive, workers)), timeout=60)
+        finally:
+            for pid in filter(_alive, workers):  # left behind by a failure: not by the next test
+                os.kill(pid, signal.SIGKILL)
+            proc.stdout.close()
+            proc.stderr.close()
+
+
+def _alive(pid: int) -> bool:
+    try:  # an orphan that exited but was not reaped yet counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_kill_9_loses_only_the_steps_since_the_last_checkpoint(corpus, tmp_path):
