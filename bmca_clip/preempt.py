@@ -96,7 +96,7 @@ def shield_data_worker(_worker_id: int) -> None:
     worker's parent, as on the DataLoader's own shutdown, and otherwise dies of it, so a preempted job lost its
     workers and then its main process with them. Here the three signals are blocked in this process's
     threads (a forked worker has only this one yet; threads started later inherit the mask) and one thread
-    takes them with sigwaitinfo, which tells who sent them: the parent's SIGTERM still ends the worker,
+    takes them with sigtimedwait, which tells who sent them: the parent's SIGTERM still ends the worker,
     others are dropped. That thread also ends the worker once its parent is gone, even while the worker
     is stuck in a stalled read that would keep it from torch's own check of its parent."""
     parent = os.getppid()
