@@ -1,14 +1,22 @@
 """Preemption: SIGTERM, SIGUSR1 and SIGUSR2 (what Slurm and submitit send before preemption or the time
 limit) become a request to stop after the current step, save a checkpoint and exit with REQUEUE_EXIT_CODE.
 Under Slurm the job is requeued first, and the restarted job (SLURM_RESTART_COUNT > 0) resumes from its
-latest checkpoint, as `resume=latest` would."""
+latest checkpoint, as `resume=latest` would.
+
+Slurm signals every process of the job, and torchrun passes a signal on to each rank's whole process group:
+the DataLoader workers get it too. `shield_data_worker` keeps them alive, so that only the main process,
+which knows the data positions, reacts. A signal that comes while the main process waits for a batch ends
+that wait at once (`PreemptionHandler.interruptible`): a stalled data source would otherwise hold it for
+data.retries x data.timeout_s."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
+import threading
 
 import torch
 import torch.distributed as torch_dist
@@ -32,15 +40,36 @@ class Preempted(SystemExit):
         self.step, self.signal_name = step, signal_name
 
 
+class WaitInterrupted(BaseException):
+    """Raised by the signal handler into a wait for data (PreemptionHandler.interruptible). A BaseException,
+    as KeyboardInterrupt is: the data code's `except Exception` (retries, error counting) must not take it."""
+
+
 class PreemptionHandler:
-    """Installs handlers that only set a flag; the training loop asks `should_stop()` between steps."""
+    """Installs handlers that set a flag; the training loop asks `should_stop()` before each step. Inside
+    `interruptible()` the handler raises WaitInterrupted instead, so a blocked read cannot outlast a signal."""
 
     def __init__(self, dist: DistInfo):
-        self.dist, self.received = dist, None
+        self.dist, self.received, self._waiting = dist, None, False
         self._previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
 
     def _on_signal(self, signum, _frame) -> None:
         self.received = signal.Signals(signum).name
+        if self._waiting:
+            self._waiting = False  # once: a second signal must not break the unwinding of the first
+            raise WaitInterrupted(self.received)
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """A block that a signal ends with WaitInterrupted, at once if one came before it started. Whatever
+        the block was doing is abandoned: use it only for work that is thrown away when training stops."""
+        if self.received is not None:
+            raise WaitInterrupted(self.received)
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
 
     def should_stop(self) -> bool:
         """True on every rank as soon as any rank got a signal, so all ranks stop at the same step."""
@@ -54,6 +83,32 @@ class PreemptionHandler:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+# How often a data worker checks that its main process is still there.
+PARENT_CHECK_S = 2.0
+
+
+def shield_data_worker(_worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: the worker lives through SIGTERM/SIGUSR1/SIGUSR2 sent to the whole job.
+
+    torch installs (before this runs) a SIGTERM handler that exits quietly when the signal comes from the
+    worker's parent, as on the DataLoader's own shutdown, and otherwise dies of it, so a preempted job lost its
+    workers and then its main process with them. Here the three signals are blocked in this process's
+    threads (a forked worker has only this one yet; threads started later inherit the mask) and one thread
+    takes them with sigtimedwait, which tells who sent them: the parent's SIGTERM still ends the worker,
+    others are dropped. That thread also ends the worker once its parent is gone, even while the worker
+    is stuck in a stalled read that would keep it from torch's own check of its parent."""
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    threading.Thread(target=_obey_only_the_parent, args=(parent,), name="bmca-signals", daemon=True).start()
+
+
+def _obey_only_the_parent(parent: int) -> None:
+    while True:
+        info = signal.sigtimedwait(SIGNALS, PARENT_CHECK_S)
+        if os.getppid() != parent or (info and info.si_signo == signal.SIGTERM and info.si_pid == parent):
+            os._exit(0)  # what torch's handler does on its parent's SIGTERM: no cleanup owed to anyone
 
 
 def slurm_restart(environ=os.environ) -> int:

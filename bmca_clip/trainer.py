@@ -19,7 +19,7 @@ from bmca_clip.dist import DistInfo
 from bmca_clip.loss import build_loss
 from bmca_clip.optim import build_optimizer, build_scheduler
 from bmca_clip.precision import check_pure_bf16
-from bmca_clip.preempt import Preempted, PreemptionHandler
+from bmca_clip.preempt import Preempted, PreemptionHandler, WaitInterrupted
 from bmca_clip.tracking import MetricLogger
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class Trainer:
         )
         self.preemption: PreemptionHandler | None = None  # set by run(); None in tests that drive steps
         self.evaluator = None  # set by run() when eval.suite is given: model -> {"eval/<task>": value}
+        self._saved_step: int | None = None  # the step of the last checkpoint this process wrote
 
     def autocast(self):
         dtype = _AUTOCAST_DTYPES[self.cfg.train.precision]
@@ -222,8 +223,11 @@ class Trainer:
         window = _Window()
         while self.step < cfg.train.steps:
             t0 = time.perf_counter()
-            micro = [next(batches) for _ in range(cfg.train.accum_freq)]
+            at_step = loader.state_dict()  # the data position of the last completed step, for a preemption
+            micro = self._next_batches(batches)
             window.data_time += time.perf_counter() - t0
+            if self.preemption is not None and self.preemption.should_stop():  # micro is None: a signal
+                self._stop_for_requeue(loader, checkpoint_extra, at_step)
             lr = self.scheduler.get_last_lr()[0]  # what this step uses: train_step moves the schedule on
             metrics = self.train_step(micro)
             self.step += 1
@@ -254,11 +258,25 @@ class Trainer:
             saved = saved or (self.save_pending and not self.nonfinite_in_a_row)  # one deferred by a nan
             if saved:
                 self.save(loader, checkpoint_extra)
-            if self.preemption is not None and self.step < cfg.train.steps and self.preemption.should_stop():
-                if not saved:
-                    self.save(loader, checkpoint_extra)
-                raise Preempted(self.step, self.preemption.received or "a signal on another rank")
         return last
+
+    def _next_batches(self, batches: Iterator[dict]) -> list[dict] | None:
+        """The next step's micro-batches; None when a preemption signal ended the wait for them (a stalled
+        data source would hold it for data.retries x data.timeout_s)."""
+        if self.preemption is None:
+            return [next(batches) for _ in range(self.cfg.train.accum_freq)]
+        try:
+            with self.preemption.interruptible():
+                return [next(batches) for _ in range(self.cfg.train.accum_freq)]
+        except WaitInterrupted:
+            return None
+
+    def _stop_for_requeue(self, loader: TrainLoader, extra: dict, data_state: dict) -> None:
+        """Every rank: save the last completed step (unless just saved) and raise Preempted. `data_state`
+        is the loader's position at that step: batches fetched since then were not trained on."""
+        if self._saved_step != self.step:
+            self.save(loader, extra, data_state)
+        raise Preempted(self.step, self.preemption.received or "a signal on another rank")
 
     def _agree(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every rank logs the same loss: the mean of the ranks' local losses is the global batch's loss."""
@@ -268,13 +286,15 @@ class Trainer:
         torch.distributed.all_reduce(loss)
         return metrics | {"loss": loss / self.dist.world_size}
 
-    def save(self, loader: TrainLoader, extra: dict):
+    def save(self, loader: TrainLoader, extra: dict, data_state: dict | None = None):
         """Write a checkpoint from rank 0; every rank must call this (positions and RNGs are gathered).
+        `data_state`: the loader position to record, when it is not the loader's current one.
         Non-finite weights are never written: the run stops and the checkpoints on disk stay as they were."""
         _check_finite_weights(unwrap(self.model), self.step)  # ranks hold the same weights: all raise
         if self._defer_save():
             return None
-        own = (loader.state_dict(), packed_rng_state(self.dist.device))
+        self._saved_step = self.step
+        own = (data_state or loader.state_dict(), packed_rng_state(self.dist.device))
         ranks = [own]
         if self.dist.world_size > 1:  # collective: each rank's streams and random draws are its own
             ranks = [None] * self.dist.world_size

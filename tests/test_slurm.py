@@ -89,7 +89,10 @@ def steps(run: Path) -> list[dict]:
 
 
 def submit_training(slurm: SlurmCluster, corpus: Path, run: Path) -> str:
-    overrides = tiny_train_overrides(corpus, run, **{"train.steps": STEPS, "checkpoint.every_steps": 1000})
+    # Two data workers per rank: a preemption signals them too, and they must live through it.
+    overrides = tiny_train_overrides(
+        corpus, run, **{"train.steps": STEPS, "checkpoint.every_steps": 1000, "data.num_workers": 2}
+    )
     return sbatch(slurm, *TRAIN_ALLOCATION, f"--output={run}.out", "slurm/train.sbatch", *overrides)
 
 
@@ -112,8 +115,12 @@ def test_train_sbatch_runs_two_ranks_through_srun_and_torchrun(uninterrupted):
     assert steps(uninterrupted)[-1]["samples_seen"] == STEPS * 2 * 16  # global batch = 2 ranks x 16
 
 
+# USR1: what --signal=USR1@120 sends before the time limit; TERM: what a preemption sends. Both go to every
+# process of the job step: torchrun's agents, the ranks and their data workers. (Not `scancel --full`: srun
+# itself turns a SIGTERM it receives into a SIGKILL of all its tasks, see srun(1), so no job survives that.)
+@pytest.mark.parametrize("sig", ["USR1", "TERM"])
 def test_preempted_job_saves_requeues_and_resumes_without_losing_or_repeating_a_step(
-    slurm, corpus, uninterrupted, tmp_path
+    slurm, corpus, uninterrupted, tmp_path, sig
 ):
     run = tmp_path / "preempted"
     job = submit_training(slurm, corpus, run)
@@ -121,11 +128,12 @@ def test_preempted_job_saves_requeues_and_resumes_without_losing_or_repeating_a_
     while not ((run / "metrics.jsonl").is_file() and len(steps(run)) >= 5):
         assert time.monotonic() < deadline, Path(f"{run}.out").read_text()[-3000:]
         time.sleep(0.2)
-    slurm.run("scancel", "--signal=USR1", job)  # what --signal=USR1@120 sends before the time limit
+    slurm.run("scancel", f"--signal={sig}", job)
     (info,) = wait(slurm, job)
     log = Path(f"{run}.out").read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log[-3000:]
-    saved = int(re.search(r"SIGUSR1 received: checkpoint saved at step (\d+)", log)[1])
+    assert "killed by signal" not in log
+    saved = int(re.search(rf"SIG{sig} received: checkpoint saved at step (\d+)", log)[1])
     assert 5 <= saved < STEPS
     assert "requeued SLURM job" in log and "Slurm restart 1" in log
     assert re.search(rf"resumed from \S+step_{saved:08d}\.pt at step {saved}\b", log)
@@ -133,6 +141,11 @@ def test_preempted_job_saves_requeues_and_resumes_without_losing_or_repeating_a_
     assert [r["step"] for r in logged] == list(range(1, STEPS + 1))  # none lost, none repeated
     reference = {r["step"]: r["loss"] for r in steps(uninterrupted)}
     assert [r["loss"] for r in logged] == pytest.approx([reference[s] for s in range(1, STEPS + 1)], rel=1e-6)
+    final = f"checkpoints/step_{STEPS:08d}.pt"
+    ours = torch.load(run / final, weights_only=True)["model"]
+    theirs = torch.load(uninterrupted / final, weights_only=True)["model"]
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "the final weights differ"
 
 
 def test_srun_with_one_task_per_rank_forms_the_group_without_torchrun(slurm, corpus, tmp_path):

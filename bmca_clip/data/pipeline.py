@@ -42,6 +42,7 @@ from bmca_clip.data.hub import HttpPolicy, ShardCache, ShardError, default_cache
 from bmca_clip.data.mixing import SourceMixer
 from bmca_clip.data.sources import DataError, Source, check_commits, resolve_sources
 from bmca_clip.data.sources import expand_shards as expand_shards  # part of this module's interface
+from bmca_clip.preempt import shield_data_worker
 from bmca_clip.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -340,6 +341,7 @@ class TrainLoader:
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if self.num_workers else None,
+            worker_init_fn=shield_data_worker,  # a signal to the whole job is for the main process only
         )
         for batch in loader:
             stream = batch.pop("stream")
