@@ -31,12 +31,17 @@ from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader
 from bmca_clip.eval.datasets import to_rgb
 
 
+class Spinning(BaseException):
+    """Not an Exception: no per-sample catch-all can swallow it (a TimeoutError is an OSError, which the
+    decoder skips as a corrupt image, so the stream would go on spinning)."""
+
+
 @contextlib.contextmanager
 def deadline(seconds: int):
     """Fail, instead of hanging, when the block runs longer than `seconds` (main thread only)."""
 
     def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: the stream spins instead of stopping")
+        raise Spinning(f"still running after {seconds} s: the stream spins instead of stopping")
 
     old = signal.signal(signal.SIGALRM, expired)
     signal.alarm(seconds)
