@@ -52,7 +52,7 @@ class ModelConfig:
     pretrained: str | None = None  # open_clip tag, or a .pt/.safetensors file; null = random init
     cache_dir: str | None = None  # where open_clip/huggingface_hub keep downloaded weights
     grad_checkpointing: bool = False  # recompute activations in backward to save memory
-    force_image_size: int | None = None  # override the architecture's input resolution
+    force_image_size: int | None = None  # override the architecture's input resolution (pixels, >= 1)
     init_logit_bias: float | None = None  # add a learnable logit bias (SigLIP uses -10); null = none
     lock_image: bool = False  # freeze the image tower (LiT) ...
     lock_image_unlocked_groups: int = 0  # ... except its last N groups (projection + ln_post, blocks, ...)
@@ -68,6 +68,8 @@ class ModelConfig:
         _check(bool(self.name), "model.name", self.name, "an open_clip model name such as ViT-L-14")
         bias = self.init_logit_bias
         _check(_finite(bias), "model.init_logit_bias", bias, "a finite float (SigLIP uses -10) or null")
+        size = self.force_image_size
+        _check(size is None or size >= 1, "model.force_image_size", size, "null or a size in pixels >= 1")
         for pattern in self.freeze:
             try:
                 re.compile(pattern)
@@ -118,6 +120,7 @@ class DataConfig:
     image_key: str = "jpg"  # tar member extension of the image
     caption_key: str = "txt"  # tar member extension of the caption
     max_bad_fraction: float = 0.5  # stop with an error if more than this share of samples fails to decode
+    max_bad_after: int = 500  # each data stream applies max_bad_fraction once it has read this many samples
     cache_dir: str | None = None  # where shard manifests (and, with cache_limit_gb, shards) are kept
     cache_limit_gb: float = 0.0  # local shard cache for repeated epochs; 0 = stream only, never store
     retries: int = 5  # tries per HTTP request before a shard counts as failed
@@ -129,6 +132,7 @@ class DataConfig:
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(0 < self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "in (0, 1]")
+        _check(self.max_bad_after >= 1, "data.max_bad_after", self.max_bad_after, "an integer >= 1")
         # Neither set is caught where data is built (a default-constructed schema must pass); both is a mistake.
         _check(
             not (self.train_shards and self.sources),

@@ -41,6 +41,7 @@ _NOT_COMPARED = ("name", "output_dir", "resume", "resume_data")  # how and where
 _MODEL_APPLIED = ("model.cache_dir", "model.grad_checkpointing", "model.wise_ft_alpha")
 _DATA_APPLIED = (  # transport and safety nets: the samples, and their order, stay the same
     "data.max_bad_fraction",
+    "data.max_bad_after",
     "data.cache_dir",
     "data.cache_limit_gb",
     "data.retries",

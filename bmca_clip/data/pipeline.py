@@ -20,7 +20,6 @@ loader rotates its worker-to-stream mapping so that its first batch comes from t
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 from collections.abc import Callable, Iterator
@@ -28,26 +27,26 @@ from dataclasses import dataclass
 
 import torch
 import webdataset as wds
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bmca_clip.config import DataConfig
+from bmca_clip.data.decode import PilTransform as PilTransform  # part of this module's interface
+from bmca_clip.data.decode import SampleDecoder
 from bmca_clip.data.filters import (
     ConceptBalancer,
     MetadataFilter,
     key_uniform,
     parse_metadata,
 )
+from bmca_clip.data.health import DECODE_ERRORS as DECODE_ERRORS  # part of this module's interface
+from bmca_clip.data.health import StreamHealth
 from bmca_clip.data.hub import HttpPolicy, ShardCache, ShardError, default_cache_dir, open_shard
 from bmca_clip.data.mixing import SourceMixer
 from bmca_clip.data.sources import DataError, Source, check_commits, resolve_sources
 from bmca_clip.data.sources import expand_shards as expand_shards  # part of this module's interface
 from bmca_clip.preempt import shield_data_worker
-from bmca_clip.redact import redact_url
 
 log = logging.getLogger(__name__)
-
-DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, SyntaxError)
 
 
 def _seed(*parts: int) -> int:
@@ -174,6 +173,8 @@ class SourceReader:
                     continue
             _count(c.counters, "kept")
             slim = {k: sample[k] for k in wanted if k in sample}
+            if len(slim) < len(wanted):  # what the shards hold instead, for the error a wrong key gets
+                slim["__members__"] = tuple(k for k in sample if not k.startswith("__"))
             slim["__seen__"], self._dropped = self._dropped + 1, 0
             yield slim
 
@@ -200,38 +201,6 @@ def _with_url(files, url: str):
     for f in files:
         f["__url__"] = url
         yield f
-
-
-@dataclass
-class SampleDecoder:
-    """Raw tar members -> (image tensor, caption); augmentation is seeded from the sample's place."""
-
-    image_fn: Callable[[bytes], torch.Tensor]
-    image_key: str = "jpg"
-    caption_key: str = "txt"
-
-    def __call__(self, sample: dict, aug_seed: int) -> tuple[torch.Tensor, str]:
-        if self.image_key not in sample:
-            raise ValueError(f"no {self.image_key!r} member")
-        caption = sample.get(self.caption_key, b"").decode("utf-8").strip()
-        if not caption:
-            raise ValueError("empty or missing caption")
-        # The random crop depends on the sample alone, not on what this process drew before: that is what
-        # makes a resumed stream augment exactly as the uninterrupted one. fork_rng leaves the global RNG be.
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(aug_seed)  # torch.manual_seed costs ~1 ms without CUDA
-            return self.image_fn(sample[self.image_key]), caption
-
-
-class PilTransform:
-    """bytes -> PIL -> a torchvision-style transform (e.g. open_clip's preprocess); picklable."""
-
-    def __init__(self, preprocess: Callable):
-        self.preprocess = preprocess
-
-    def __call__(self, data: bytes) -> torch.Tensor:
-        with Image.open(io.BytesIO(data)) as img:
-            return self.preprocess(img.convert("RGB"))
 
 
 class TrainStream(IterableDataset):
@@ -261,7 +230,14 @@ class TrainStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         local = ((info.id if info else 0) + self.first_stream) % self.num_local
-        yield from self._batches(local)
+        try:
+            yield from self._batches(local)
+        except DataError as err:
+            if info is None:
+                raise
+            # Raised here, torch would hand the main process one string holding this worker's traceback;
+            # TrainLoader raises the message itself, one line as the command line prints it.
+            yield {"data_error": str(err)}
 
     def _batches(self, local: int):
         stream = self.rank * self.num_local + local
@@ -273,6 +249,7 @@ class TrainStream(IterableDataset):
             start.get("mixing"),  # absent in checkpoints from before natural mixing: the prior again
         )
         counters: dict[str, int] = {}
+        health = StreamHealth(self.cfg, f"{local} of rank {self.rank}")
         ctx = StreamContext(
             self.cfg,
             self.seed,
@@ -299,11 +276,10 @@ class TrainStream(IterableDataset):
             t += 1
             try:
                 image, caption = self.decoder(sample, _seed(self.seed, stream, t, 4))
-            except DECODE_ERRORS as err:
-                _count(counters, f"skipped/{type(err).__name__}")
-                where = redact_url(sample.get("__url__"))
-                log.debug("skipping sample %s from %s: %s", sample.get("__key__"), where, err)
+            except Exception as err:  # any one sample, whatever it raises, is skipped and counted
+                _count(counters, f"skipped/{health.skipped(err, sample)}")  # raises when too many fail
                 continue
+            health.decoded()
             _count(counters, "decoded")
             images.append(image)
             captions.append(caption)
@@ -344,6 +320,8 @@ class TrainLoader:
             worker_init_fn=shield_data_worker,  # a signal to the whole job is for the main process only
         )
         for batch in loader:
+            if "data_error" in batch:  # a worker's DataError (TrainStream.__iter__)
+                raise DataError(batch["data_error"])
             stream = batch.pop("stream")
             self.positions[stream] = batch.pop("position")
             self._counters[stream] = batch.pop("counters")

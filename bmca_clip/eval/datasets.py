@@ -27,11 +27,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bmca_clip.data.decode import to_rgb8
 from bmca_clip.eval.bootstrap import Clusters
 from bmca_clip.eval.loaders import (
     SHOW,
@@ -57,16 +57,11 @@ DEFAULT_PREPARE_HINT = (
     "download or mirror the dataset there (see the task's source block), or pass another data_root"
 )
 Box = tuple[float, float, float, float]  # PIL crop box: left, upper, right, lower
-_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in _WIDE_MODES:
-        values = np.asarray(img, dtype=np.float64)
-        low, high = values.min(), values.max()
-        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        img = Image.fromarray(scaled.round().astype(np.uint8), "L")
-    return img.convert("RGB")
+    """8-bit RGB as training sees it: the same conversion, so a 16-bit image looks alike in both."""
+    return to_rgb8(img)
 
 
 class _ImageItems(Dataset):

@@ -1,0 +1,131 @@
+"""Why a sample was skipped, and when a stream must stop because its data cannot feed training.
+
+Every sample a training stream hands to its decoder ends as `decoded` or as `skipped/<reason>`:
+`no_image_member`, `no_caption_member`, `empty_caption`, `decompression_bomb`, the type of an image decode
+error (`OSError`, ...), or `error_<Type>` for anything else, so that no single sample can stop a run.
+
+A stream whose skipped share exceeds data.max_bad_fraction once it has read data.max_bad_after samples
+stops training with a DataError naming the likely cause ("500 had no `png` member; the shards hold `jpg`
+(set data.image_key=jpg)"). Without it, data that never decodes (a wrong key, all-empty captions, corrupt
+shards) never fills a batch and the run reads forever. The trainer's own check (trainer._data_health)
+judges a rank's counters at log steps only, which a batch that never fills never reaches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from PIL import Image, UnidentifiedImageError
+
+from bmca_clip.config import DataConfig
+from bmca_clip.data.decode import UnusableSample
+from bmca_clip.data.sources import DataError
+from bmca_clip.redact import redact_url
+
+log = logging.getLogger(__name__)
+
+# What a corrupt or truncated image raises in Pillow; these are skipped quietly (log level DEBUG).
+DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, SyntaxError)
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "gif", "ppm", "pgm", "jp2")
+TEXT_MEMBERS = ("txt", "text", "caption", "cap", "label")
+
+
+def skip_reason(err: Exception) -> str:
+    """The counter name (after `skipped/`) of a sample that raised `err`."""
+    if isinstance(err, UnusableSample):
+        return err.reason
+    if isinstance(err, Image.DecompressionBombError):  # not an OSError: over 2 x Image.MAX_IMAGE_PIXELS
+        return "decompression_bomb"
+    if isinstance(err, DECODE_ERRORS):
+        return type(err).__name__
+    return f"error_{type(err).__name__}"
+
+
+def _one_line(err: Exception, limit: int = 200) -> str:
+    text = " ".join(redact_url(str(err)).split())  # errors may quote a shard URL with its credentials
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _backticked(names) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
+class StreamHealth:
+    """The outcomes of one stream's samples; `skipped` raises DataError once too many fail."""
+
+    def __init__(self, cfg: DataConfig, where: str):
+        self.cfg, self.where = cfg, where
+        self.seen = self.bad = 0
+        self.reasons: Counter[str] = Counter()
+        self.first: dict[str, str] = {}  # reason -> the first such error and its sample, for the message
+        self.members: Counter[str] = Counter()  # the members of samples that lacked the image or caption
+
+    def decoded(self) -> None:
+        self.seen += 1
+
+    def skipped(self, err: Exception, sample: dict) -> str:
+        """Count a sample that raised `err`; -> its reason. Raises DataError when the stream cannot go on."""
+        reason = skip_reason(err)
+        self.seen, self.bad = self.seen + 1, self.bad + 1
+        self.reasons[reason] += 1
+        where = f"sample {sample.get('__key__')} of {redact_url(str(sample.get('__url__')))}"
+        self.first.setdefault(reason, f"{_one_line(err)} in {where}")
+        if reason in ("no_image_member", "no_caption_member"):
+            self.members.update(sample.get("__members__", ()))
+        n = self.reasons[reason]
+        if n in (1, 10, 100, 1000) or n % 10_000 == 0:  # a few lines per reason, not one per sample
+            quiet = isinstance(err, DECODE_ERRORS) and reason != "decompression_bomb"
+            log.log(
+                logging.DEBUG if quiet else logging.WARNING,
+                "skipping %s (skipped/%s, %d so far in stream %s): %s",
+                where,
+                reason,
+                n,
+                self.where,
+                _one_line(err),
+            )
+        if self.seen >= self.cfg.max_bad_after and self.bad > self.cfg.max_bad_fraction * self.seen:
+            raise DataError(self.diagnosis())
+        return reason
+
+    def diagnosis(self) -> str:
+        """One line: how many samples failed, and the likely cause of the two commonest failures."""
+        causes = "; ".join(self._cause(reason, n) for reason, n in self.reasons.most_common(2))
+        return (
+            f"{self.bad} of the first {self.seen} samples of data stream {self.where} could not be used "
+            f"(above data.max_bad_fraction={self.cfg.max_bad_fraction}): {causes}"
+        )
+
+    def _cause(self, reason: str, n: int) -> str:
+        cfg, every = self.cfg, n == self.seen
+        if reason == "no_image_member":
+            return f"{n} had no `{cfg.image_key}` member{self._hint('image_key', IMAGE_MEMBERS)}"
+        if reason == "no_caption_member":
+            return f"{n} had no `{cfg.caption_key}` member{self._hint('caption_key', TEXT_MEMBERS)}"
+        if reason == "empty_caption":
+            head = "every caption was empty" if every else f"{n} had an empty caption"
+            return f"{head} (`{cfg.caption_key}` members; check data.caption_key and the shards' captions)"
+        if reason == "decompression_bomb":
+            return (
+                f"{n} images had more than {2 * Image.MAX_IMAGE_PIXELS} pixels, Pillow's decompression-bomb "
+                f"limit (first: {self.first[reason]})"
+            )
+        if reason == "UnicodeDecodeError":  # raised by the caption, not the image
+            return f"{n} captions were not UTF-8 text (first: {self.first[reason]})"
+        if reason.startswith("error_"):
+            return f"{n} raised {reason[6:]} (first: {self.first[reason]})"
+        head = "every image failed to decode" if every else f"{n} images failed to decode"
+        return f"{head} (first error: {self.first[reason]}); check the shards' `{cfg.image_key}` members"
+
+    def _hint(self, key: str, likely: tuple[str, ...]) -> str:
+        held = sorted(self.members)
+        if not held:
+            return ""
+        candidates = [m for m in likely if m in self.members]
+        if candidates:
+            best = max(candidates, key=lambda m: self.members[m])
+            return f"; the shards hold {_backticked(held)} (set data.{key}={best})"
+        what = "image" if key == "image_key" else "caption"
+        return f"; the shards hold {_backticked(held)} and no {what} member: check data.train_shards / data.sources"
