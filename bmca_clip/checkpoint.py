@@ -41,23 +41,30 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def atomic_torch_save(obj: dict, path: Path) -> Path:
+    """torch.save to `.<name>.tmp<pid>` in the same folder, fsync, then os.replace: never a half-written
+    file under the final name; on any failure (a full disk, a KeyboardInterrupt) the tmp file is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep_last: int) -> Path:
     """Write `state` as the checkpoint of `step`, atomically, then delete all but the newest `keep_last`.
     The file just written is never deleted, even when other files sort after it (a newer step left by
     another run): pruning must not leave a folder without the one checkpoint known to load."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(ckpt_dir, step)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:  # a full disk, a kill by KeyboardInterrupt: leave no half-written file behind
-        tmp.unlink(missing_ok=True)
-        raise
+    final = atomic_torch_save(state, checkpoint_path(ckpt_dir, step))
     others = [p for p in list_checkpoints(ckpt_dir) if p != final]
     for old in others[: max(0, len(others) - (keep_last - 1))]:
         old.unlink(missing_ok=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from bmca_clip.checkpoint import atomic_torch_save
 from bmca_clip.cli import exit_on_user_error, parse_key_values
 from bmca_clip.config import ConfigError, ModelConfig
 from bmca_clip.model import ModelLoadError, build_model, weights_sha256
@@ -213,21 +213,6 @@ def trained_model_config(config: dict | None, name: str | None = None) -> ModelC
     trained["name"] = name or trained.get("name")
     known = {f.name for f in dataclasses.fields(ModelConfig)} - {"pretrained"}
     return ModelConfig(**{k: v for k, v in trained.items() if k in known})
-
-
-def atomic_torch_save(obj: dict, path: Path) -> Path:
-    """torch.save to a temporary name in the same folder, then os.replace: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _flag(key: str, value: str) -> bool:
