@@ -319,6 +319,7 @@ class EvaluateConfig:
     cache_dir: str | None = "~/.cache/bmca_clip/eval"  # embedding cache (<cache_dir>/embeddings); null = off
     rerun: bool = False  # score every task again, even one whose stored JSON has the same config_hash
     shard: str | None = None  # "i/n" (1 <= i <= n): score the i-th of n shares; null: Slurm array or all
+    progress_bar: bool = True  # a tqdm bar per task on stderr, on a terminal only (logs: a line per task)
 
     def __post_init__(self):
         from bmca_clip.eval.shard import parse_shard  # shard.py imports this module
