@@ -220,6 +220,11 @@ def test_each_checkpoint_gets_a_short_stable_folder_and_the_records_keep_its_pat
     with caplog.at_level(logging.INFO, logger="bmca_clip.eval.run"):
         again = _evaluate(corpus, tmp_path, f"checkpoint={one}", f"model.pretrained={tmp_path / 'base.pt'}")
     assert list(again) == ["demo-step300"] and caplog.text.count("cached result") == 3
+    # Another run named demo, evaluated on its own into the same output_dir, does not overwrite those.
+    stored = {p: p.read_bytes() for p in (tmp_path / "eval" / "demo-step300").glob("*.json")}
+    other = _evaluate(corpus, tmp_path, f"checkpoint={tmp_path / 'b' / 'demo'}")
+    assert list(other) == [labels[2]]  # the name it had beside the first one: its path's hash
+    assert {p: p.read_bytes() for p in stored} == stored
 
     blended = _evaluate(
         corpus,
@@ -230,3 +235,23 @@ def test_each_checkpoint_gets_a_short_stable_folder_and_the_records_keep_its_pat
         "model.wise_ft_any_base=true",
     )
     assert list(blended) == ["pretrained-base", "demo-step300-wise0.5", "demo-step300-wise1"]
+
+
+def test_short_names_of_every_kind_of_model(tmp_path):
+    from bmca_clip.eval.labels import model_labels
+
+    def names(*checkpoints, pretrained=None):
+        return model_labels([c and tmp_path / c for c in checkpoints], "ViT-B-16", pretrained)
+
+    assert names(None, pretrained="hf-hub:org/BiomedCLIP") == ["pretrained-BiomedCLIP"]
+    assert names(None, pretrained="laion2b_s34b_b88k") == ["pretrained-laion2b_s34b_b88k"]
+    assert names(None, pretrained="/weights/BMC CLIP.pt") == ["pretrained-BMC_CLIP"]
+    # A step file inside checkpoints/ or in the run folder itself; a file of any other name: its stem.
+    assert names("runs/x/checkpoints/step_00000000.pt", "runs/y/step_00012000.pt", "out/model.pt") == [
+        "x-step0",
+        "y-step12000",
+        "model",
+    ]
+    twice = names("a/model.pt", "b/model.pt", "a/model.pt")
+    assert twice[0] == twice[2] != twice[1] and all(n.startswith("model-") for n in twice)
+    assert names("b/model.pt", "a/model.pt") == twice[1::-1]  # the order of the list does not matter

@@ -64,7 +64,7 @@ def _weights(cfg: EvaluateConfig, checkpoint: Path | None, initial: dict, label:
     initial weights (model.pretrained) at each WiSE-FT alpha, once they are known to be the weights the
     checkpoint's run started from (wise_ft.check_base; model.wise_ft_any_base=true merges any base).
     label is the checkpoint's short name (labels.py; default: its name alone); a blend's adds -wise<alpha>."""
-    label = label or model_labels([checkpoint], cfg.model.pretrained)[0]
+    label = label or model_labels([checkpoint], cfg.model.name, cfg.model.pretrained)[0]
     if checkpoint is None:
         yield label, initial, {}
         return
@@ -189,7 +189,8 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     initial = {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}
     cache = EmbeddingCache(cfg.cache_dir) if cfg.cache_dir else None
     results: dict[str, list[TaskResult]] = {}
-    for checkpoint, name in zip(checkpoints, model_labels(checkpoints, cfg.model.pretrained), strict=True):
+    names = model_labels(checkpoints, cfg.model.name, cfg.model.pretrained, out_dir)
+    for checkpoint, name in zip(checkpoints, names, strict=True):
         for label, state, extra in _weights(cfg, checkpoint, initial, name):
             what = "the model as configured" if checkpoint is None else checkpoint
             log.info(
