@@ -8,6 +8,7 @@ model is built, with the dotted key and the allowed values in the message.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from dataclasses import dataclass, field
@@ -255,11 +256,21 @@ class WandbConfig:
         _one_of("logger.wandb.mode", self.mode, WANDB_MODES)
 
 
+TENSORBOARD_MISSING = "logger.tensorboard=true needs tensorboard: pip install 'bmca-clip[tensorboard]'"
+
+
 @dataclass
 class LoggerConfig:
     progress_bar: bool = True  # tqdm bar on rank 0
     jsonl: bool = True  # one JSON line per logged step in <output_dir>/metrics.jsonl
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    tensorboard: bool = False  # the metrics.jsonl scalars as TensorBoard events too (extra: tensorboard)
+    tensorboard_dir: str | None = None  # where the event files go; null = <output_dir>/tensorboard
+
+    def __post_init__(self):
+        # Checked here, on every rank before anything is built, not hours later when the first line is logged.
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError(TENSORBOARD_MISSING)
 
 
 @dataclass
@@ -319,6 +330,7 @@ class EvaluateConfig:
     cache_dir: str | None = "~/.cache/bmca_clip/eval"  # embedding cache (<cache_dir>/embeddings); null = off
     rerun: bool = False  # score every task again, even one whose stored JSON has the same config_hash
     shard: str | None = None  # "i/n" (1 <= i <= n): score the i-th of n shares; null: Slurm array or all
+    progress_bar: bool = True  # a tqdm bar per task on stderr, on a terminal only (logs: a line per task)
 
     def __post_init__(self):
         from bmca_clip.eval.shard import parse_shard  # shard.py imports this module

@@ -1,4 +1,4 @@
-"""Where metrics go: a progress bar, a JSONL file and wandb, from rank 0 only."""
+"""Where metrics go: a progress bar, a JSONL file, wandb and TensorBoard, from rank 0 only."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bmca_clip.config import LoggerConfig
+from bmca_clip.config import TENSORBOARD_MISSING, ConfigError, LoggerConfig
 from bmca_clip.redact import redact_config, redact_url
 from bmca_clip.rundir import atomic_write_text, unlink_symlink
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class MetricLogger:
-    """Console progress bar, `metrics.jsonl` and wandb behind one `log(step, metrics)` call."""
+    """Console progress bar, `metrics.jsonl`, wandb and TensorBoard behind one `log(step, metrics)` call."""
 
     def __init__(
         self,
@@ -33,7 +33,7 @@ class MetricLogger:
         enabled: bool = True,
     ):
         self.enabled = enabled
-        self.bar = self.jsonl = self.wandb_run = None
+        self.bar = self.jsonl = self.wandb_run = self.tensorboard = None
         if not enabled:
             return
         if cfg.progress_bar:
@@ -46,6 +46,8 @@ class MetricLogger:
             self.jsonl = open(path, "a", encoding="utf-8")
         if cfg.wandb.mode != "disabled":
             self.wandb_run = _start_wandb(cfg, out_dir, run_name, config)
+        if cfg.tensorboard:
+            self.tensorboard = _start_tensorboard(cfg, out_dir, start_step)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -70,6 +72,8 @@ class MetricLogger:
             self.jsonl.flush()
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
+        if self.tensorboard is not None:
+            _log_tensorboard(self.tensorboard, step, metrics)
 
     def advance(self, step: int) -> None:
         if self.bar is not None:
@@ -83,6 +87,8 @@ class MetricLogger:
             self.jsonl.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _fmt(value) -> str:
@@ -108,6 +114,27 @@ def _start_wandb(cfg: LoggerConfig, out_dir: Path, run_name: str, config: dict):
             resume="allow",
             config=redact_config(config),
         )
+
+
+def _start_tensorboard(cfg: LoggerConfig, out_dir: Path, start_step: int):
+    """A SummaryWriter on logger.tensorboard_dir (default <output_dir>/tensorboard). A resumed run appends
+    to the same folder, and purge_step makes TensorBoard drop what the earlier run logged after the step
+    this one resumes from (those steps are run, and logged, again; start_step itself is done and kept)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (an extra)
+    except ImportError:
+        raise ConfigError(TENSORBOARD_MISSING) from None
+    folder = Path(cfg.tensorboard_dir) if cfg.tensorboard_dir else Path(out_dir) / "tensorboard"
+    return SummaryWriter(log_dir=str(folder), purge_step=start_step + 1 if start_step else None)
+
+
+def _log_tensorboard(writer, step: int, metrics: dict) -> None:
+    """The numbers of one metrics.jsonl line under the same names, flushed at once: a checkpoint written
+    right after (or a preempted job) never leaves steps only in memory."""
+    for name, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer.add_scalar(name, value, global_step=step)
+    writer.flush()
 
 
 @contextlib.contextmanager

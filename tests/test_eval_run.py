@@ -3,8 +3,10 @@ results reused when their config is the same."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 
 import open_clip
 import torch
@@ -45,7 +47,7 @@ def test_wise_ft_alphas_0_and_1_reproduce_base_and_tuned(corpus, tmp_path):
         f"checkpoint={tmp_path / 'tuned.pt'}",
         "model.wise_ft_alpha=[0.0,0.5,1.0]",
     )
-    assert (tmp_path / "eval" / "summary.md").read_text().count("WiSE-FT") >= 3
+    assert (tmp_path / "eval" / "summary.md").read_text().count("tuned-wise") >= 3
     plain = _evaluate(
         corpus,
         tmp_path,
@@ -53,7 +55,7 @@ def test_wise_ft_alphas_0_and_1_reproduce_base_and_tuned(corpus, tmp_path):
         f"checkpoint=[null,{tmp_path / 'tuned.pt'}]",
     )
     labels = list(blended)
-    assert len(labels) == 3 and all("WiSE-FT" in label for label in labels)
+    assert labels == ["tuned-wise0", "tuned-wise0.5", "tuned-wise1"]
     (base_label, tuned_label) = plain
     metrics = {label: [r.metrics for r in results] for label, results in {**blended, **plain}.items()}
     assert metrics[labels[0]] == metrics[base_label]  # alpha 0 is the base model
@@ -175,3 +177,81 @@ def test_results_stored_under_another_metrics_version_are_scored_again(tmp_path,
     monkeypatch.setattr(eval_run, "METRICS_VERSION", eval_run.METRICS_VERSION + 1)
     assert _run_logged(caplog, tmp_path, path)[0]
     assert _stored_record(tmp_path)["config"]["metrics_version"] == eval_run.METRICS_VERSION
+
+
+# --- short, readable output folders per checkpoint (issue 12) ---
+
+
+def _step_file(run_dir, state, step=300):
+    path = run_dir / "checkpoints" / f"step_{step:08d}.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": state, "step": step}, path)
+    return path
+
+
+def test_each_checkpoint_gets_a_short_stable_folder_and_the_records_keep_its_path(corpus, tmp_path, caplog):
+    torch.manual_seed(7)
+    base = build_model(ModelConfig(name="bmca-tiny")).model.state_dict()
+    torch.save(base, tmp_path / "base.pt")
+    tuned = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in base.items()}
+    torch.save({"model": tuned, "step": 5}, tmp_path / "tuned.pt")
+    one = _step_file(tmp_path / "a" / "demo", tuned)
+    _step_file(tmp_path / "b" / "demo", tuned)  # same run name elsewhere: must not share a folder
+    checkpoints = (
+        f"checkpoint=[null,{tmp_path / 'a' / 'demo'},{tmp_path / 'b' / 'demo'},{tmp_path / 'tuned.pt'}]"
+    )
+
+    first = _evaluate(corpus, tmp_path, checkpoints, cache_dir=None)
+    labels = list(first)
+    assert labels[0] == "untrained" and labels[3] == "tuned", labels
+    assert all(re.fullmatch(r"demo-step300-[0-9a-f]{8}", label) for label in labels[1:3]), labels
+    assert labels[1] != labels[2]
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir() if p.is_dir()) == sorted(labels)
+    record = json.loads((tmp_path / "eval" / labels[1] / "synthetic_color.json").read_text())
+    assert record["model_label"] == labels[1]
+    assert record["provenance"]["checkpoint"] == str(one)  # the whole path and its hash stay in the record
+    assert record["provenance"]["checkpoint_sha256"] == hashlib.sha256(one.read_bytes()).hexdigest()
+    summary = (tmp_path / "eval" / "summary.md").read_text()
+    assert all(label in summary for label in labels) and str(tmp_path) not in summary
+
+    # The same checkpoint alone: no collision, so the run name and step; again: the same folder, reused.
+    alone = _evaluate(corpus, tmp_path, f"checkpoint={one}", "model.pretrained=" + str(tmp_path / "base.pt"))
+    assert list(alone) == ["demo-step300"]
+    with caplog.at_level(logging.INFO, logger="bmca_clip.eval.run"):
+        again = _evaluate(corpus, tmp_path, f"checkpoint={one}", f"model.pretrained={tmp_path / 'base.pt'}")
+    assert list(again) == ["demo-step300"] and caplog.text.count("cached result") == 3
+    # Another run named demo, evaluated on its own into the same output_dir, does not overwrite those.
+    stored = {p: p.read_bytes() for p in (tmp_path / "eval" / "demo-step300").glob("*.json")}
+    other = _evaluate(corpus, tmp_path, f"checkpoint={tmp_path / 'b' / 'demo'}")
+    assert list(other) == [labels[2]]  # the name it had beside the first one: its path's hash
+    assert {p: p.read_bytes() for p in stored} == stored
+
+    blended = _evaluate(
+        corpus,
+        tmp_path,
+        f"model.pretrained={tmp_path / 'base.pt'}",
+        f"checkpoint=[null,{tmp_path / 'a' / 'demo'}]",
+        "model.wise_ft_alpha=[0.5,1.0]",
+        "model.wise_ft_any_base=true",
+    )
+    assert list(blended) == ["pretrained-base", "demo-step300-wise0.5", "demo-step300-wise1"]
+
+
+def test_short_names_of_every_kind_of_model(tmp_path):
+    from bmca_clip.eval.labels import model_labels
+
+    def names(*checkpoints, pretrained=None):
+        return model_labels([c and tmp_path / c for c in checkpoints], "ViT-B-16", pretrained)
+
+    assert names(None, pretrained="hf-hub:org/BiomedCLIP") == ["pretrained-BiomedCLIP"]
+    assert names(None, pretrained="laion2b_s34b_b88k") == ["pretrained-laion2b_s34b_b88k"]
+    assert names(None, pretrained="/weights/BMC CLIP.pt") == ["pretrained-BMC_CLIP"]
+    # A step file inside checkpoints/ or in the run folder itself; a file of any other name: its stem.
+    assert names("runs/x/checkpoints/step_00000000.pt", "runs/y/step_00012000.pt", "out/model.pt") == [
+        "x-step0",
+        "y-step12000",
+        "model",
+    ]
+    twice = names("a/model.pt", "b/model.pt", "a/model.pt")
+    assert twice[0] == twice[2] != twice[1] and all(n.startswith("model-") for n in twice)
+    assert names("b/model.pt", "a/model.pt") == twice[1::-1]  # the order of the list does not matter

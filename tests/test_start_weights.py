@@ -84,7 +84,7 @@ def test_eval_merges_with_the_runs_start_or_when_told_to(corpus, run_from_seed0,
     )
     initial = build_model(cfg.model).model.state_dict()
     [(label, merged, extra)] = eval_run._weights(cfg, checkpoint, initial)
-    assert extra == {"wise_ft_alpha": 0.5} and label.endswith("(WiSE-FT 0.5)")
+    assert extra == {"wise_ft_alpha": 0.5} and label == "run-step4-wise0.5"
     expected = blend(initial, tuned, 0.5)
     assert all(torch.equal(v, expected[k]) for k, v in merged.items())
     with caplog.at_level(logging.WARNING, logger="bmca_clip"):

@@ -299,10 +299,15 @@ class SampleDecoder:
 
     def __call__(self, sample: dict, aug_seed: int) -> tuple[torch.Tensor, str]:
         if self.image_key not in sample:
-            raise UnusableSample("no_image_member", f"no {self.image_key!r} member")
+            raise UnusableSample("missing_image", f"no {self.image_key!r} member")
         if self.caption_key not in sample:
-            raise UnusableSample("no_caption_member", f"no {self.caption_key!r} member")
-        caption = sample[self.caption_key].decode("utf-8").strip()
+            raise UnusableSample("missing_caption", f"no {self.caption_key!r} member")
+        try:
+            caption = sample[self.caption_key].decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            raise UnusableSample(
+                "caption_not_utf8", f"the {self.caption_key!r} member is not UTF-8: {err}"
+            ) from None
         if not caption:
             raise UnusableSample("empty_caption", f"the {self.caption_key!r} member is empty")
         # The random crop depends on the sample alone, not on what this process drew before: that is what

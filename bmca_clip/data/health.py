@@ -1,8 +1,11 @@
 """Why a sample was skipped, and when a stream must stop because its data cannot feed training.
 
-Every sample a training stream hands to its decoder ends as `decoded` or as `skipped/<reason>`:
-`no_image_member`, `no_caption_member`, `empty_caption`, `decompression_bomb`, the type of an image decode
-error (`OSError`, ...), or `error_<Type>` for anything else, so that no single sample can stop a run.
+Every sample a training stream hands to its decoder ends as `decoded` or as `skipped/<reason>`, one of
+SKIP_REASONS: the sample's members (`missing_image`, `missing_caption`, `empty_caption`,
+`caption_not_utf8`: decode.SampleDecoder names them), its image (`truncated_image`, `corrupt_image`:
+whatever Pillow raises on bad bytes, `decompression_bomb`: over Pillow's pixel limit), or `other`: an
+exception nobody expected (a bug in a transform, say), whose class is named in one warning per class and
+stream. No single sample can stop a run.
 
 A stream whose skipped share exceeds data.max_bad_fraction once it has read data.max_bad_after samples
 stops training with a DataError naming the likely cause ("500 had no `png` member; the shards hold `jpg`
@@ -27,6 +30,16 @@ log = logging.getLogger(__name__)
 
 # What a corrupt or truncated image raises in Pillow; these are skipped quietly (log level DEBUG).
 DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, SyntaxError)
+SKIP_REASONS = (
+    "missing_image",
+    "missing_caption",
+    "empty_caption",
+    "caption_not_utf8",
+    "truncated_image",
+    "corrupt_image",
+    "decompression_bomb",
+    "other",
+)
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "gif", "ppm", "pgm", "jp2")
 TEXT_MEMBERS = ("txt", "text", "caption", "cap", "label")
 
@@ -37,9 +50,12 @@ def skip_reason(err: Exception) -> str:
         return err.reason
     if isinstance(err, Image.DecompressionBombError):  # not an OSError: over 2 x Image.MAX_IMAGE_PIXELS
         return "decompression_bomb"
-    if isinstance(err, DECODE_ERRORS):
-        return type(err).__name__
-    return f"error_{type(err).__name__}"
+    # Pillow's words for a file that ends early: "image file is truncated (...)", "Truncated File Read"
+    if isinstance(err, OSError) and "truncated" in str(err).lower():
+        return "truncated_image"
+    if isinstance(err, DECODE_ERRORS):  # UnidentifiedImageError (not an image), a broken PNG or JPEG, ...
+        return "corrupt_image"
+    return "other"
 
 
 def _one_line(err: Exception, limit: int = 200) -> str:
@@ -61,6 +77,7 @@ class StreamHealth:
         self.reasons: Counter[str] = Counter()
         self.first: dict[str, str] = {}  # reason -> the first such error and its sample, for the message
         self.members: Counter[str] = Counter()  # the members of samples that lacked the image or caption
+        self.unexpected: Counter[str] = Counter()  # skipped/other by exception class
 
     def decoded(self) -> None:
         self.seen += 1
@@ -72,10 +89,12 @@ class StreamHealth:
         self.reasons[reason] += 1
         where = f"sample {sample.get('__key__')} of {redact_url(str(sample.get('__url__')))}"
         self.first.setdefault(reason, f"{_one_line(err)} in {where}")
-        if reason in ("no_image_member", "no_caption_member"):
+        if reason in ("missing_image", "missing_caption"):
             self.members.update(sample.get("__members__", ()))
         n = self.reasons[reason]
-        if n in (1, 10, 100, 1000) or n % 10_000 == 0:  # a few lines per reason, not one per sample
+        if reason == "other":
+            self._unexpected(err, where, n)
+        elif n in (1, 10, 100, 1000) or n % 10_000 == 0:  # a few lines per reason, not one per sample
             quiet = isinstance(err, DECODE_ERRORS) and reason != "decompression_bomb"
             log.log(
                 logging.DEBUG if quiet else logging.WARNING,
@@ -90,6 +109,21 @@ class StreamHealth:
             raise DataError(self.diagnosis())
         return reason
 
+    def _unexpected(self, err: Exception, where: str, n: int) -> None:
+        """One warning per exception class (it may be a bug to report), the later ones at DEBUG."""
+        cls = type(err).__name__
+        self.unexpected[cls] += 1
+        log.log(
+            logging.WARNING if self.unexpected[cls] == 1 else logging.DEBUG,
+            "skipping %s (skipped/other, %d so far in stream %s): an unexpected %s, counted as skipped/other "
+            "from now on without a warning: %s",
+            where,
+            n,
+            self.where,
+            cls,
+            _one_line(err),
+        )
+
     def diagnosis(self) -> str:
         """One line: how many samples failed, and the likely cause of the two commonest failures."""
         causes = "; ".join(self._cause(reason, n) for reason, n in self.reasons.most_common(2))
@@ -100,9 +134,9 @@ class StreamHealth:
 
     def _cause(self, reason: str, n: int) -> str:
         cfg, every = self.cfg, n == self.seen
-        if reason == "no_image_member":
+        if reason == "missing_image":
             return f"{n} had no `{cfg.image_key}` member{self._hint('image_key', IMAGE_MEMBERS)}"
-        if reason == "no_caption_member":
+        if reason == "missing_caption":
             return f"{n} had no `{cfg.caption_key}` member{self._hint('caption_key', TEXT_MEMBERS)}"
         if reason == "empty_caption":
             head = "every caption was empty" if every else f"{n} had an empty caption"
@@ -112,11 +146,16 @@ class StreamHealth:
                 f"{n} images had more than {2 * Image.MAX_IMAGE_PIXELS} pixels, Pillow's decompression-bomb "
                 f"limit (first: {self.first[reason]})"
             )
-        if reason == "UnicodeDecodeError":  # raised by the caption, not the image
+        if reason == "caption_not_utf8":
             return f"{n} captions were not UTF-8 text (first: {self.first[reason]})"
-        if reason.startswith("error_"):
-            return f"{n} raised {reason[6:]} (first: {self.first[reason]})"
+        if reason == "other":
+            classes = ", ".join(self.unexpected)
+            return f"{n} raised unexpected errors ({classes}; first: {self.first[reason]})"
         head = "every image failed to decode" if every else f"{n} images failed to decode"
+        if reason == "truncated_image":
+            return (
+                f"{head} (first error: {self.first[reason]}); the files end early: are the shards complete?"
+            )
         return f"{head} (first error: {self.first[reason]}); check the shards' `{cfg.image_key}` members"
 
     def _hint(self, key: str, likely: tuple[str, ...]) -> str:

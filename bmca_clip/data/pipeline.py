@@ -171,7 +171,6 @@ class SourceReader:
                     _count(c.counters, f"filtered/{reason}")
                     self._dropped += 1
                     continue
-            _count(c.counters, "kept")
             slim = {k: sample[k] for k in wanted if k in sample}
             if len(slim) < len(wanted):  # what the shards hold instead, for the error a wrong key gets
                 slim["__members__"] = tuple(k for k in sample if not k.startswith("__"))
@@ -285,6 +284,9 @@ class TrainStream(IterableDataset):
             captions.append(caption)
             keys.append(sample["__key__"])
             if len(images) == self.batch_size:
+                # Counted here, not where the filters pass a sample: that is a shuffle buffer ahead of
+                # decoding (and counts samples that then fail to decode), so a log line showed kept > decoded.
+                _count(counters, "kept", len(images))
                 position = {
                     "sample": t,
                     "sources": [(r.shard, r.taken) for r in readers],
@@ -329,9 +331,12 @@ class TrainLoader:
             yield batch
 
     def counters(self) -> dict[str, int]:
-        """Counts since this loader started, summed over its streams: decoded, kept, skipped/<reason>,
-        filtered/<reason>, shards_failed/<reason>, retries; per source drawn/<name> (samples drawn) and
-        read/<name> (pairs read to find them: drawn / read is the fraction that passes its filters)."""
+        """Counts since this loader started, summed over its streams: per source drawn/<name> (samples
+        that passed its filters and were drawn) and read/<name> (pairs read to find them: drawn / read is
+        the fraction that passes its filters); each drawn sample ends `decoded` or `skipped/<reason>`
+        (health.SKIP_REASONS), and `kept` counts the decoded ones handed out in batches, so in every
+        snapshot kept <= decoded and decoded + skipped = drawn. Also filtered/<reason> (counted as shards
+        are read, a shuffle buffer ahead of the rest), shards_failed/<reason>, retries."""
         total: dict[str, int] = {}
         for stream_counters in self._counters.values():
             for name, n in stream_counters.items():

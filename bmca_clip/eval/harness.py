@@ -29,6 +29,7 @@ from bmca_clip.eval.identity import data_identity
 from bmca_clip.eval.metrics import Scores
 from bmca_clip.eval.multilabel import chance_map, multilabel_metrics, multilabel_scores
 from bmca_clip.eval.multiple_choice import chance_accuracy, evaluate_multiple_choice
+from bmca_clip.eval.progress import EvalProgress, ProgressLoader
 from bmca_clip.eval.retrieval import chance_recall, evaluate_retrieval, parse_recall_metric
 from bmca_clip.eval.tasks import Suite, Task, TaskError
 from bmca_clip.eval.zeroshot import evaluate_classification, zero_shot_classifier
@@ -71,11 +72,14 @@ class RunSettings:
     batch_size: int = 64
     num_workers: int = 0
     amp_dtype: torch.dtype | None = None  # None = fp32
+    progress: EvalProgress = field(default_factory=EvalProgress)  # a line per task, a bar per task's batches
 
 
-def _loader(dataset: Dataset, run: RunSettings) -> DataLoader:
-    return DataLoader(
+def _loader(dataset: Dataset, run: RunSettings, task: Task) -> DataLoader:
+    return ProgressLoader(
         dataset,
+        progress=run.progress,
+        desc=task.name,
         batch_size=run.batch_size,
         shuffle=False,
         num_workers=run.num_workers,
@@ -90,7 +94,7 @@ def _classification(task: Task, dataset, model, tokenizer, run: RunSettings) -> 
     scores = evaluate_classification(
         model,
         classifier,
-        _loader(dataset, run),
+        _loader(dataset, run, task),
         run.device,
         task.metrics,
         run.amp_dtype,
@@ -100,7 +104,7 @@ def _classification(task: Task, dataset, model, tokenizer, run: RunSettings) -> 
 
 
 def _retrieval(task: Task, dataset, model, tokenizer, run: RunSettings) -> tuple[Scores, float | None]:
-    loader = _loader(dataset, run)
+    loader = _loader(dataset, run, task)
     scores = evaluate_retrieval(
         model,
         tokenizer,
@@ -119,7 +123,7 @@ def _multiple_choice(task: Task, dataset, model, tokenizer, run: RunSettings) ->
     scores = evaluate_multiple_choice(
         model,
         tokenizer,
-        _loader(dataset, run),
+        _loader(dataset, run, task),
         dataset.questions,
         dataset.options,
         dataset.answers,
@@ -134,7 +138,9 @@ def _multilabel(task: Task, dataset, model, tokenizer, run: RunSettings) -> tupl
     classifier = zero_shot_classifier(
         model, tokenizer, task.classes, task.templates, run.device, amp_dtype=run.amp_dtype
     )
-    scores, targets = multilabel_scores(model, classifier, _loader(dataset, run), run.device, run.amp_dtype)
+    scores, targets = multilabel_scores(
+        model, classifier, _loader(dataset, run, task), run.device, run.amp_dtype
+    )
     return multilabel_metrics(task.metrics, scores, targets, task.classes), chance_map(targets)
 
 
@@ -186,9 +192,16 @@ def _stored(
 
 
 def _run_task(
-    task: Task, model, preprocess, tokenizer, data_root, run: RunSettings, reuse: Reuse | None = None
+    task: Task,
+    model,
+    preprocess,
+    tokenizer,
+    data_root,
+    run: RunSettings,
+    reuse: Reuse | None = None,
+    place: tuple[int, int] = (1, 1),
 ) -> tuple[TaskResult, bool]:
-    """(the task's result, whether it is a stored one that reuse returned)."""
+    """(the task's result, whether it is a stored one that reuse returned); place = (k, n): task k of n."""
     start = time.perf_counter()
     result = TaskResult(
         task=task.name,
@@ -203,6 +216,7 @@ def _run_task(
     )
     try:
         dataset = build_dataset(task, data_root, preprocess)
+        run.progress.task(*place, task.name, len(dataset))
         result.data, unconfirmed = data_identity(task, dataset)
         stored = _stored(task, result, reuse, unconfirmed)
         if stored is not None:
@@ -250,20 +264,23 @@ def evaluate_suite(
     amp_dtype: torch.dtype | None = None,
     on_result: Callable[[TaskResult], None] | None = None,
     reuse: Reuse | None = None,
+    progress: EvalProgress | None = None,
 ) -> list[TaskResult]:
     """Score every task of a suite in order. on_result(result) runs after each task scored now, e.g. to
     write its JSON at once so that a crash later keeps the finished tasks. reuse(task, data identity), when
     given, may return a stored result for the task, which is then not scored (module docstring). The model
-    is put in eval mode and restored to its previous mode afterwards (so this can run mid-training)."""
+    is put in eval mode and restored to its previous mode afterwards (so this can run mid-training).
+    progress (progress.py) logs a line per task and draws its bars; by default lines only, no bar."""
     tasks = suite.tasks if isinstance(suite, Suite) else tuple(suite)
-    run = RunSettings(torch.device(device), batch_size, num_workers, amp_dtype)
+    run = RunSettings(torch.device(device), batch_size, num_workers, amp_dtype, progress or EvalProgress())
     was_training = model.training
     model.eval()
     results = []
     try:
         with torch.no_grad():
-            for task in tasks:
-                result, stored = _run_task(task, model, preprocess, tokenizer, data_root, run, reuse)
+            for k, task in enumerate(tasks, start=1):
+                place = (k, len(tasks))
+                result, stored = _run_task(task, model, preprocess, tokenizer, data_root, run, reuse, place)
                 results.append(result)
                 if on_result is not None and not stored:
                     on_result(result)

@@ -3,7 +3,7 @@
 Per-task JSON (`<out_dir>/<model folder>/<task>.json`, written atomically), schema_version 2:
     schema_version   int      2; bumped when a key changes meaning or goes away (1 lacked the keys
                               marked v2; readers accept both)
-    model_label      str      the model's column name in summaries (v2)
+    model_label      str      the model's column name in summaries and its folder (eval/labels.py) (v2)
     task             str      task name (conf/tasks/<task>.yaml)
     type             str      classification | multiple_choice | multilabel | retrieval
     domain           str      e.g. pathology, radiology, synthetic

@@ -15,18 +15,21 @@ writes the summary once every shard is done. An unsharded run writes the summary
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import re
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from bmca_clip.checkpoint import resolve_checkpoint
 from bmca_clip.config import ConfigError, EvaluateConfig
 from bmca_clip.dist import pick_device
 from bmca_clip.eval.cache import CachedModel, EmbeddingCache, describe_transform, state_dict_sha256
 from bmca_clip.eval.harness import TaskResult, evaluate_suite
+from bmca_clip.eval.labels import model_labels, wise_label
 from bmca_clip.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_VERSION
+from bmca_clip.eval.progress import EvalProgress
 from bmca_clip.eval.report import (
     cached_result,
     config_hash,
@@ -42,6 +45,7 @@ from bmca_clip.eval.report import (
 from bmca_clip.eval.shard import resolve_shard, select
 from bmca_clip.eval.tasks import Suite, Task, list_suites, load_suite, suite_from_mapping
 from bmca_clip.model import ClipBundle, build_model, load_checked, trained_name
+from bmca_clip.redact import redact_config
 from bmca_clip.wise_ft import blend, check_alpha, check_base, load_state, read_bmca_checkpoint
 
 log = logging.getLogger(__name__)
@@ -49,25 +53,18 @@ log = logging.getLogger(__name__)
 AMP_DTYPES = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 
 
-def _label(cfg: EvaluateConfig, checkpoint: Path | None) -> str:
-    if checkpoint is None:
-        return (
-            f"{cfg.model.name}:{cfg.model.pretrained}"
-            if cfg.model.pretrained
-            else f"{cfg.model.name} (untrained)"
-        )
-    return str(checkpoint)
+def config_header(cfg: EvaluateConfig) -> str:
+    """The resolved config as YAML, credentials masked (redact.py), for the top of the run's output."""
+    plain = OmegaConf.to_container(OmegaConf.structured(dataclasses.asdict(cfg)), resolve=True)
+    return "eval config (resolved):\n" + OmegaConf.to_yaml(redact_config(plain))
 
 
-def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")
-
-
-def _weights(cfg: EvaluateConfig, checkpoint: Path | None, initial: dict):
+def _weights(cfg: EvaluateConfig, checkpoint: Path | None, initial: dict, label: str | None = None):
     """(label, state dict, provenance extras) for one requested checkpoint: as is, or blended with the
     initial weights (model.pretrained) at each WiSE-FT alpha, once they are known to be the weights the
-    checkpoint's run started from (wise_ft.check_base; model.wise_ft_any_base=true merges any base)."""
-    label = _label(cfg, checkpoint)
+    checkpoint's run started from (wise_ft.check_base; model.wise_ft_any_base=true merges any base).
+    label is the checkpoint's short name (labels.py; default: its name alone); a blend's adds -wise<alpha>."""
+    label = label or model_labels([checkpoint], cfg.model.name, cfg.model.pretrained)[0]
     if checkpoint is None:
         yield label, initial, {}
         return
@@ -88,7 +85,7 @@ def _weights(cfg: EvaluateConfig, checkpoint: Path | None, initial: dict):
         else [cfg.model.wise_ft_alpha]
     )
     for alpha in map(check_alpha, alphas):
-        yield f"{label} (WiSE-FT {alpha:g})", blend(initial, tuned, alpha), {"wise_ft_alpha": alpha}
+        yield wise_label(label, alpha), blend(initial, tuned, alpha), {"wise_ft_alpha": alpha}
 
 
 def _config(configs: dict[str, dict], task: str, data: dict | None) -> dict:
@@ -147,7 +144,7 @@ def _evaluate_model(
         "metrics_version": METRICS_VERSION,
     }
     configs = {task.name: result_config(task, model_id, settings) for task in tasks}
-    folder = Path(cfg.output_dir) / _slug(label)
+    folder = Path(cfg.output_dir) / label  # labels.py: short, unique in this run, safe as a folder name
     model = bundle.model if cache is None else CachedModel(bundle.model, cache, weights, preprocess)
     return evaluate_suite(
         tasks,
@@ -163,6 +160,7 @@ def _evaluate_model(
             result, folder, provenance, _config(configs, result.task, result.data), label
         ),
         reuse=None if cfg.rerun else _stored(folder, configs),
+        progress=EvalProgress(bar=cfg.progress_bar),
     )
 
 
@@ -176,6 +174,7 @@ def _suite(composed: dict) -> Suite:
 
 
 def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
+    print(config_header(cfg), flush=True)  # first: what a log was made with, before anything can fail
     device = pick_device(cfg.device, 0, key="device")
     out_dir = Path(cfg.output_dir)
     checkpoints = [None if c is None else resolve_checkpoint(c) for c in cfg.checkpoints]
@@ -190,9 +189,13 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     initial = {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}
     cache = EmbeddingCache(cfg.cache_dir) if cfg.cache_dir else None
     results: dict[str, list[TaskResult]] = {}
-    for checkpoint in checkpoints:
-        for label, state, extra in _weights(cfg, checkpoint, initial):
-            log.info("evaluating %s on suite %s", label, suite.name)
+    names = model_labels(checkpoints, cfg.model.name, cfg.model.pretrained, out_dir)
+    for checkpoint, name in zip(checkpoints, names, strict=True):
+        for label, state, extra in _weights(cfg, checkpoint, initial, name):
+            what = "the model as configured" if checkpoint is None else checkpoint
+            log.info(
+                "evaluating %s (%s) on suite %s: results in %s/%s", label, what, suite.name, out_dir, label
+            )
             # The checkpoint's own model.name is read again only if its weights do not fit.
             trained_as = lambda: trained_name(read_bmca_checkpoint(str(checkpoint)))  # noqa: B023, E731
             load_checked(bundle.model, state, f"checkpoint={checkpoint}", cfg.model.name, trained_as)
