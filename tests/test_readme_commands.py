@@ -249,7 +249,9 @@ def test_every_readme_command_is_covered_and_every_entry_is_in_a_readme():
     assert not missing + stale, "\n".join(missing + stale)
 
 
-@pytest.mark.parametrize("readme, command", COMMANDS, ids=[c[:60] for _, c in COMMANDS])
+@pytest.mark.parametrize(
+    "readme, command", COMMANDS, ids=[f"{i:02d}-{c[:50]}" for i, (_, c) in enumerate(COMMANDS)]
+)
 def test_readme_command(readme, command, workspace):
     plan = COVERAGE.get(command)
     assert plan is not None, f"README command not covered: {command} ({readme})"
