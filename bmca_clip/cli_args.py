@@ -93,7 +93,8 @@ def quote_override(arg: str, parser: OverridesParser | None = None) -> str:
         items = [_quote_item(item.strip(), parser) for item in _split_items(value[1:-1])]
         candidate = f"{key}=[{', '.join(items)}]"
     elif BRACE.search(value) and value[:1] not in "'\"":
-        candidate = f"{key}={_quoted(value)}"
+        # a comma outside braces keeps its Hydra meaning, a sweep: -m key=/a/{0..9}.tar,/b/{0..9}.tar
+        candidate = f"{key}={','.join(_quoted(part) for part in _split_items(value))}"
     else:
         return arg
     return candidate if _parses(candidate, parser) else arg

@@ -8,7 +8,10 @@ import sys
 
 import pytest
 from conftest import REPO, compose_config
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from bmca_clip import cli_args
+from bmca_clip.cli import EXIT_REFUSED
 from bmca_clip.cli_args import prepare_argv, rewrite_argv
 from bmca_clip.config import EvaluateConfig, PretrainConfig, to_object
 from bmca_clip.model import build_model
@@ -42,6 +45,17 @@ def test_brace_pattern_reaches_the_config_as_typed(pattern):
 def test_values_hydra_already_reads_are_left_alone(arg):
     schema = EvaluateConfig if arg.startswith("checkpoint") else PretrainConfig
     assert rewrite_argv(["x.py", arg], schema) == ["x.py", arg]
+
+
+def test_a_sweep_of_brace_patterns_stays_a_sweep():
+    argv = rewrite_argv(["train.py", "-m", "data.train_shards=/a/{0..9}.tar,/b/{00..19}.tar"], PretrainConfig)
+    assert argv[2] == "data.train_shards='/a/{0..9}.tar','/b/{00..19}.tar'"
+    override = OverridesParser.create().parse_overrides([argv[2]])[0]
+    assert [item.text for item in override.value().list] == ["/a/{0..9}.tar", "/b/{00..19}.tar"]
+
+
+def test_exit_status_is_the_one_of_every_refusal():
+    assert cli_args.EXIT_REFUSED == EXIT_REFUSED
 
 
 def test_readme_freeze_list_parses_and_freezes_exactly_those_parameters():
