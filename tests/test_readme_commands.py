@@ -34,6 +34,7 @@ from conftest import REPO, compose_config, tiny_train_overrides
 from bmca_clip.config import PretrainConfig, to_object
 
 READMES = ("README.md", "slurm/README.md")
+LAUNCHERS = ("torchrun", "sbatch")  # composed as the entry point they start:
 SCRIPTS = {"train.py": "train.py", "eval.py": "eval.py", "slurm/train.sbatch": "train.py"}
 SCRIPTS["slurm/eval_array.sbatch"] = "eval.py"
 TIMEOUT_S = 300
@@ -145,27 +146,34 @@ def _strip_comment(line: str) -> str:
 
 
 def all_commands() -> list[tuple[str, str]]:
-    return [(name, cmd) for name in READMES for cmd in readme_commands((REPO / name).read_text())]
+    """(README names, command) for each distinct command: one printed in both READMEs runs once."""
+    found: dict[str, list[str]] = {}
+    for name in READMES:
+        for cmd in readme_commands((REPO / name).read_text()):
+            found.setdefault(cmd, []).append(name)
+    return [(" and ".join(dict.fromkeys(names)), cmd) for cmd, names in found.items()]
 
 
 COMMANDS = all_commands()
 
 
 def compose_line(command: str) -> str:
-    """`python <entry point> <the command's overrides> --cfg job`, the overrides as the README quotes
-    them. A sweep (-m a=x,y) composes its first value; `...` ("and the rest as above") is dropped."""
-    found = [
-        (m, script)
-        for marker, script in SCRIPTS.items()
-        if (m := re.search(rf"(^|\s){re.escape(marker)}(\s|$)", command))
-    ]
-    assert found, f"README command {command!r}: no train.py, eval.py or .sbatch script to compose"
-    match, script = found[0]
-    rest = command[match.end() :].split()
+    """The command's entry point with its overrides and `--cfg job`, the overrides quoted as the README
+    quotes them: `python train.py ...` and console scripts as printed; torchrun and sbatch lines as
+    `python train.py` / `python eval.py` with the overrides after the script. A sweep (-m a=x,y) composes
+    its first value; `...` ("and the rest as above") is dropped."""
+    words = command.split()
+    if words[0] in LAUNCHERS:
+        script = next((w for w in words if w in SCRIPTS), None)
+        assert script, f"README command {command!r}: no train.py, eval.py or .sbatch script to compose"
+        program, rest = f"python {SCRIPTS[script]}", words[words.index(script) + 1 :]
+    else:
+        n = 2 if words[0] == "python" and words[1] != "-m" else 3 if words[0] == "python" else 1
+        program, rest = " ".join(words[:n]), words[n:]
     if "-m" in rest:
         rest = [_first_sweep_value(arg) for arg in rest if arg != "-m"]
     rest = [arg for arg in rest if arg != "..."]
-    return " ".join(["python", script, *rest, "--cfg", "job"])
+    return " ".join([program, *rest, "--cfg", "job"])
 
 
 def _first_sweep_value(arg: str) -> str:
@@ -193,7 +201,10 @@ class Workspace:
         (bin_dir / "python").chmod(0o755)
         self.env = {
             **os.environ,
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            # python -> this interpreter; console scripts (bmca-*) from its environment
+            "PATH": os.pathsep.join(
+                [str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+            ),
             "PYTHONPATH": str(REPO),
             "HOME": str(root / "home"),  # caches (eval embeddings, hub) stay in the workspace
             "HF_HUB_OFFLINE": "1",
