@@ -8,7 +8,10 @@ The folder loads with `open_clip.create_model_and_transforms('local-dir:<folder>
     tokenizer files              only for architectures with a Hugging Face tokenizer (e.g. PubMedBERT)
 
     python -m bmca_clip.export checkpoint=runs/x/checkpoints/step_00010000.pt out=export/x \
-        [results=eval_out/x] [push_to_hub=org/name] [private=true] [license=mit]
+        [results=runs/eval/demo] [push_to_hub=org/name] [private=true] [license=mit]
+
+results= is an eval output folder (the model whose task results record this checkpoint's SHA-256 is
+taken) or one model's folder in it.
 """
 
 from __future__ import annotations
