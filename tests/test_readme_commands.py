@@ -301,3 +301,16 @@ def test_config_table_names_only_groups_and_options_that_exist():
         assert (REPO / "conf" / group).is_dir(), f"README lists the group {group}: there is no conf/{group}/"
         for option in re.findall(r"`([^`/]+)`", options_cell):
             assert (REPO / "conf" / group / f"{option}.yaml").is_file(), f"{group}={option}: no such option"
+
+
+def test_extraction_joins_continuations_drops_comments_and_reads_variants():
+    text = (
+        "```bash\n# a comment\nexport A=1   # why\npython train.py a=1 \\\n    'b=[x, y]'  # note\n\n"
+        "# Resume: same command plus\n    resume=latest\n```\n```python\nimport x\n```\n"
+    )
+    assert readme_commands(text) == [
+        "export A=1",
+        "python train.py a=1 'b=[x, y]'",
+        "python train.py a=1 'b=[x, y]' resume=latest",
+    ]
+    assert compose_line("sbatch --nodes=4 slurm/train.sbatch -m a=1,2 ...") == "python train.py a=1 --cfg job"
