@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bmca_clip.cli import EXIT_TASKS_FAILED, exit_on_user_error, failed_tasks_line
+from bmca_clip.cli_args import prepare_argv
 from bmca_clip.config import EvaluateConfig, register_configs, to_object
 
 register_configs()
@@ -35,4 +36,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    prepare_argv(sys.argv, EvaluateConfig)  # quote brace patterns for Hydra; refuse bad keys in one line
     sys.exit(main())

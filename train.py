@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from bmca_clip.cli import check_group_choice, exit_on_user_error
+from bmca_clip.cli_args import prepare_argv
 from bmca_clip.config import PretrainConfig, register_configs, to_object
 from bmca_clip.redact import hydra_record
 
@@ -49,4 +50,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    prepare_argv(sys.argv, PretrainConfig)  # quote brace patterns for Hydra; refuse bad keys in one line
     sys.exit(main())

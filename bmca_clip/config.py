@@ -50,7 +50,7 @@ def _finite(*values: float | None) -> bool:
 @dataclass
 class ModelConfig:
     name: str = "bmca-tiny"  # open_clip architecture (ViT-L-14, ...), or an hf-hub:/local-dir: id
-    pretrained: str | None = None  # open_clip tag, or a .pt/.safetensors file; null = random init
+    pretrained: str | None = None  # open_clip tag, hf-hub:<org>/<name>, a .pt or .safetensors; null: random
     cache_dir: str | None = None  # where open_clip/huggingface_hub keep downloaded weights
     grad_checkpointing: bool = False  # recompute activations in backward to save memory
     force_image_size: int | None = None  # override the architecture's input resolution (pixels, >= 1)

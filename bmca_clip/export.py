@@ -8,7 +8,10 @@ The folder loads with `open_clip.create_model_and_transforms('local-dir:<folder>
     tokenizer files              only for architectures with a Hugging Face tokenizer (e.g. PubMedBERT)
 
     python -m bmca_clip.export checkpoint=runs/x/checkpoints/step_00010000.pt out=export/x \
-        [results=eval_out/x] [push_to_hub=org/name] [private=true] [license=mit]
+        [results=runs/eval/demo] [push_to_hub=org/name] [private=true] [license=mit]
+
+results= is an eval output folder (the model whose task results record this checkpoint's SHA-256 is
+taken) or one model's folder in it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from bmca_clip.checkpoint import CheckpointError, load_checkpoint, resolve_check
 from bmca_clip.cli import exit_on_user_error, parse_key_values
 from bmca_clip.config import ConfigError
 from bmca_clip.eval.harness import TaskResult
-from bmca_clip.eval.report import format_table
+from bmca_clip.eval.report import format_table, sha256_file
 from bmca_clip.model import ModelLoadError, build_model
 from bmca_clip.redact import redact_config
 from bmca_clip.wise_ft import trained_model_config
@@ -57,14 +60,15 @@ def export(
 ) -> Path:
     """Write `checkpoint` to the folder `out` in open_clip's hub format with a model card (a results table
     when `results_dir` holds eval JSON files); upload the folder to the model repo `push_to_hub` if given."""
-    ckpt = load_checkpoint(resolve_checkpoint(checkpoint))  # a file, or the newest of a run folder
+    ckpt_file = resolve_checkpoint(checkpoint)  # a file, or the newest of a run folder
+    ckpt = load_checkpoint(ckpt_file)
     model_section = (ckpt.get("config") or {}).get("model") or {}
     if not model_section.get("name"):
         raise CheckpointError(
             f"{checkpoint} has no config.model.name, so its architecture is unknown; export a checkpoint "
             "written by train.py or bmca_clip.wise_ft"
         )
-    results = load_results(Path(results_dir)) if results_dir else []
+    results = load_results(results_folder(Path(results_dir), ckpt_file)) if results_dir else []
     model_cfg, model, tokenizer = _build_trained_model(ckpt, checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +112,45 @@ def _build_trained_model(ckpt: dict, checkpoint: str):
         preprocess = merge_preprocess_dict(bundle.model.visual.preprocess_cfg, tag_cfg)
         open_clip.set_model_preprocess_cfg(bundle.model, preprocess)
     return model_cfg, bundle.model.eval(), bundle.tokenizer
+
+
+def results_folder(results_dir: Path, checkpoint_file: Path) -> Path:
+    """The folder of this checkpoint's task results: results_dir itself when it holds task JSONs, else
+    the per-model subfolder eval.py wrote (<output_dir>/<model label>/<task>.json) whose records hold the
+    checkpoint's SHA-256, else its only subfolder. Matching by hash, not by folder name, survives any
+    naming of the labels and an eval of several checkpoints into one output_dir."""
+    if not results_dir.is_dir() or _task_records(results_dir):
+        return results_dir  # load_results names a missing folder
+    subfolders = sorted(p for p in results_dir.iterdir() if p.is_dir() and _task_records(p))
+    if not subfolders:
+        return results_dir  # load_results says it holds no task result
+    sha = sha256_file(checkpoint_file)
+    matching = [p for p in subfolders if any(_checkpoint_sha(r) == sha for r in _task_records(p))]
+    if len(matching) == 1 or (not matching and len(subfolders) == 1):
+        return (matching or subfolders)[0]
+    names = ", ".join(p.name for p in subfolders) or "none"
+    which = "several of them" if len(matching) > 1 else "none of them"
+    raise ConfigError(
+        f"results={results_dir}: {which} scored {checkpoint_file} (sha256 {sha[:12]}); per-model "
+        f"folders with task results: {names}; pass results=<one of them>"
+    )
+
+
+def _task_records(folder: Path) -> list[dict]:
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and {"task", "main_metric", "metrics", "status"} <= record.keys():
+            records.append(record)
+    return records
+
+
+def _checkpoint_sha(record: dict) -> str | None:
+    model = (record.get("config") or {}).get("model") or {}
+    return model.get("checkpoint_sha256") or (record.get("provenance") or {}).get("checkpoint_sha256")
 
 
 def load_results(results_dir: Path) -> list[TaskResult]:

@@ -10,6 +10,7 @@ WiSE-FT merge can check its base (wise_ft.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -19,7 +20,9 @@ from typing import Any
 
 import open_clip
 import torch
-from open_clip.factory import parse_model_name
+from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
+from open_clip.factory import HF_HUB_PREFIX, parse_model_name
+from open_clip.pretrained import download_pretrained_from_hf
 
 from bmca_clip.config import ModelConfig
 
@@ -56,6 +59,9 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBun
     # A local file (ours, open_clip's, safetensors, DDP-prefixed) is loaded after building: open_clip
     # cannot read our trainer checkpoints, and load_model_weights handles every form with one message.
     weights_file = pretrained if pretrained and Path(pretrained).is_file() else None
+    preprocess: dict = {}
+    if pretrained and pretrained.startswith(HF_HUB_PREFIX):  # open_clip reads hf-hub: only as a name
+        weights_file, preprocess = hub_weights(pretrained[len(HF_HUB_PREFIX) :], cfg.cache_dir)
     if pretrained and not weights_file and schema is None:
         _check_pretrained_available(name, pretrained)
     try:
@@ -67,6 +73,7 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBun
             force_image_size=cfg.force_image_size,
             output_dict=True,
             **({"init_logit_bias": cfg.init_logit_bias} if cfg.init_logit_bias is not None else {}),
+            **preprocess,
         )
     except (RuntimeError, OSError, ValueError) as err:
         raise ModelLoadError(_explain_load_failure(name, pretrained, err)) from err
@@ -76,6 +83,27 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBun
         model.set_grad_checkpointing(True)
     freeze(model, cfg)
     return ClipBundle(model, preprocess_train, preprocess_eval, open_clip.get_tokenizer(name))
+
+
+def hub_weights(hub_id: str, cache_dir: str | None = None) -> tuple[str, dict]:
+    """The weights file of the open_clip model repo `hub_id` on the Hugging Face hub (from its cache when
+    there), and its preprocessing as create_model_and_transforms keywords (image_mean, image_std, ...):
+    model.pretrained=hf-hub:<org>/<name> starts model.name's architecture from that repo's weights."""
+    try:
+        with open(download_pretrained_from_hf(hub_id, filename=HF_CONFIG_NAME, cache_dir=cache_dir)) as f:
+            hub_preprocess = json.load(f).get("preprocess_cfg") or {}
+        weights = download_pretrained_from_hf(hub_id, cache_dir=cache_dir)  # .safetensors first, then .bin
+    except Exception as err:  # huggingface_hub raises its own and its HTTP backend's errors
+        cache = f"model.cache_dir={cache_dir}" if cache_dir else "HF_HOME"
+        raise ModelLoadError(
+            f"model.pretrained=hf-hub:{hub_id}: could not get {HF_CONFIG_NAME} and the weights from the "
+            f"Hugging Face hub or its cache ({type(err).__name__}); on a connected machine run "
+            f"`hf download {hub_id}` and copy the cache to this one ({cache}), or download "
+            f"{HF_SAFE_WEIGHTS_NAME} and pass model.pretrained=/path/to/{HF_SAFE_WEIGHTS_NAME}"
+        ) from err
+    keys = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation"}
+    keys["resize_mode"] = "image_resize_mode"
+    return weights, {arg: hub_preprocess[key] for key, arg in keys.items() if key in hub_preprocess}
 
 
 def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:

@@ -157,3 +157,41 @@ def test_model_card_says_which_steps_ran_with_which_settings():
     assert "Resumed with" not in model_card(
         {"config": CONFIG, "step": 12, "config_history": history[:2]}, "x"
     )
+
+
+def eval_output(root: Path, labels_and_shas: dict[str, str | None]) -> Path:
+    """An eval output_dir as eval.py writes it: <root>/<model label>/<task>.json, each record naming the
+    SHA-256 of the checkpoint it scored (config.model.checkpoint_sha256), plus the summary files."""
+    for label, sha in labels_and_shas.items():
+        (root / label).mkdir(parents=True)
+        write_result(root / label, "pcam", 0.61 if sha else 0.37)
+        record = json.loads((root / label / "pcam.json").read_text())
+        record["config"] = {"task": "pcam", "model": {"name": "bmca-tiny", "checkpoint_sha256": sha}}
+        (root / label / "pcam.json").write_text(json.dumps(record))
+    (root / "suite.json").write_text(
+        json.dumps({"suite": "demo", "tasks": [], "models": list(labels_and_shas)})
+    )
+    return root
+
+
+def test_results_may_be_the_eval_folder_its_model_is_found_by_checkpoint_hash(trained, tmp_path):
+    path, _ = trained
+    from bmca_clip.eval.report import sha256_file
+
+    results = eval_output(tmp_path / "eval" / "demo", {"untrained": None, "runs_demo": sha256_file(path)})
+    card = (export(str(path), tmp_path / "export", results_dir=results) / "README.md").read_text()
+    assert "61.00" in card and "37.00" not in card
+
+
+def test_results_eval_folder_with_one_model_or_an_ambiguous_one(trained, tmp_path, capsys):
+    path, _ = trained
+    one = eval_output(tmp_path / "one", {"some_label": None})
+    card = (export(str(path), tmp_path / "export", results_dir=one) / "README.md").read_text()
+    assert "37.00" in card
+    two = eval_output(tmp_path / "two", {"model_a": "0" * 64, "model_b": None})
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"checkpoint={path}", f"out={tmp_path / 'cli'}", f"results={two}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"results={two}: none of them scored {path}" in err[0]
+    assert "per-model folders with task results: model_a, model_b; pass results=<one of them>" in err[0]

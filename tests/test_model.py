@@ -3,6 +3,10 @@ safetensors; clear messages when they are missing. No network: the files are wri
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import open_clip
 import pytest
 import torch
 from conftest import compose_config, global_batch
@@ -132,3 +136,68 @@ def test_siglip_preset_adds_the_logit_bias_it_needs():
     assert cfg.loss.name == "siglip" and cfg.model.init_logit_bias == -10.0
     with pytest.raises(ConfigError, match="siglip needs a logit bias"):
         to_object(compose_config("pretrain", ["loss.name=siglip"]), PretrainConfig)
+
+
+def write_hub_cache(cache: Path, repo_id: str, model: torch.nn.Module, mean=(0.25, 0.5, 0.75)) -> None:
+    """repo_id in huggingface_hub's cache layout, as `hf download` leaves it: refs/main -> a snapshot
+    holding open_clip's hub files (open_clip_config.json, open_clip_model.safetensors)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    config = {
+        "model_cfg": open_clip.get_model_config("bmca-tiny"),
+        "preprocess_cfg": {"mean": list(mean), "std": [0.5, 0.5, 0.5], "interpolation": "bicubic"},
+    }
+    (snapshot / "open_clip_config.json").write_text(json.dumps(config))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(snapshot / "open_clip_model.safetensors"),
+    )
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """A hub cache folder and huggingface_hub offline: an hf-hub: id resolves from that cache only."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
+def test_pretrained_hf_hub_id_starts_the_architecture_from_the_hub_weights(offline_hub):
+    ref = _reference()
+    write_hub_cache(offline_hub, "test-org/tiny-clip", ref)
+    cfg = compose_config(
+        "pretrain",
+        ["model=bmca-tiny", "model.pretrained=hf-hub:test-org/tiny-clip", f"model.cache_dir={offline_hub}"],
+    )
+    bundle = build_model(to_object(cfg, PretrainConfig).model)
+    assert _same_weights(bundle.model, ref)
+    # the repo's preprocessing comes with its weights, as open_clip gives it to model.name=hf-hub:...
+    assert tuple(bundle.model.visual.image_mean) == (0.25, 0.5, 0.75)
+    normalize = bundle.preprocess_eval.transforms[-1]
+    assert tuple(normalize.mean) == (0.25, 0.5, 0.75)
+
+
+def test_pretrained_hf_hub_id_offline_and_not_cached_says_what_to_download(offline_hub):
+    with pytest.raises(ModelLoadError) as err:
+        build_model(
+            ModelConfig(name="bmca-tiny", pretrained="hf-hub:test-org/absent", cache_dir=str(offline_hub))
+        )
+    message = str(err.value)
+    assert "\n" not in message
+    assert "model.pretrained=hf-hub:test-org/absent" in message
+    assert "hf download test-org/absent" in message and f"model.cache_dir={offline_hub}" in message
+
+
+def test_pretrained_hf_hub_id_of_another_architecture_is_refused_clearly(offline_hub):
+    torch.manual_seed(0)
+    small = build_model(ModelConfig(name="bmca-small")).model
+    write_hub_cache(offline_hub, "test-org/small-clip", small)
+    with pytest.raises(ModelLoadError, match="does not fit model.name=bmca-tiny"):
+        build_model(
+            ModelConfig(name="bmca-tiny", pretrained="hf-hub:test-org/small-clip", cache_dir=str(offline_hub))
+        )

@@ -1,7 +1,7 @@
 """slurm/*.sbatch and the submitit sweep launcher, run on a real single-node Slurm cluster (CPU, gloo).
 
-tests/slurm_cluster.py starts slurmctld and slurmd (Debian's slurm-wlm, installed when missing) with 2 CPUs
-and 2 device-less GPUs. Without Slurm these tests skip with the reason, unless BMCA_REQUIRE_SLURM=1 (set by
+tests/slurm_cluster.py starts slurmctld and slurmd (Debian's slurm-wlm, installed when missing only with
+BMCA_INSTALL_SLURM=1 or BMCA_REQUIRE_SLURM=1) with 2 CPUs and 2 device-less GPUs. Without Slurm these tests skip with the reason, unless BMCA_REQUIRE_SLURM=1 (set by
 .ci/run), where they fail instead. Every job writes under the test's temporary folder.
 """
 
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import slurm_cluster
 import torch
 import yaml
 from conftest import tiny_train_overrides
@@ -275,3 +276,31 @@ def test_hydra_sweep_on_slurm_is_one_job_array(slurm, corpus, tmp_path):
         lrs[yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"]] = steps(run)[-1]["loss"]
     assert sorted(lrs) == [1e-4, 1e-3]
     assert lrs[1e-4] != lrs[1e-3]
+
+
+@pytest.mark.parametrize(
+    "env, installs",
+    [({}, False), ({"BMCA_INSTALL_SLURM": "1"}, True), ({"BMCA_REQUIRE_SLURM": "1"}, True), ({"BMCA_INSTALL_SLURM": "0"}, False)],
+)  # fmt: skip
+def test_slurm_is_installed_only_when_asked(env, installs, monkeypatch):
+    """`make test` promises no network: without the opt-in, a missing Slurm skips instead of apt-get."""
+    calls = []
+    monkeypatch.setattr(slurm_cluster, "_installed", lambda: bool(calls))
+    monkeypatch.setattr(slurm_cluster.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(slurm_cluster.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(
+        slurm_cluster.subprocess,
+        "run",
+        lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0),
+    )
+    for name in slurm_cluster.INSTALL_OPT_IN:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if installs:
+        slurm_cluster.ensure_installed()
+        assert calls and calls[0][:2] == ["apt-get", "install"] and "slurm-wlm" in calls[0]
+    else:
+        with pytest.raises(SlurmUnavailable, match="BMCA_INSTALL_SLURM=1 lets the tests install"):
+            slurm_cluster.ensure_installed()
+        assert calls == []
