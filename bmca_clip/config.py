@@ -194,7 +194,12 @@ class LossConfig:
 class TrainConfig:
     steps: int = 1000  # optimizer steps to run in total
     batch_size: int = 256  # micro-batch per device; contrastive batch = batch_size * accum_freq * world
-    accum_freq: int = 1  # micro-batches whose features are cached so one loss spans all of them
+    # the contrastive batch in pairs, whatever the number of processes: accum_freq is derived from it as
+    # global_batch / (batch_size * world); a world it does not divide is refused; null = not fixed
+    global_batch: int | None = None
+    # micro-batches whose features are cached so one loss spans all of them; null = 1, or derived from
+    # global_batch (a value given with global_batch must agree with the derived one)
+    accum_freq: int | None = None
     precision: str = "fp32"  # fp32 | amp_bf16 | amp_fp16 (GradScaler, CUDA only) | pure_bf16 (bf16 weights)
     # pure_bf16 refuses to start when more than this share of the trainable weights cannot move at the peak
     # optim.lr (the update rounds away in bf16; bmca_clip/precision.py); 1.0 = never refuse
@@ -212,7 +217,11 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.accum_freq >= 1, "train.accum_freq", self.accum_freq, "an integer >= 1")
+        accum, total = self.accum_freq, self.global_batch
+        _check(accum is None or accum >= 1, "train.accum_freq", accum, "an integer >= 1 or null")
+        _check(total is None or total >= 1, "train.global_batch", total, "an integer >= 1 or null")
+        if accum is None and total is None:
+            self.accum_freq = 1
         _one_of("train.precision", self.precision, PRECISIONS)
         _check(
             0 <= self.pure_bf16_max_stalled <= 1,
@@ -230,6 +239,44 @@ class TrainConfig:
         )
         n = self.max_nonfinite_steps
         _check(n >= 1, "train.max_nonfinite_steps", n, "an integer >= 1")
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on `world_size` processes: accum_freq, or derived from
+        global_batch (ConfigError, one line with the numbers and the nearest working ones, if impossible)."""
+        if self.global_batch is None:
+            return self.accum_freq
+        total, size, per_round = self.global_batch, self.batch_size, self.batch_size * world_size
+        if total % per_round:
+            raise ConfigError(_no_split_message(total, size, world_size))
+        derived = total // per_round
+        if self.accum_freq is not None and self.accum_freq != derived:
+            raise ConfigError(
+                f"train.accum_freq={self.accum_freq} disagrees with train.global_batch={total}: {size} per "
+                f"device x {world_size} processes x {self.accum_freq} = {per_round * self.accum_freq} "
+                f"(derived: {derived}); set train.accum_freq=null to derive it, or train.global_batch=null"
+            )
+        return derived
+
+
+def _no_split_message(total: int, size: int, world: int) -> str:
+    """train.global_batch cannot be reached exactly: the nearest per-device and global batches that can."""
+    per_round = size * world
+    totals = [t for t in (total // per_round * per_round, (total // per_round + 1) * per_round) if t > 0]
+    head = (
+        f"train.global_batch={total} is not a multiple of train.batch_size={size} x {world} processes "
+        f"= {per_round}"
+    )
+    other_totals = f"train.global_batch={' or '.join(map(str, totals))}"
+    if total % world:
+        whole = f"({total} / {world} is not whole)"
+        return f"{head}; no train.batch_size works on {world} processes {whole}: set {other_totals}"
+    per_device = total // world
+    divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+    below = max((d for d in divisors if d < size), default=None)
+    above = min((d for d in divisors if d > size), default=None)
+    sizes = " or ".join(str(d) for d in (below, above) if d is not None)
+    divisor = f"(a divisor of {total} / {world} = {per_device})"
+    return f"{head}: set train.batch_size={sizes} {divisor}, or {other_totals}"
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -50,6 +51,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _with_accumulation(cfg: PretrainConfig, world_size: int) -> PretrainConfig:
+    """cfg with train.accum_freq as this world trains it (derived when train.global_batch is set), so the
+    recorded config and the resume check see the accumulation in force; refuses what does not divide."""
+    accum = cfg.train.accumulation(world_size)
+    log.info(
+        "contrastive batch %d = train.batch_size %d x accumulation %d x %d processes (%s)",
+        cfg.train.batch_size * accum * world_size,
+        cfg.train.batch_size,
+        accum,
+        world_size,
+        "derived from train.global_batch" if cfg.train.global_batch else "train.accum_freq",
+    )
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, accum_freq=accum))
 
 
 def _rank_data_state(state: dict, rank: int, world_size: int) -> dict:
@@ -144,6 +160,7 @@ def _start(cfg: PretrainConfig, dist, hydra_files: dict[str, str]):
 def _run_locked(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> dict[str, float]:
     out_dir = Path(cfg.output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
+    cfg = _with_accumulation(cfg, dist.world_size)
     # Fail fast: missing shards or an unlistable hub repo stop the run before its folder is written and
     # before a model is built (a ViT-L-14 download is 1.7 GB).
     sources = resolve_sources(cfg.data, http_policy(cfg.data))
