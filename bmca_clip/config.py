@@ -154,9 +154,9 @@ class DataConfig:
 class OptimConfig:
     lr: float = 5e-4  # peak learning rate, reached after warmup
     weight_decay: float = 0.2  # AdamW decay of weight matrices; never norms, biases, embeddings, logit_scale
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.98  # AdamW's second-moment decay (CLIP uses 0.98; the BMCA-CLIP recipe 0.95)
+    eps: float = 1e-6  # AdamW's epsilon (1e-6, as open_clip uses for ViTs)
     warmup_steps: int = 100  # linear warmup from 0 to lr
     schedule: str = "cosine"  # cosine decay to lr_min after warmup, or constant
     lr_min: float = 0.0  # final learning rate of the cosine schedule
@@ -293,10 +293,10 @@ class CheckpointConfig:
 @dataclass
 class WandbConfig:
     mode: str = "disabled"  # online | offline | disabled
-    project: str = "bmca-clip"
-    entity: str | None = None
+    project: str = "bmca-clip"  # wandb project the run is logged to
+    entity: str | None = None  # wandb team or user; null = your default entity
     name: str | None = None  # default: the run name
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # wandb tags of the run
 
     def __post_init__(self):
         _one_of("logger.wandb.mode", self.mode, WANDB_MODES)
@@ -306,7 +306,7 @@ class WandbConfig:
 class LoggerConfig:
     progress_bar: bool = True  # tqdm bar on rank 0
     jsonl: bool = True  # one JSON line per logged step in <output_dir>/metrics.jsonl
-    wandb: WandbConfig = field(default_factory=WandbConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # Weights & Biases tracking (off by default)
 
 
 @dataclass
@@ -316,7 +316,7 @@ class TrainEvalConfig:
     suite: str | None = None  # a suite name (conf/suite), e.g. demo; null = no evaluation during training
     every_steps: int = 1000  # and at the last step
     data_root: str = "data"  # folder task sources are relative to
-    batch_size: int = 64
+    batch_size: int = 64  # images per batch when embedding the eval sets
 
     def __post_init__(self):
         _check(self.every_steps >= 1, "eval.every_steps", self.every_steps, "an integer >= 1")
@@ -326,14 +326,14 @@ class TrainEvalConfig:
 class PretrainConfig:
     """What `train.py` runs: the composed groups plus where the run lives."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # architecture, start weights, what is frozen
+    data: DataConfig = field(default_factory=DataConfig)  # training shards, filters, mixing, streaming
+    optim: OptimConfig = field(default_factory=OptimConfig)  # AdamW and the lr schedule
+    loss: LossConfig = field(default_factory=LossConfig)  # the contrastive loss (clip or siglip)
+    train: TrainConfig = field(default_factory=TrainConfig)  # steps, batch, accumulation, precision
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # when and where to save
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # progress bar, metrics.jsonl, wandb
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)  # zero-shot eval during training
     name: str = "default"  # run name; the run lives in output_dir
     output_dir: str = "runs/${name}"  # fixed per run name so that resume=latest finds it again
     resume: str | None = None  # null | latest | path to a checkpoint file
@@ -353,15 +353,17 @@ class PretrainConfig:
 class EvaluateConfig:
     """What `eval.py` runs: a suite of tasks over one or more checkpoints of one architecture."""
 
+    # the architecture the checkpoints share; model.pretrained: the weights scored for checkpoint=null and
+    # the WiSE-FT base
     model: ModelConfig = field(default_factory=ModelConfig)
     suite: Any = MISSING  # the suite group (conf/suite/<name>.yaml): its name and task list
     checkpoint: Any = None  # a checkpoint path, a list of them, or null for the model as configured
     data_root: str = "data"  # folder that task sources are relative to
     output_dir: str = "runs/eval/${suite.name}"  # per-task JSON and the summary go here
-    batch_size: int = 64
-    num_workers: int = 0
-    device: str = "auto"
-    seed: int = 0
+    batch_size: int = 64  # images (or texts) per forward pass
+    num_workers: int = 0  # dataloader worker processes that decode the eval images (0 = main process)
+    device: str = "auto"  # auto | cpu | cuda; auto picks cuda when available
+    seed: int = 0  # seeds the model init: as train.seed, an untrained model is the one training started from
     precision: str = "fp32"  # fp32 | amp_bf16 | amp_fp16: autocast dtype of both encoders
     cache_dir: str | None = "~/.cache/bmca_clip/eval"  # embedding cache (<cache_dir>/embeddings); null = off
     rerun: bool = False  # score every task again, even one whose stored JSON has the same config_hash
@@ -384,7 +386,11 @@ class EvaluateConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas that conf/pretrain.yaml and conf/evaluate.yaml start from."""
+    """Register the schemas that conf/pretrain.yaml and conf/evaluate.yaml start from, and the resolver
+    their hydra.help.template calls (the --help text, bmca_clip/cli_help.py)."""
+    from bmca_clip.cli_help import register_help_resolver
+
+    register_help_resolver()
     cs = ConfigStore.instance()
     cs.store(name="pretrain_schema", node=PretrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
