@@ -53,11 +53,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _with_accumulation(cfg: PretrainConfig, world_size: int) -> PretrainConfig:
+def _with_accumulation(cfg: PretrainConfig, world_size: int, is_main: bool) -> PretrainConfig:
     """cfg with train.accum_freq as this world trains it (derived when train.global_batch is set), so the
     recorded config and the resume check see the accumulation in force; refuses what does not divide."""
     accum = cfg.train.accumulation(world_size)
-    log.info(
+    (log.info if is_main else log.debug)(
         "contrastive batch %d = train.batch_size %d x accumulation %d x %d processes (%s)",
         cfg.train.batch_size * accum * world_size,
         cfg.train.batch_size,
@@ -160,7 +160,7 @@ def _start(cfg: PretrainConfig, dist, hydra_files: dict[str, str]):
 def _run_locked(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> dict[str, float]:
     out_dir = Path(cfg.output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
-    cfg = _with_accumulation(cfg, dist.world_size)
+    cfg = _with_accumulation(cfg, dist.world_size, dist.is_main)
     # Fail fast: missing shards or an unlistable hub repo stop the run before its folder is written and
     # before a model is built (a ViT-L-14 download is 1.7 GB).
     sources = resolve_sources(cfg.data, http_policy(cfg.data))

@@ -349,6 +349,7 @@ class TrainLoader:
 
 
 def http_policy(cfg: DataConfig) -> HttpPolicy:
+    """How shard and listing requests retry, from data.retries, data.timeout_s and data.retry_backoff_s."""
     return HttpPolicy(retries=cfg.retries, timeout_s=cfg.timeout_s, backoff_s=cfg.retry_backoff_s)
 
 
