@@ -12,7 +12,7 @@ import contextlib
 import errno
 import io
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from omegaconf.errors import OmegaConfBaseException
 
@@ -147,8 +147,29 @@ def _get(result, key: str):
     return result[key] if isinstance(result, dict) else getattr(result, key)
 
 
-def parse_key_values(argv: Sequence[str], required: Sequence[str], optional: Sequence[str], usage: str):
-    """`key=value` arguments as a dict; a missing, unknown, repeated or malformed one is a ConfigError."""
+def key_values_help(
+    required: Sequence[str], optional: Sequence[str], usage: str, key_help: Mapping[str, str]
+) -> str:
+    """The --help text of a key=value command: its usage, then each key with its one-line description."""
+    lines = [f"usage: {usage}", "", "keys (key=value; * = required):"]
+    for key in [*required, *optional]:
+        name = f"{key}=" + ("*" if key in required else "")
+        lines.append(f"  {name:<16}{key_help.get(key, '')}")
+    return "\n".join(lines)
+
+
+def parse_key_values(
+    argv: Sequence[str],
+    required: Sequence[str],
+    optional: Sequence[str],
+    usage: str,
+    key_help: Mapping[str, str] | None = None,
+):
+    """`key=value` arguments as a dict; a missing, unknown, repeated or malformed one is a ConfigError.
+    `--help` or `-h` prints the usage and each key's description from `key_help` and exits with 0."""
+    if "--help" in argv or "-h" in argv:
+        print(key_values_help(required, optional, usage, key_help or {}))
+        sys.exit(0)
     allowed = f"allowed keys: {', '.join([*required, *optional])} (usage: {usage})"
     values: dict[str, str] = {}
     for arg in argv:

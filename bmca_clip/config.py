@@ -155,9 +155,9 @@ class DataConfig:
 class OptimConfig:
     lr: float = 5e-4  # peak learning rate, reached after warmup
     weight_decay: float = 0.2  # AdamW decay of weight matrices; never norms, biases, embeddings, logit_scale
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.98  # AdamW's second-moment decay (CLIP uses 0.98; the BMCA-CLIP recipe 0.95)
+    eps: float = 1e-6  # AdamW's epsilon (1e-6, as open_clip uses for ViTs)
     warmup_steps: int = 100  # linear warmup from 0 to lr
     schedule: str = "cosine"  # cosine decay to lr_min after warmup, or constant
     lr_min: float = 0.0  # final learning rate of the cosine schedule
@@ -195,7 +195,12 @@ class LossConfig:
 class TrainConfig:
     steps: int = 1000  # optimizer steps to run in total
     batch_size: int = 256  # micro-batch per device; contrastive batch = batch_size * accum_freq * world
-    accum_freq: int = 1  # micro-batches whose features are cached so one loss spans all of them
+    # the contrastive batch in pairs, whatever the number of processes: accum_freq is derived from it as
+    # global_batch / (batch_size * world); a world it does not divide is refused; null = not fixed
+    global_batch: int | None = None
+    # micro-batches whose features are cached so one loss spans all of them; null = 1, or derived from
+    # global_batch (a value given with global_batch must agree with the derived one)
+    accum_freq: int | None = None
     precision: str = "fp32"  # fp32 | amp_bf16 | amp_fp16 (GradScaler, CUDA only) | pure_bf16 (bf16 weights)
     # pure_bf16 refuses to start when more than this share of the trainable weights cannot move at the peak
     # optim.lr (the update rounds away in bf16; bmca_clip/precision.py); 1.0 = never refuse
@@ -213,7 +218,11 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.accum_freq >= 1, "train.accum_freq", self.accum_freq, "an integer >= 1")
+        accum, total = self.accum_freq, self.global_batch
+        _check(accum is None or accum >= 1, "train.accum_freq", accum, "an integer >= 1 or null")
+        _check(total is None or total >= 1, "train.global_batch", total, "an integer >= 1 or null")
+        if accum is None and total is None:
+            self.accum_freq = 1
         _one_of("train.precision", self.precision, PRECISIONS)
         _check(
             0 <= self.pure_bf16_max_stalled <= 1,
@@ -232,6 +241,44 @@ class TrainConfig:
         n = self.max_nonfinite_steps
         _check(n >= 1, "train.max_nonfinite_steps", n, "an integer >= 1")
 
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on `world_size` processes: accum_freq, or derived from
+        global_batch (ConfigError, one line with the numbers and the nearest working ones, if impossible)."""
+        if self.global_batch is None:
+            return self.accum_freq
+        total, size, per_round = self.global_batch, self.batch_size, self.batch_size * world_size
+        if total % per_round:
+            raise ConfigError(_no_split_message(total, size, world_size))
+        derived = total // per_round
+        if self.accum_freq is not None and self.accum_freq != derived:
+            raise ConfigError(
+                f"train.accum_freq={self.accum_freq} disagrees with train.global_batch={total}: {size} per "
+                f"device x {world_size} processes x {self.accum_freq} = {per_round * self.accum_freq} "
+                f"(derived: {derived}); set train.accum_freq=null to derive it, or train.global_batch=null"
+            )
+        return derived
+
+
+def _no_split_message(total: int, size: int, world: int) -> str:
+    """train.global_batch cannot be reached exactly: the nearest per-device and global batches that can."""
+    per_round = size * world
+    totals = [t for t in (total // per_round * per_round, (total // per_round + 1) * per_round) if t > 0]
+    head = (
+        f"train.global_batch={total} is not a multiple of train.batch_size={size} x {world} processes "
+        f"= {per_round}"
+    )
+    other_totals = f"train.global_batch={' or '.join(map(str, totals))}"
+    if total % world:
+        whole = f"({total} / {world} is not whole)"
+        return f"{head}; no train.batch_size works on {world} processes {whole}: set {other_totals}"
+    per_device = total // world
+    divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+    below = max((d for d in divisors if d < size), default=None)
+    above = min((d for d in divisors if d > size), default=None)
+    sizes = " or ".join(str(d) for d in (below, above) if d is not None)
+    divisor = f"(a divisor of {total} / {world} = {per_device})"
+    return f"{head}: set train.batch_size={sizes} {divisor}, or {other_totals}"
+
 
 @dataclass
 class CheckpointConfig:
@@ -247,10 +294,10 @@ class CheckpointConfig:
 @dataclass
 class WandbConfig:
     mode: str = "disabled"  # online | offline | disabled
-    project: str = "bmca-clip"
-    entity: str | None = None
+    project: str = "bmca-clip"  # wandb project the run is logged to
+    entity: str | None = None  # wandb team or user; null = your default entity
     name: str | None = None  # default: the run name
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # wandb tags of the run
 
     def __post_init__(self):
         _one_of("logger.wandb.mode", self.mode, WANDB_MODES)
@@ -263,7 +310,7 @@ TENSORBOARD_MISSING = "logger.tensorboard=true needs tensorboard: pip install 'b
 class LoggerConfig:
     progress_bar: bool = True  # tqdm bar on rank 0
     jsonl: bool = True  # one JSON line per logged step in <output_dir>/metrics.jsonl
-    wandb: WandbConfig = field(default_factory=WandbConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # Weights & Biases tracking (off by default)
     tensorboard: bool = False  # the metrics.jsonl scalars as TensorBoard events too (extra: tensorboard)
     tensorboard_dir: str | None = None  # where the event files go; null = <output_dir>/tensorboard
 
@@ -280,7 +327,7 @@ class TrainEvalConfig:
     suite: str | None = None  # a suite name (conf/suite), e.g. demo; null = no evaluation during training
     every_steps: int = 1000  # and at the last step
     data_root: str = "data"  # folder task sources are relative to
-    batch_size: int = 64
+    batch_size: int = 64  # images per batch when embedding the eval sets
 
     def __post_init__(self):
         _check(self.every_steps >= 1, "eval.every_steps", self.every_steps, "an integer >= 1")
@@ -290,14 +337,14 @@ class TrainEvalConfig:
 class PretrainConfig:
     """What `train.py` runs: the composed groups plus where the run lives."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # architecture, start weights, what is frozen
+    data: DataConfig = field(default_factory=DataConfig)  # training shards, filters, mixing, streaming
+    optim: OptimConfig = field(default_factory=OptimConfig)  # AdamW and the lr schedule
+    loss: LossConfig = field(default_factory=LossConfig)  # the contrastive loss (clip or siglip)
+    train: TrainConfig = field(default_factory=TrainConfig)  # steps, batch, accumulation, precision
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # when and where to save
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # progress bar, metrics.jsonl, wandb
+    eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)  # zero-shot eval during training
     name: str = "default"  # run name; the run lives in output_dir
     output_dir: str = "runs/${name}"  # fixed per run name so that resume=latest finds it again
     resume: str | None = None  # null | latest | path to a checkpoint file
@@ -317,15 +364,17 @@ class PretrainConfig:
 class EvaluateConfig:
     """What `eval.py` runs: a suite of tasks over one or more checkpoints of one architecture."""
 
+    # the architecture the checkpoints share; model.pretrained: the weights scored for checkpoint=null and
+    # the WiSE-FT base
     model: ModelConfig = field(default_factory=ModelConfig)
     suite: Any = MISSING  # the suite group (conf/suite/<name>.yaml): its name and task list
     checkpoint: Any = None  # a checkpoint path, a list of them, or null for the model as configured
     data_root: str = "data"  # folder that task sources are relative to
     output_dir: str = "runs/eval/${suite.name}"  # per-task JSON and the summary go here
-    batch_size: int = 64
-    num_workers: int = 0
-    device: str = "auto"
-    seed: int = 0
+    batch_size: int = 64  # images (or texts) per forward pass
+    num_workers: int = 0  # dataloader worker processes that decode the eval images (0 = main process)
+    device: str = "auto"  # auto | cpu | cuda; auto picks cuda when available
+    seed: int = 0  # seeds the model init: as train.seed, an untrained model is the one training started from
     precision: str = "fp32"  # fp32 | amp_bf16 | amp_fp16: autocast dtype of both encoders
     cache_dir: str | None = "~/.cache/bmca_clip/eval"  # embedding cache (<cache_dir>/embeddings); null = off
     rerun: bool = False  # score every task again, even one whose stored JSON has the same config_hash
@@ -349,7 +398,11 @@ class EvaluateConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas that conf/pretrain.yaml and conf/evaluate.yaml start from."""
+    """Register the schemas that conf/pretrain.yaml and conf/evaluate.yaml start from, and the resolver
+    their hydra.help.template calls (the --help text, bmca_clip/cli_help.py)."""
+    from bmca_clip.cli_help import register_help_resolver
+
+    register_help_resolver()
     cs = ConfigStore.instance()
     cs.store(name="pretrain_schema", node=PretrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)

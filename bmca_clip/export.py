@@ -47,6 +47,14 @@ USAGE = (
     "python -m bmca_clip.export checkpoint=<step_N.pt> out=<folder> [results=<eval folder>] "
     "[push_to_hub=<org/name>] [private=true|false] [license=<spdx id>]"
 )
+KEY_HELP = {
+    "checkpoint": "a training checkpoint (step_N.pt), or a run folder: its newest checkpoint",
+    "out": "folder to write the open_clip hub-format model and its model card to",
+    "results": "eval results of this model (a folder of task JSONs): a results table in the model card",
+    "push_to_hub": "upload the folder to this hub model repo (org/name); needs HF_TOKEN or `hf auth login`",
+    "private": "create the hub repo private (true, the default) or public (false)",
+    "license": "SPDX licence id for the model card, e.g. mit (default: other)",
+}
 TAGS = ["clip", "biomedical", "zero-shot-image-classification"]
 
 
@@ -284,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ("checkpoint", "out"),
             ("results", "push_to_hub", "private", "license"),
             USAGE,
+            KEY_HELP,
         )
         out = export(
             args["checkpoint"],

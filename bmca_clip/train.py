@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -16,8 +17,8 @@ import bmca_clip
 from bmca_clip.checkpoint import list_checkpoints, remove_stale_tmp, resolve_resume, restore_rank_rng
 from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import from_open_clip
-from bmca_clip.data.pipeline import DataError, TrainLoader, build_train_loader
-from bmca_clip.data.sources import SourceCommitMoved
+from bmca_clip.data.pipeline import DataError, TrainLoader, build_train_loader, http_policy
+from bmca_clip.data.sources import Source, SourceCommitMoved, resolve_sources
 from bmca_clip.dist import init_distributed
 from bmca_clip.model import build_model, start_weights
 from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm, slurm_restart
@@ -52,6 +53,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _with_accumulation(cfg: PretrainConfig, world_size: int, is_main: bool) -> PretrainConfig:
+    """cfg with train.accum_freq as this world trains it (derived when train.global_batch is set), so the
+    recorded config and the resume check see the accumulation in force; refuses what does not divide."""
+    accum = cfg.train.accumulation(world_size)
+    (log.info if is_main else log.debug)(
+        "contrastive batch %d = train.batch_size %d x accumulation %d x %d processes (%s)",
+        cfg.train.batch_size * accum * world_size,
+        cfg.train.batch_size,
+        accum,
+        world_size,
+        "derived from train.global_batch" if cfg.train.global_batch else "train.accum_freq",
+    )
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, accum_freq=accum))
+
+
 def _rank_data_state(state: dict, rank: int, world_size: int) -> dict:
     ranks = state["data"]["ranks"]
     if len(ranks) != world_size:
@@ -75,7 +91,7 @@ def _plan(state: dict | None, resolved: dict, world_size: int) -> ResumePlan:
     return plan_resume(old, resolved, step=state["step"], old_world=old_world, world=world_size)
 
 
-def _loader(cfg: PretrainConfig, bundle, dist, data_state: dict | None) -> TrainLoader:
+def _loader(cfg: PretrainConfig, bundle, dist, data_state: dict | None, sources: list[Source]) -> TrainLoader:
     """This rank's batches, continuing `data_state` exactly. Under resume_data=reset a stream whose hub
     commit moved starts afresh: a requeued job repeats its reset command line, which the resume plan reads
     as 'already reset' and so passes the position on; a later move of the commit must not block it."""
@@ -90,6 +106,7 @@ def _loader(cfg: PretrainConfig, bundle, dist, data_state: dict | None) -> Train
             rank=dist.rank,
             world_size=dist.world_size,
             state=state,
+            sources=sources,
         )
 
     try:
@@ -143,6 +160,10 @@ def _start(cfg: PretrainConfig, dist, hydra_files: dict[str, str]):
 def _run_locked(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> dict[str, float]:
     out_dir = Path(cfg.output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
+    cfg = _with_accumulation(cfg, dist.world_size, dist.is_main)
+    # Fail fast: missing shards or an unlistable hub repo stop the run before its folder is written and
+    # before a model is built (a ViT-L-14 download is 1.7 GB).
+    sources = resolve_sources(cfg.data, http_policy(cfg.data))
     path, state, plan, schedule, history, resolved = _start(cfg, dist, hydra_files)
 
     if dist.device.type == "cuda":
@@ -161,7 +182,7 @@ def _run_locked(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> dict[
         if not plan.reset_data:
             data_state = _rank_data_state(state, dist.rank, dist.world_size)
         log.info("resumed from %s at step %d", path, trainer.step)
-    loader = _loader(cfg, bundle, dist, data_state)
+    loader = _loader(cfg, bundle, dist, data_state, sources)
     logger = MetricLogger(
         cfg.logger,
         out_dir,

@@ -54,6 +54,7 @@ class Trainer:
 
     def __init__(self, cfg: PretrainConfig, dist: DistInfo, model: torch.nn.Module, checkpoint_dir: Path):
         self.cfg, self.dist, self.checkpoint_dir = cfg, dist, checkpoint_dir
+        self.accum_freq = cfg.train.accumulation(dist.world_size)  # derived from train.global_batch if set
         if cfg.train.precision == "amp_fp16" and dist.device.type != "cuda":
             raise ConfigError("train.precision=amp_fp16 needs a CUDA device; use fp32 or amp_bf16 on the CPU")
         model = model.to(dist.device)
@@ -218,7 +219,7 @@ class Trainer:
         """Run until train.steps; log every train.log_every steps; checkpoint every checkpoint.every_steps."""
         cfg = self.cfg
         batches: Iterator[dict] = iter(loader)
-        per_step = cfg.train.batch_size * cfg.train.accum_freq * self.dist.world_size
+        per_step = cfg.train.batch_size * self.accum_freq * self.dist.world_size
         last: dict[str, float] = {}
         window = _Window()
         while self.step < cfg.train.steps:
@@ -264,10 +265,10 @@ class Trainer:
         """The next step's micro-batches; None when a preemption signal ended the wait for them (a stalled
         data source would hold it for data.retries x data.timeout_s)."""
         if self.preemption is None:
-            return [next(batches) for _ in range(self.cfg.train.accum_freq)]
+            return [next(batches) for _ in range(self.accum_freq)]
         try:
             with self.preemption.interruptible():
-                return [next(batches) for _ in range(self.cfg.train.accum_freq)]
+                return [next(batches) for _ in range(self.accum_freq)]
         except WaitInterrupted:
             return None
 

@@ -36,6 +36,15 @@ USAGE = (
     "[any_base=true]"
 )
 
+KEY_HELP = {
+    "base": "the start weights: an open_clip pretrained tag (e.g. openai) or a .pt/.safetensors file",
+    "tuned": "the continually pretrained weights: a bmca-clip checkpoint (step_N.pt) or an open_clip file",
+    "alpha": "weight of tuned in [0, 1]: theta = (1 - alpha) * base + alpha * tuned",
+    "out": "the merged checkpoint file to write (loads with eval.py checkpoint= or model.pretrained=)",
+    "model": "open_clip architecture; default: the tuned checkpoint's model.name",
+    "any_base": "true: merge even when base is not the weights the tuned run started from",
+}
+
 
 class MergeError(ModelLoadError):
     """Two state dicts that cannot be merged; the message names the first offending key."""
@@ -228,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ("base", "tuned", "alpha", "out"),
             ("model", "any_base"),
             USAGE,
+            KEY_HELP,
         )
         alpha = check_alpha(args["alpha"])
         any_base = _flag("any_base", args.get("any_base", "false"))

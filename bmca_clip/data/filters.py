@@ -51,11 +51,11 @@ class FilterConfig:
     include_primary: list[str] = field(default_factory=list)  # keep if any image_primary_label is listed
     exclude_primary: list[str] = field(default_factory=list)  # drop if any image_primary_label is listed
     include_secondary: list[str] = field(default_factory=list)  # same, over image_secondary_label
-    exclude_secondary: list[str] = field(default_factory=list)
+    exclude_secondary: list[str] = field(default_factory=list)  # drop if any image_secondary_label is listed
     panel_types: list[str] = field(default_factory=list)  # image_panel_type values to keep (single, multiple)
     licences: list[str] = field(default_factory=list)  # article_license values to keep
-    min_caption_chars: int = 0
-    max_caption_chars: int | None = None
+    min_caption_chars: int = 0  # drop captions shorter than this many characters
+    max_caption_chars: int | None = None  # drop captions longer than this; null = no limit
     min_image_side: int = 0  # shorter side of image_size, in pixels
     max_image_side: int | None = None  # longer side of image_size
     fields: dict[str, list[str]] = field(default_factory=dict)  # any json field by name: the values to keep

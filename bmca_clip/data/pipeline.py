@@ -353,6 +353,11 @@ class TrainLoader:
         }
 
 
+def http_policy(cfg: DataConfig) -> HttpPolicy:
+    """How shard and listing requests retry, from data.retries, data.timeout_s and data.retry_backoff_s."""
+    return HttpPolicy(retries=cfg.retries, timeout_s=cfg.timeout_s, backoff_s=cfg.retry_backoff_s)
+
+
 def build_train_loader(
     cfg: DataConfig,
     image_fn: Callable[[bytes], torch.Tensor],
@@ -363,10 +368,13 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
     state: dict | None = None,
+    sources: list[Source] | None = None,
 ) -> TrainLoader:
-    """The training batches of this rank; `state` is a TrainLoader.state_dict() to resume from."""
-    policy = HttpPolicy(retries=cfg.retries, timeout_s=cfg.timeout_s, backoff_s=cfg.retry_backoff_s)
-    sources = resolve_sources(cfg, policy)
+    """The training batches of this rank; `state` is a TrainLoader.state_dict() to resume from, `sources`
+    what `resolve_sources(cfg, http_policy(cfg))` returned (listed here when None)."""
+    policy = http_policy(cfg)
+    if sources is None:
+        sources = resolve_sources(cfg, policy)
     positions, first = _check_resume_state(state, cfg, sources)
     decoder = SampleDecoder(image_fn, cfg.image_key, cfg.caption_key)
     dataset = TrainStream(

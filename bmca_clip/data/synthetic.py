@@ -377,12 +377,14 @@ def write_corpus(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bmca_clip.data.synthetic", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (train/ and eval/ go here)")
-    parser.add_argument("--train-samples", type=int, default=6000)
-    parser.add_argument("--samples-per-shard", type=int, default=500)
+    parser.add_argument("--train-samples", type=int, default=6000, help="image-caption pairs in train/")
+    parser.add_argument("--samples-per-shard", type=int, default=500, help="pairs per train tar shard")
     parser.add_argument("--eval-samples", type=int, default=120, help="images per eval set")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same corpus")
     parser.add_argument("--min-size", type=int, default=64, help="smallest image side in px")
     parser.add_argument("--max-size", type=int, default=160, help="largest image side in px")
     args = vars(parser.parse_args(argv))
