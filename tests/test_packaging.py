@@ -23,6 +23,9 @@ import yaml
 from conftest import REPO
 from eval_fixtures import COLOR_TASK_BODY, make_color_task_data, write_task_yaml
 
+from bmca_clip.config import ConfigError, LoggerConfig, WandbConfig
+from bmca_clip.tracking import MetricLogger
+
 SCRIPTS = ("bmca-train", "bmca-eval", "bmca-merge", "bmca-wise-ft", "bmca-export", "bmca-synthetic")
 LOCAL_ONLY = (".git", ".venv", ".venv-bounds", "runs", "data", "build", "dist", "bmca_clip.egg-info")
 
@@ -186,3 +189,27 @@ def test_a_suite_on_hydra_searchpath_names_its_own_tasks_from_the_tasks_folder_b
     (found,) = (tmp_path / "out").glob("*/my_colors.json")
     result, model_dir = json.loads(found.read_text()), found.parent
     assert result["task"] == "my_colors" and (model_dir / "synthetic_color.json").is_file()
+
+
+def test_wandb_logging_without_wandb_installed_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets where it is not installed
+    cfg = LoggerConfig(wandb=WandbConfig(mode="online"))
+    expected = "logger.wandb.mode=online needs wandb: pip install 'bmca-clip[wandb]'"
+    with pytest.raises(ConfigError) as info:
+        MetricLogger(cfg, tmp_path, total_steps=1, start_step=0, run_name="x", config={})
+    assert str(info.value) == expected
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_the_slurm_launcher_without_its_plugin_names_the_extra(script, tmp_path):
+    # A regular package named hydra_plugins ahead of site-packages hides every installed Hydra plugin.
+    (tmp_path / "hydra_plugins").mkdir()
+    (tmp_path / "hydra_plugins/__init__.py").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    cmd = [sys.executable, script, "-m", "hydra/launcher=slurm", f"output_dir={tmp_path / 'out'}"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stderr.strip()) == (
+        2,
+        "error: hydra/launcher=slurm needs hydra-submitit-launcher: pip install 'bmca-clip[slurm]'",
+    )

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from bmca_clip.cli import check_group_choice, exit_on_user_error
 from bmca_clip.config import PretrainConfig, register_configs, to_object
+from bmca_clip.extras import check_launcher
 from bmca_clip.paths import CONF_DIR
 from bmca_clip.redact import hydra_record
 
@@ -35,6 +36,7 @@ def _sweep_output_dir(cfg: DictConfig) -> DictConfig:
 @hydra.main(config_path=str(CONF_DIR), config_name="pretrain", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from bmca_clip import dist, train  # after Hydra parsed the command line: --help stays fast
+    from bmca_clip.tracking import check_wandb
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bmca_clip").setLevel(logging.INFO)
@@ -43,6 +45,7 @@ def _main(cfg: DictConfig) -> None:
         ckpt_dir = cfg.checkpoint.get("dir") or f"{cfg.output_dir}/checkpoints"
         with exit_on_user_error(where=ckpt_dir, disk_hint="checkpoint.dir (or output_dir)"):
             check_group_choice("experiment")  # optional in conf/pretrain.yaml: Hydra ignores a misspelling
+            check_wandb(cfg.logger)  # before a model is built or downloaded
             # .hydra/ (redacted) is written by run() once its checks pass: conf/pretrain.yaml stops Hydra's
             train.run(to_object(cfg, PretrainConfig), hydra_files=hydra_record(cfg))
     finally:
@@ -51,6 +54,8 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The bmca-train console script (and train.py): Hydra reads the overrides from sys.argv."""
+    with exit_on_user_error():
+        check_launcher(sys.argv[1:])
     _main()
 
 
