@@ -20,10 +20,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, tiny_train_overrides
 from eval_fixtures import COLOR_TASK_BODY, make_color_task_data, write_task_yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 
-from bmca_clip.config import ConfigError, LoggerConfig, WandbConfig
+from bmca_clip.config import ConfigError, LoggerConfig, WandbConfig, register_configs
+from bmca_clip.eval.tasks import TaskError, load_suite
 from bmca_clip.tracking import MetricLogger
 
 SCRIPTS = ("bmca-train", "bmca-eval", "bmca-merge", "bmca-wise-ft", "bmca-export", "bmca-synthetic")
@@ -162,16 +165,15 @@ def _private_configs(root: Path) -> Path:
     return mine
 
 
-def test_an_experiment_from_a_folder_on_hydra_searchpath(tmp_path):
+def test_an_experiment_from_a_folder_on_hydra_searchpath_trains(corpus, tmp_path):
     mine = _private_configs(tmp_path)
-    cmd = [sys.executable, "train.py", f"hydra.searchpath=[file://{mine}]", "experiment=mine", "--cfg", "job"]
-    composed = yaml.safe_load(_run(cmd, REPO))
-    assert composed["name"] == "mine"
-    assert (composed["train"]["steps"], composed["train"]["batch_size"], composed["optim"]["lr"]) == (
-        7,
-        4,
-        2.5e-4,
-    )
+    overrides = [o for o in tiny_train_overrides(corpus, tmp_path / "run") if not o.startswith("train.steps")]
+    overrides = [o for o in overrides if not o.startswith("train.batch_size")]
+    cmd = [sys.executable, "train.py", f"hydra.searchpath=[file://{mine}]", "experiment=mine", *overrides]
+    _run(cmd, REPO)
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").glob("*.pt"))[-1] == "step_00000007.pt"
+    used = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
+    assert (used["name"], used["train"]["batch_size"], used["optim"]["lr"]) == ("mine", 4, 2.5e-4)
 
 
 def test_a_suite_on_hydra_searchpath_names_its_own_tasks_from_the_tasks_folder_beside_it(tmp_path):
@@ -213,3 +215,20 @@ def test_the_slurm_launcher_without_its_plugin_names_the_extra(script, tmp_path)
         2,
         "error: hydra/launcher=slurm needs hydra-submitit-launcher: pip install 'bmca-clip[slurm]'",
     )
+
+
+def test_training_time_eval_loads_a_private_suite_by_name_while_hydra_runs(tmp_path):
+    """eval.suite=mine during training: load_suite(name) looks in the searchpath folders Hydra was given."""
+    mine = _private_configs(tmp_path)
+    register_configs()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", [f"hydra.searchpath=[file://{mine}]"], return_hydra_config=True)
+    with pytest.raises(TaskError, match="unknown suite 'mine'"):
+        load_suite("mine")  # no Hydra run: the package's suites only
+    HydraConfig.instance().set_config(cfg)
+    try:
+        suite = load_suite("mine")
+    finally:
+        HydraConfig.instance().cfg = None
+    assert [t.name for t in suite.tasks] == ["my_colors", "synthetic_color"]
+    assert suite.tasks[0].yaml_path == mine / "tasks/my_colors.yaml"
