@@ -30,13 +30,6 @@ from bmca_clip.eval.tasks import TaskError, load_suite
 from bmca_clip.tracking import MetricLogger
 
 SCRIPTS = ("bmca-train", "bmca-eval", "bmca-merge", "bmca-wise-ft", "bmca-export", "bmca-synthetic")
-LOCAL_ONLY = (".git", ".venv", ".venv-bounds", "runs", "data", "build", "dist", "bmca_clip.egg-info")
-
-
-def _build_ignore(folder: str, names: list[str]) -> set[str]:
-    """What a checkout holds beside the sources (venvs, runs, demo data) stays out of the build copy."""
-    top = Path(folder).resolve() == REPO.resolve()
-    return {n for n in names if n in ("__pycache__", ".pytest_cache") or (top and n in LOCAL_ONLY)}
 
 
 def _run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> str:
@@ -49,11 +42,14 @@ def _run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 600)
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The bmca-clip wheel, built from a copy of the source tree (an in-tree build would leave build/ and
-    *.egg-info in the checkout)."""
+    """The bmca-clip wheel, built from a copy of what pyproject.toml reads (an in-tree build would leave
+    build/ and *.egg-info in the checkout)."""
     root = tmp_path_factory.mktemp("build")
     src = root / "src"
-    shutil.copytree(REPO, src, ignore=_build_ignore)
+    for name in ("bmca_clip", "conf"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
     cmd = [
         sys.executable,
         "-m",
