@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bmca-installed
 DEMO_DATA := data/synthetic
 
-.PHONY: install demo test lint bench-data clean
+.PHONY: install demo test test-bounds lint bench-data clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,20 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# The other end of each range pyproject.toml claims: its floor versions, installed over .venv's (--no-deps,
+# first on PYTHONPATH), must pass the tests that exercise them (make test covers the newest). Needs PyPI.
+# datasets is only the tests' writer of hub-format fixtures; 5.0.0 is the newest that allows hub < 1.31.
+BOUNDS := .venv-bounds
+FLOORS := webdataset==0.2.86 open_clip_torch==3.1.0 huggingface_hub==1.23.0 pyarrow==21.0.0 \
+	hydra-core==1.3.2 omegaconf==2.3.0 accelerate==0.33.0 datasets==5.0.0
+BOUNDS_TESTS := tests/test_pipeline.py tests/test_data_faults.py tests/test_hub_stream.py tests/test_hub_server.py \
+	tests/test_mixing.py tests/test_model.py tests/test_export.py tests/test_start_weights.py \
+	tests/test_eval_loaders.py tests/test_config.py tests/test_trainer.py
+test-bounds: install
+	rm -rf $(BOUNDS)
+	$(PY) -m pip install --quiet --no-deps --target $(BOUNDS) $(FLOORS)
+	PYTHONPATH=$(BOUNDS):$(CURDIR) $(PY) -m pytest -q $(BOUNDS_TESTS)
+
 # Decode + augment throughput, ours vs PIL + open_clip's transform (figures in docs/benchmarks.md).
 bench-data: install
 	$(PY) bench/datapipe.py --n 400 --size 224
@@ -35,4 +49,4 @@ lint: install
 	$(PY) -m ruff format --check bmca_clip tests train.py eval.py
 
 clean:
-	rm -rf runs data/synthetic .pytest_cache
+	rm -rf runs data/synthetic .pytest_cache $(BOUNDS)

@@ -111,10 +111,17 @@ def check_group_choice(group: str) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    choice = HydraConfig.get().runtime.choices.get(group)
+    hydra_cfg = HydraConfig.get()
+    choice = hydra_cfg.runtime.choices.get(group)
     if choice is None:
         return
-    options = GlobalHydra.instance().config_loader().get_group_options(group)
+    # With the overrides, the options include those of folders added by hydra.searchpath=[...]
+    overrides = [*hydra_cfg.overrides.hydra, *hydra_cfg.overrides.task]
+    options = (
+        GlobalHydra.instance()
+        .config_loader()
+        .get_group_options(group, config_name=hydra_cfg.job.config_name, overrides=overrides)
+    )
     if choice not in options:
         raise ConfigError(
             f"{group}={choice} is not a known {group}; choose one of: {', '.join(options)} "

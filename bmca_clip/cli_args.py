@@ -26,8 +26,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import OverrideParseException
 
+from bmca_clip.paths import CONF_DIR
+
 EXIT_REFUSED = 2  # as bmca_clip.cli.EXIT_REFUSED (not imported: that module loads the whole trainer)
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # {000000..000099} or {a,b}: shell-style brace expansion as webdataset's braceexpand reads it; ${...} is
 # an interpolation and stays as it is.
 BRACE = re.compile(r"(?<!\$)\{[^{}:]*(\.\.|,)[^{}:]*\}")

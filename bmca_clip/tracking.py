@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bmca_clip.config import TENSORBOARD_MISSING, ConfigError, LoggerConfig
+from bmca_clip.extras import require
 from bmca_clip.redact import redact_config, redact_url
 from bmca_clip.rundir import atomic_write_text, unlink_symlink
 
@@ -36,6 +37,7 @@ class MetricLogger:
         self.bar = self.jsonl = self.wandb_run = self.tensorboard = None
         if not enabled:
             return
+        check_wandb(cfg)  # before any file is opened
         if cfg.progress_bar:
             self.bar = tqdm(
                 total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
@@ -93,6 +95,12 @@ class MetricLogger:
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def check_wandb(cfg: LoggerConfig) -> None:
+    """ConfigError naming the wandb extra when logger.wandb.mode needs wandb and it is not installed."""
+    if cfg.wandb.mode != "disabled":
+        require("wandb", f"logger.wandb.mode={cfg.wandb.mode}", "wandb", "wandb")
 
 
 def _start_wandb(cfg: LoggerConfig, out_dir: Path, run_name: str, config: dict):

@@ -1,5 +1,8 @@
 """Evaluation tasks and suites, declared as YAML files under conf/tasks/ and conf/suite/.
 
+A name is looked up in the package's conf/<tasks|suite>/, then in <dir>/<tasks|suite>/ of each folder on
+hydra.searchpath (paths.config_dirs), so a private suite can name private tasks kept beside it.
+
 A task file says everything needed to score one dataset zero-shot: where its data lives and how its
 columns read (`source`), the ordered class names and prompt templates, and the metrics to report; the
 keys are documented in docs/task_schema.md. A suite file names a list of tasks. Everything is checked on
@@ -19,10 +22,11 @@ import yaml
 
 from bmca_clip.eval import metrics as cls_metrics
 from bmca_clip.eval import multilabel, multiple_choice, retrieval
+from bmca_clip.paths import CONF_DIR, config_dirs
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TASKS_DIR = REPO_ROOT / "conf" / "tasks"
-DEFAULT_SUITES_DIR = REPO_ROOT / "conf" / "suite"
+REPO_ROOT = Path(__file__).resolve().parents[2]  # a source checkout (docs/); configs are found via CONF_DIR
+DEFAULT_TASKS_DIR = CONF_DIR / "tasks"
+DEFAULT_SUITES_DIR = CONF_DIR / "suite"
 
 # Domains group tasks into the report's per-domain means, so a misspelling would silently add a domain.
 DOMAINS = (
@@ -443,44 +447,55 @@ def _build_task(raw: dict, source: Source, main: str, names: tuple[str, ...], fi
     return Task(**values)
 
 
-def _resolve(
-    name_or_path: str | Path, folder: Path, kind: str, available: Callable[[Path], list[str]]
-) -> Path:
+def _folders(folder: Path | None, group: str) -> list[Path]:
+    return [Path(folder)] if folder is not None else config_dirs(group)
+
+
+def _names(folders: list[Path]) -> list[str]:
+    return sorted({p.stem for folder in folders for p in Path(folder).glob("*.yaml")})
+
+
+def _resolve(name_or_path: str | Path, folders: list[Path], kind: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise TaskError(f"{kind} file {path} does not exist")
         return path
-    path = Path(folder) / f"{name_or_path}.yaml"
-    if not path.is_file():
-        names = ", ".join(available(folder)) or "none"
-        raise TaskError(f"unknown {kind} '{name_or_path}': no {path}; available {kind}s: {names}")
-    return path
+    for folder in folders:
+        if (path := Path(folder) / f"{name_or_path}.yaml").is_file():
+            return path
+    where = " or ".join(str(f) for f in folders)
+    names = ", ".join(_names(folders)) or "none"
+    raise TaskError(
+        f"unknown {kind} '{name_or_path}': no {name_or_path}.yaml in {where}; available {kind}s: {names}"
+    )
 
 
-def list_tasks(tasks_dir: Path = DEFAULT_TASKS_DIR) -> list[str]:
-    """Names of the task YAMLs in tasks_dir, sorted."""
-    return sorted(p.stem for p in Path(tasks_dir).glob("*.yaml"))
+def list_tasks(tasks_dir: Path | None = None) -> list[str]:
+    """Names of the task YAMLs in tasks_dir (default: conf/tasks and hydra.searchpath's tasks/), sorted."""
+    return _names(_folders(tasks_dir, "tasks"))
 
 
-def list_suites(suites_dir: Path = DEFAULT_SUITES_DIR) -> list[str]:
-    """Names of the suite YAMLs in suites_dir, sorted."""
-    return sorted(p.stem for p in Path(suites_dir).glob("*.yaml"))
+def list_suites(suites_dir: Path | None = None) -> list[str]:
+    """Names of the suite YAMLs in suites_dir (default: conf/suite and hydra.searchpath's suite/), sorted."""
+    return _names(_folders(suites_dir, "suite"))
 
 
-def load_task(name_or_path: str | Path, tasks_dir: Path = DEFAULT_TASKS_DIR) -> Task:
-    """The task called name in tasks_dir (or the YAML file at a path), checked; TaskError if invalid."""
-    file = _resolve(name_or_path, tasks_dir, "task", list_tasks)
+def load_task(name_or_path: str | Path, tasks_dir: Path | None = None) -> Task:
+    """The task called name in tasks_dir (default: conf/tasks, then hydra.searchpath's tasks/), or the YAML
+    file at a path, checked; TaskError if invalid."""
+    file = _resolve(name_or_path, _folders(tasks_dir, "tasks"), "task")
     return _parse_task(file, _read_yaml(file))
 
 
 def load_suite(
     name_or_path: str | Path,
-    suites_dir: Path = DEFAULT_SUITES_DIR,
-    tasks_dir: Path = DEFAULT_TASKS_DIR,
+    suites_dir: Path | None = None,
+    tasks_dir: Path | None = None,
 ) -> Suite:
-    """The suite called name in suites_dir (or at a path) with all its tasks loaded from tasks_dir."""
-    file = _resolve(name_or_path, suites_dir, "suite", list_suites)
+    """The suite called name in suites_dir (or at a path) with all its tasks loaded from tasks_dir (both
+    default to conf/ and then the folders on hydra.searchpath)."""
+    file = _resolve(name_or_path, _folders(suites_dir, "suite"), "suite")
     raw = _read_yaml(file)
     _check_keys(file, raw, Suite, required=("name", "tasks"))
     if raw["name"] != file.stem:
@@ -488,24 +503,26 @@ def load_suite(
     return suite_from_mapping(raw, file, tasks_dir)
 
 
-def suite_from_mapping(raw: dict, origin: Path | str, tasks_dir: Path = DEFAULT_TASKS_DIR) -> Suite:
+def suite_from_mapping(raw: dict, origin: Path | str, tasks_dir: Path | None = None) -> Suite:
     """A suite from its YAML's content (`origin` names it in messages). Each entry of tasks is the name of
-    a task in tasks_dir or the path of a task YAML, so a suite kept outside the repository (found by Hydra
-    through hydra.searchpath) can list tasks of its own."""
+    a task in tasks_dir (default: conf/tasks, then tasks/ of each folder on hydra.searchpath) or the path of
+    a task YAML, so a suite kept outside the repository can list tasks of its own."""
     origin = Path(origin)
     _check_keys(origin, raw, Suite, required=("name", "tasks"))
     names = _string_list(origin, "tasks", raw["tasks"])
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise _fail(origin, "tasks", f"lists {duplicates} more than once")
-    available = list_tasks(tasks_dir)
+    folders = _folders(tasks_dir, "tasks")
+    available = _names(folders)
     for name in names:
         if name not in available and Path(name).suffix not in (".yaml", ".yml"):
+            where = " and ".join(str(f) for f in folders)
             raise _fail(
                 origin,
                 "tasks",
-                f"unknown task '{name}'; available tasks in {tasks_dir}: {', '.join(available)} "
-                "(or give the path of a task YAML)",
+                f"unknown task '{name}'; available tasks in {where}: {', '.join(available)} "
+                "(or give the path of a task YAML, or put it in <dir>/tasks/ of a hydra.searchpath folder)",
             )
     expect = raw.get("expect_tasks")
     if expect is not None and (
