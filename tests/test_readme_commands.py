@@ -48,7 +48,7 @@ class Compose:
 @dataclass(frozen=True)
 class Run:
     """Run for real in the workspace: `replace` substitutes tiny settings; `needs` names workspace steps
-    that must have run first ("eval": the README's demo eval); `creates`: files the command must write."""
+    that must have run first ("eval": the README's demo eval, or a README command); `creates`: files the command must write."""
 
     replace: dict[str, str] = field(default_factory=dict)
     needs: tuple[str, ...] = ()
@@ -69,10 +69,35 @@ DEMO_EVAL = "python eval.py suite=demo model=bmca-small checkpoint=runs/demo"
 TINY_EVAL = {"model=bmca-small": "model=bmca-tiny"}  # runs/demo here is a bmca-tiny run
 STEP_CKPTS = {"step_00026367.pt": "step_00000006.pt"}
 
+PIP = "installs into the environment running the tests; tests/test_packaging.py builds the wheel and installs it into a fresh venv"
+MY_EXPERIMENT = r"""printf '# @package _global_\ndefaults:\n - override /data: synthetic\nname: mine\ntrain: {steps: 20, batch_size: 32, device: cpu}\n' > my_conf/experiment/mine.yaml"""
+
 COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
     # README.md: Two commands
     "make demo": Exclude("installs .venv and trains 300 steps (minutes); its eval command runs below, tiny"),
     "make test": Exclude("it is this test suite"),
+    # Install as a library
+    "pip install .": Exclude(PIP),
+    "pip install '.[slurm,wandb,tensorboard]'": Exclude(PIP),
+    "bmca-synthetic --out data/synthetic": Run(
+        {"--out data/synthetic": "--out data/synthetic-cli --train-samples 64 --eval-samples 16"},
+        creates=("data/synthetic-cli/train/commercial/000000.tar",),
+    ),
+    "bmca-train experiment=demo": Compose(),
+    "bmca-eval suite=demo model=bmca-small checkpoint=runs/demo": Run(TINY_EVAL, creates=("runs/eval/demo/summary.md",)),
+    "bmca-merge runs/eval/demo": Run(needs=("eval",), creates=("runs/eval/demo/summary.csv",)),
+    "bmca-wise-ft base=runs/demo/checkpoints/step_00000200.pt tuned=runs/demo/checkpoints/step_00000300.pt alpha=0.5 out=runs/demo/wise_0.5.pt model=bmca-small any_base=true": Run(
+        {"step_00000200.pt": "step_00000003.pt", "step_00000300.pt": "step_00000006.pt", **TINY_EVAL},
+        creates=("runs/demo/wise_0.5.pt",),
+    ),
+    "bmca-export checkpoint=runs/demo out=exported/ results=runs/eval/demo": Run(
+        {"out=exported/": "out=exported-cli/"}, needs=("eval",), creates=("exported-cli/open_clip_model.safetensors",)
+    ),
+    "mkdir -p my_conf/experiment": Shell(),
+    MY_EXPERIMENT: Shell(),
+    'bmca-train "hydra.searchpath=[file://$PWD/my_conf]" experiment=mine': Run(
+        needs=("mkdir -p my_conf/experiment", MY_EXPERIMENT), creates=("runs/mine/config.yaml",)
+    ),
     # Real use
     "export HF_TOKEN=hf_...": Shell(),
     "torchrun --nproc_per_node=8 train.py model=ViT-L-14 model.pretrained=commonpool_xl_clip_s13b_b90k data=biomedica_concept_filtered train.batch_size=1024 train.precision=amp_bf16 optim.lr=1e-6": Compose(),
@@ -82,12 +107,12 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
     # Multi-GPU training and the BMCA-CLIP recipe
     "torchrun --nproc_per_node=4 train.py experiment=bmca_clip": Compose(),
     "python train.py experiment=bmca_clip_1gpu": Compose(),
-    "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HEAD:29500 train.py experiment=bmca_clip_8gpu": Compose(),
+    "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HEAD:29500 train.py experiment=bmca_clip": Compose(),
     # Slurm (README.md and slurm/README.md)
     "sbatch slurm/train.sbatch experiment=bmca_clip model=ViT-L-14": Compose(),
     "sbatch slurm/eval_array.sbatch suite=all model=ViT-L-14 checkpoint=runs/bmca_clip": Compose(),
     "python train.py -m optim.lr=1e-6,5e-6 hydra/launcher=slurm": Compose(),
-    "sbatch --nodes=4 slurm/train.sbatch experiment=bmca_clip name=vitl-4nodes": Compose(),
+    "sbatch --nodes=4 slurm/train.sbatch experiment=bmca_clip train.batch_size=256 name=vitl-4nodes": Compose(),
     # WiSE-FT and export: the tiny run stands in for runs/bmca_clip; its first checkpoint for the base tag
     "python -m bmca_clip.wise_ft base=commonpool_xl_clip_s13b_b90k tuned=runs/bmca_clip/checkpoints/step_00026367.pt alpha=0.5 out=runs/bmca_clip/wise_0.5.pt": Run(
         {"base=commonpool_xl_clip_s13b_b90k": "base=runs/bmca_clip/checkpoints/step_00000003.pt any_base=true", **STEP_CKPTS},
@@ -233,8 +258,8 @@ class Workspace:
     def need(self, step: str) -> None:
         if step in self.done:
             return
-        assert step == "eval", step
-        result = self.bash(substitute(DEMO_EVAL, TINY_EVAL))
+        # "eval": the README's demo eval, tiny; any other step is a README command run as printed
+        result = self.bash(substitute(DEMO_EVAL, TINY_EVAL) if step == "eval" else step)
         assert result.returncode == 0, result.stderr[-3000:]
         self.done.add(step)
 
