@@ -20,6 +20,7 @@ import functools
 import inspect
 import io
 import json
+import sys
 import tokenize
 import typing
 from pathlib import Path
@@ -151,6 +152,12 @@ def render(program: str, composed: dict, choices: dict) -> str:
     from bmca_clip import config
 
     schema_name, command, example = PROGRAMS[program]
+    invoked = Path(sys.argv[0]).name
+    if invoked.startswith(
+        "bmca-"
+    ):  # the console script (bmca-train, bmca-eval) rather than the checkout's file
+        example = example.replace(command, invoked)
+        command = invoked
     lines = [
         f"usage: {command} [group=option ...] [key=value ...]",
         f"  e.g. {example}",

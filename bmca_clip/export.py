@@ -50,7 +50,7 @@ USAGE = (
 KEY_HELP = {
     "checkpoint": "a training checkpoint (step_N.pt), or a run folder: its newest checkpoint",
     "out": "folder to write the open_clip hub-format model and its model card to",
-    "results": "eval results of this model (a folder of task JSONs): a results table in the model card",
+    "results": "eval.py's output folder (or one model's folder in it): a results table in the model card",
     "push_to_hub": "upload the folder to this hub model repo (org/name); needs HF_TOKEN or `hf auth login`",
     "private": "create the hub repo private (true, the default) or public (false)",
     "license": "SPDX licence id for the model card, e.g. mit (default: other)",
