@@ -87,13 +87,13 @@ class Scores:
 
 def accuracy(preds: Tensor, labels: Tensor, weights: Tensor | None = None):
     """Fraction of predictions equal to the label."""
-    weight_rows(preds, labels, weights)
+    weight_rows(preds, labels, weights)  # the shapes checked before preds == labels broadcasts
     return hit_rate(preds == labels, weights)
 
 
 def balanced_accuracy(preds: Tensor, labels: Tensor, weights: Tensor | None = None):
     """Macro mean of per-class recall over the classes present in labels (chance level 1/K)."""
-    weight_rows(preds, labels, weights)
+    weight_rows(preds, labels, weights)  # the shapes checked before preds == labels broadcasts
     return macro_hit_rate(preds == labels, labels, weights)
 
 
@@ -104,8 +104,9 @@ def macro_f1(preds: Tensor, labels: Tensor, weights: Tensor | None = None):
     """
     rows = weight_rows(preds, labels, weights)
     k = int(max(labels.max(), preds.max())) + 1 if len(labels) else 0
-    tp = sums(rows, labels, k, keep=preds == labels)
-    denom = sums(rows, preds, k) + sums(rows, labels, k)  # (tp + fp) + (tp + fn)
+    confusion = sums(rows, labels * k + preds, k * k).view(len(rows), k, k).double()  # [r, true, predicted]
+    tp = confusion.diagonal(dim1=1, dim2=2)
+    denom = confusion.sum(dim=1) + confusion.sum(dim=2)  # (tp + fp) + (tp + fn)
     seen = denom > 0
     f1 = torch.where(seen, 2 * tp / torch.where(seen, denom, 1.0), 0.0)
     return per_weighting(f1.sum(dim=1) / seen.sum(dim=1), weights)
@@ -125,7 +126,7 @@ def top_k_hits(logits: Tensor, labels: Tensor, k: int) -> Tensor:
 
 def top_k_accuracy(logits: Tensor, labels: Tensor, k: int, weights: Tensor | None = None):
     """Fraction of samples whose label is among the k highest logits (ties: top_k_hits)."""
-    weight_rows(logits, labels, weights)
+    weight_rows(logits, labels, weights)  # the shapes checked, and "no samples", before the class count
     if k > logits.shape[1]:
         raise UndefinedMetric(f"top-{k} accuracy needs at least {k} classes, got {logits.shape[1]}")
     return hit_rate(top_k_hits(logits, labels, k), weights)
@@ -144,9 +145,11 @@ def auroc_binary(scores: Tensor, labels: Tensor, weights: Tensor | None = None):
     n_groups = int(group.max()) + 1
     # Per tie group of scores, the weight of positives p and of negatives q; a positive beats the
     # negatives of lower groups and ties with those of its own.
-    p, q = sums(rows, group, n_groups, keep=labels == 1), sums(rows, group, n_groups, keep=labels != 1)
-    wins = (p * (q.cumsum(dim=1) - q / 2)).sum(dim=1)  # resample counts: exact (half-)integers
-    values = wins / (p.sum(dim=1) * q.sum(dim=1))  # 0 / 0 = NaN: one class only
+    by_label = sums(rows, labels * n_groups + group, 2 * n_groups).view(len(rows), 2, n_groups)
+    p, q = by_label[:, 1], by_label[:, 0]
+    below = q.cumsum(dim=1) - q / 2  # exact in float32 for counts (half-integers); products need float64
+    wins = (p.double() * below.double()).sum(dim=1)
+    values = wins / (p.sum(dim=1).double() * q.sum(dim=1).double())  # 0 / 0 = NaN: one class only
 
     def why() -> str:
         only = 1 if bool((rows[0][labels == 1] > 0).any()) else 0
