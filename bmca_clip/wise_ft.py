@@ -24,10 +24,8 @@ import torch
 from torch import Tensor
 
 from bmca_clip.checkpoint import atomic_torch_save
-from bmca_clip.cli import exit_on_user_error, parse_key_values
 from bmca_clip.config import ConfigError, ModelConfig
 from bmca_clip.model import ModelLoadError, build_model, weights_sha256
-from bmca_clip.train import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +193,10 @@ def wise_ft(
             "or an incomplete file?), so the architecture is unknown; pass model=<open_clip architecture>, "
             "e.g. model=ViT-L-14"
         )
+    # Only writing a checkpoint needs the training run's version record; importing bmca_clip.train at the
+    # top would load the whole trainer into every eval run (eval/run.py imports blend from here).
+    from bmca_clip.train import library_versions
+
     model_cfg = trained_model_config(config, name=model)
     tuned_state = tuned_ckpt["model"] if tuned_ckpt else load_state(tuned, model_cfg)
     base_state = load_state(base, model_cfg)
@@ -231,6 +233,8 @@ def _flag(key: str, value: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from bmca_clip.cli import exit_on_user_error, parse_key_values  # the CLI alone: not for eval/run.py
+
     with exit_on_user_error():
         args = parse_key_values(
             sys.argv[1:] if argv is None else argv,

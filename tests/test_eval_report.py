@@ -10,20 +10,9 @@ from eval_fixtures import COLOR_TASK_BODY, write_task_yaml
 from PIL import Image
 
 from bmca_clip.eval.harness import TaskResult
-from bmca_clip.eval.report import (
-    CSV_COLUMNS,
-    SCHEMA_VERSION,
-    cached_result,
-    config_hash,
-    format_domain_table,
-    format_table,
-    read_task_json,
-    result_config,
-    result_from_record,
-    summarize,
-    write_summary,
-    write_task_json,
-)
+from bmca_clip.eval.records import SCHEMA_VERSION, config_hash, read_task_json, write_task_json
+from bmca_clip.eval.report import cached_result, result_config, result_from_record
+from bmca_clip.eval.summary import CSV_COLUMNS, format_domain_table, format_table, summarize, write_summary
 from bmca_clip.eval.tasks import load_task
 
 

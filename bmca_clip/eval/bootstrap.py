@@ -1,6 +1,6 @@
 """Seeded percentile bootstrap over test items, or over clusters of items: resample counts, intervals,
-and their JSON record. Knows no metric: a statistic maps resample counts to values (metrics.py and
-retrieval.py build theirs).
+and their JSON record. Knows no metric: a statistic maps resample counts to values, and every metric
+is one (weighted.py: a metric given counts [r, n] as weights scores the r resamples).
 
 Items that are not independent (crops of one image, captions of one image, images of one patient) are
 resampled as whole clusters (`Clusters`, `cluster_counts`): as many clusters as there are, drawn with
@@ -117,12 +117,6 @@ def cluster_counts(category: Tensor, groups: Tensor | None, n_resamples: int, se
     for drawn in resample_counts(sizes, n_resamples, seed, width=max(len(cat), n_categories)):
         # A drawn cluster type adds its items to their categories; float32 sums of integers are exact.
         yield drawn.new_zeros(len(drawn), n_categories).index_add_(1, cat, drawn[:, kind] * items.float())
-
-
-def mean_statistic(per_item: Tensor) -> Statistic:
-    """The resampled mean of a per-item value, e.g. a retrieval query's hit (0 or 1)."""
-    # Sums of float32 counts are exact integers below 2**24; the ratio is taken in float64.
-    return lambda counts: (counts @ per_item.to(counts.dtype)).double() / counts.sum(dim=1).double()
 
 
 def percentile_interval(values: Tensor, level: float = CI_LEVEL) -> tuple[float, float]:

@@ -1,8 +1,8 @@
 """Combine per-task results into one summary: `python -m bmca_clip.eval.merge DIR [DIR ...] [--out DIR]`.
 
-Each DIR is an eval output_dir holding `<model>/<task>.json` records and `suite.json` (report.py), from a
+Each DIR is an eval output_dir holding `<model>/<task>.json` records and `suite.json` (records.py), from a
 whole run or from any number of shards (shards may share one output_dir or each have their own). The
-summary is the one a single run writes (report.write_summary: summary.md, summary.csv,
+summary is the one a single run writes (summary.write_summary: summary.md, summary.csv,
 summary_domains.csv, summary.png), in --out (default: the first DIR). A task of the suite with no JSON
 for a model is listed as missing, a failed one as failed. When two records hold the same model and task,
 an ok one wins over a failed one; two ok ones must have the same config_hash, else merging stops and
@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bmca_clip.config import ConfigError
-from bmca_clip.eval.report import SUITE_FILE, format_domain_table, format_table, read_task_json, write_summary
+from bmca_clip.eval.records import SUITE_FILE, read_task_json
+from bmca_clip.eval.summary import format_domain_table, format_table, write_summary
 
 log = logging.getLogger(__name__)
 

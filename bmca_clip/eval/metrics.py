@@ -1,19 +1,19 @@
-"""Classification metrics: pure functions of predictions (or logits) and integer labels.
+"""Classification metrics, each ONE weighted statistic of (predictions or logits, labels, weights).
 
-Conventions shared by every metric here and in retrieval.py:
-- values are fractions in [0, 1]; report tables convert them to percent;
-- a metric that is undefined for the data (AUROC with one class present, anything on zero samples)
-  raises `UndefinedMetric` carrying the reason. `compute_classification_metrics` turns that into a
-  value of None plus a note, so a result never holds NaN;
-- each equals scikit-learn's metric on the same input, tied scores and classes missing from the test
-  labels included (tests/test_eval_sklearn.py; the decisions are in each docstring).
+Every metric follows weighted.py's convention: without weights it is the plain metric (a float,
+`UndefinedMetric` with the reason when undefined); with resample counts [r, n] it is the metric of each
+resample, which is how the bootstrap scores its resamples. `compute_classification_metrics` turns an
+undefined metric into a value of None plus a note, so a result never holds NaN. Each metric equals
+scikit-learn's, with and without sample_weight, tied scores and classes missing from the labels
+included (tests/test_eval_sklearn.py, tests/test_eval_weighted_metrics.py; the decisions are in each
+docstring). Values are fractions in [0, 1]; report tables convert them to percent.
 
-Confidence intervals (bootstrap.py): `bootstrap_ci` gives a seeded percentile-bootstrap interval (95%,
-1000 resamples of the test items drawn with replacement, or of their clusters when given). Every metric
-here also has a weighted form that scores all resamples of a chunk at once from a count matrix
-[resamples, categories of items], so 1000 resamples of 50k items take about a second; any other callable
-works too, called once per resample. Resamples where a metric is undefined (AUROC drawing one class
-only) are skipped; if more than 5% are, the interval is undefined.
+Confidence intervals (bootstrap.py): `bootstrap_ci` and `compute_classification_metrics` give a seeded
+percentile-bootstrap interval (95%, 1000 resamples of the test items drawn with replacement, or of their
+clusters when given). Items that every metric treats alike (same label, prediction, top-k hits, score)
+are resampled as one category weighted by its count, so 1000 resamples of 50k items take about a
+second; any other callable works too, called once per resample. Resamples where a metric is undefined
+(AUROC drawing one class only) are skipped; if more than 5% are, the interval is undefined.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 from torch import Tensor
@@ -35,8 +34,15 @@ from bmca_clip.eval.bootstrap import (
     Statistic,
     bootstrap_intervals,
     cluster_counts,
-    mean_statistic,
     percentile_interval,
+)
+from bmca_clip.eval.weighted import (
+    UndefinedMetric,
+    hit_rate,
+    macro_hit_rate,
+    per_weighting,
+    sums,
+    weight_rows,
 )
 
 NON_FINITE = "scores contain NaN or inf (diverged weights, or fp16 overflow: try fp32)"
@@ -46,10 +52,6 @@ NON_FINITE = "scores contain NaN or inf (diverged weights, or fp16 overflow: try
 # changes, so results computed the old way are scored again instead of being reused (eval/run.py).
 # 2: retrieval ranks ties as CLIP_benchmark does; top-k breaks ties as scikit-learn; cluster bootstrap.
 METRICS_VERSION = 2
-
-
-class UndefinedMetric(ValueError):
-    """The metric has no meaningful value for these labels; the message says why."""
 
 
 @dataclass
@@ -80,27 +82,34 @@ class Scores:
             self.notes[name] = note
 
 
-def _check(preds: Tensor, labels: Tensor) -> None:
-    if labels.ndim != 1 or preds.shape[0] != labels.shape[0]:
-        raise ValueError(f"predictions {tuple(preds.shape)} and labels {tuple(labels.shape)} do not align")
-    if labels.numel() == 0:
-        raise UndefinedMetric("no samples")
+# ---- The metrics ------------------------------------------------------------------------------------
 
 
-def accuracy(preds: Tensor, labels: Tensor) -> float:
+def accuracy(preds: Tensor, labels: Tensor, weights: Tensor | None = None):
     """Fraction of predictions equal to the label."""
-    _check(preds, labels)
-    return (preds == labels).double().mean().item()
+    weight_rows(preds, labels, weights)  # the shapes checked before preds == labels broadcasts
+    return hit_rate(preds == labels, weights)
 
 
-def balanced_accuracy(preds: Tensor, labels: Tensor) -> float:
+def balanced_accuracy(preds: Tensor, labels: Tensor, weights: Tensor | None = None):
     """Macro mean of per-class recall over the classes present in labels (chance level 1/K)."""
-    _check(preds, labels)
-    n_classes = int(max(labels.max().item(), preds.max().item())) + 1
-    support = torch.bincount(labels, minlength=n_classes).double()
-    correct = torch.bincount(labels[preds == labels], minlength=n_classes).double()
-    present = support > 0
-    return (correct[present] / support[present]).mean().item()
+    weight_rows(preds, labels, weights)  # the shapes checked before preds == labels broadcasts
+    return macro_hit_rate(preds == labels, labels, weights)
+
+
+def macro_f1(preds: Tensor, labels: Tensor, weights: Tensor | None = None):
+    """Unweighted mean F1 over classes seen in labels or predictions (scikit-learn's default set).
+
+    Restricting to seen classes means tp + fp + fn > 0 for each, so no 0/0 ever arises.
+    """
+    rows = weight_rows(preds, labels, weights)
+    k = int(max(labels.max(), preds.max())) + 1 if len(labels) else 0
+    confusion = sums(rows, labels * k + preds, k * k).view(len(rows), k, k).double()  # [r, true, predicted]
+    tp = confusion.diagonal(dim1=1, dim2=2)
+    denom = confusion.sum(dim=1) + confusion.sum(dim=2)  # (tp + fp) + (tp + fn)
+    seen = denom > 0
+    f1 = torch.where(seen, 2 * tp / torch.where(seen, denom, 1.0), 0.0)
+    return per_weighting(f1.sum(dim=1) / seen.sum(dim=1), weights)
 
 
 def top_k_hits(logits: Tensor, labels: Tensor, k: int) -> Tensor:
@@ -115,63 +124,54 @@ def top_k_hits(logits: Tensor, labels: Tensor, k: int) -> Tensor:
     return ((logits > own) | ((logits == own) & later)).sum(dim=1) < k
 
 
-def top_k_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
+def top_k_accuracy(logits: Tensor, labels: Tensor, k: int, weights: Tensor | None = None):
     """Fraction of samples whose label is among the k highest logits (ties: top_k_hits)."""
-    _check(logits, labels)
+    weight_rows(logits, labels, weights)  # the shapes checked, and "no samples", before the class count
     if k > logits.shape[1]:
         raise UndefinedMetric(f"top-{k} accuracy needs at least {k} classes, got {logits.shape[1]}")
-    return top_k_hits(logits, labels, k).double().mean().item()
+    return hit_rate(top_k_hits(logits, labels, k), weights)
 
 
-def macro_f1(preds: Tensor, labels: Tensor) -> float:
-    """Unweighted mean F1 over classes seen in labels or predictions (scikit-learn's default set).
-
-    Restricting to seen classes means tp + fp + fn > 0 for each, so no 0/0 ever arises.
-    """
-    _check(preds, labels)
-    classes = torch.unique(torch.cat([labels, preds]))
-    f1 = []
-    for c in classes:
-        tp = ((preds == c) & (labels == c)).sum().item()
-        fp = ((preds == c) & (labels != c)).sum().item()
-        fn = ((preds != c) & (labels == c)).sum().item()
-        f1.append(2 * tp / (2 * tp + fp + fn))
-    return sum(f1) / len(f1)
-
-
-def auroc_binary(scores: Tensor, labels: Tensor) -> float:
+def auroc_binary(scores: Tensor, labels: Tensor, weights: Tensor | None = None):
     """Area under the ROC curve for labels in {0, 1}, scores higher for class 1.
 
-    Computed from ranks (Mann-Whitney U) with tied scores given their average rank, so a tie between a
-    positive and a negative counts one half. Raises UndefinedMetric when only one class is present.
+    The Mann-Whitney U: the weighted share of (positive, negative) pairs that the positive wins, a tie
+    of scores counting one half (scikit-learn's trapezoid ROC). Undefined when only one class has weight.
     """
-    _check(scores, labels)
+    rows = weight_rows(scores, labels, weights)
     if not bool(((labels == 0) | (labels == 1)).all()):
         raise ValueError(f"auroc_binary needs labels in {{0, 1}}, got {sorted(set(labels.tolist()))}")
-    n_pos = int(labels.sum().item())
-    n_neg = labels.numel() - n_pos
-    if n_pos == 0 or n_neg == 0:
-        only = 1 if n_neg == 0 else 0
-        raise UndefinedMetric(f"AUROC undefined: only class {only} is present in the labels")
-    _, inverse, counts = torch.unique(scores.double(), return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    avg_rank = ends - (counts.double() - 1) / 2  # 1-based average rank of each tie group
-    rank_sum_pos = avg_rank[inverse][labels == 1].sum().item()
-    return (rank_sum_pos - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    _, group = torch.unique(scores.double(), return_inverse=True)
+    n_groups = int(group.max()) + 1
+    # Per tie group of scores, the weight of positives p and of negatives q; a positive beats the
+    # negatives of lower groups and ties with those of its own.
+    by_label = sums(rows, labels * n_groups + group, 2 * n_groups).view(len(rows), 2, n_groups)
+    p, q = by_label[:, 1], by_label[:, 0]
+    below = q.cumsum(dim=1) - q / 2  # exact in float32 for counts (half-integers); products need float64
+    wins = (p.double() * below.double()).sum(dim=1)
+    values = wins / (p.sum(dim=1).double() * q.sum(dim=1).double())  # 0 / 0 = NaN: one class only
+
+    def why() -> str:
+        only = 1 if bool((rows[0][labels == 1] > 0).any()) else 0
+        return f"AUROC undefined: only class {only} is present in the labels"
+
+    return per_weighting(values, weights, why)
 
 
-def _auroc_from_logits(logits: Tensor, labels: Tensor) -> float:
+def _auroc_from_logits(logits: Tensor, labels: Tensor, weights: Tensor | None = None):
     if logits.shape[1] != 2:
         raise UndefinedMetric(f"auroc is for binary tasks; this one has {logits.shape[1]} classes")
     # softmax(logits)[:, 1] == sigmoid(l1 - l0): the difference ranks samples identically.
-    return auroc_binary(logits[:, 1] - logits[:, 0], labels)
+    return auroc_binary(logits[:, 1] - logits[:, 0], labels, weights)
 
 
-# Each entry maps (logits [n, K], labels [n]) to a float. top<k>_accuracy is parsed from its name.
-_FIXED_METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {
-    "accuracy": lambda logits, labels: accuracy(logits.argmax(dim=1), labels),
-    "balanced_accuracy": lambda logits, labels: balanced_accuracy(logits.argmax(dim=1), labels),
-    "macro_f1": lambda logits, labels: macro_f1(logits.argmax(dim=1), labels),
+# Each entry maps (logits [n, K], labels [n], weights) to the metric. top<k>_accuracy is parsed from its name.
+_FIXED_METRICS: dict[str, Callable[..., float | Tensor]] = {
+    "accuracy": lambda logits, labels, weights=None: accuracy(logits.argmax(dim=1), labels, weights),
+    "balanced_accuracy": lambda logits, labels, weights=None: balanced_accuracy(
+        logits.argmax(dim=1), labels, weights
+    ),
+    "macro_f1": lambda logits, labels, weights=None: macro_f1(logits.argmax(dim=1), labels, weights),
     "auroc": _auroc_from_logits,
 }
 _TOP_K = re.compile(r"top([1-9][0-9]*)_accuracy")
@@ -179,13 +179,14 @@ CLASSIFICATION_METRIC_NAMES = (*_FIXED_METRICS, "top<k>_accuracy")
 DEFAULT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
-def classification_metric(name: str) -> Callable[[Tensor, Tensor], float]:
-    """The metric function called `name`; KeyError listing the allowed names when there is none."""
+def classification_metric(name: str) -> Callable[..., float | Tensor]:
+    """The metric called `name`, a function of (logits, labels, weights=None); KeyError listing the
+    allowed names when there is none."""
     if name in _FIXED_METRICS:
         return _FIXED_METRICS[name]
-    match = _TOP_K.fullmatch(name)
-    if match:
-        return partial(top_k_accuracy, k=int(match[1]))
+    k = top_k_of(name)
+    if k is not None:
+        return lambda logits, labels, weights=None: top_k_accuracy(logits, labels, k, weights)
     raise KeyError(
         f"unknown classification metric '{name}'; allowed: {', '.join(CLASSIFICATION_METRIC_NAMES)}"
     )
@@ -195,6 +196,13 @@ def top_k_of(name: str) -> int | None:
     """k for a top<k>_accuracy name, else None (tasks.py uses it to check k against the class count)."""
     match = _TOP_K.fullmatch(name)
     return int(match[1]) if match else None
+
+
+def weighted_metric(name: str, logits: Tensor, labels: Tensor) -> Statistic:
+    """Classification metric `name` of (logits, labels) as a bootstrap statistic: counts [r, n] of each
+    item -> the metric of each resample [r]; all-ones counts give the plain metric."""
+    metric = classification_metric(name)
+    return lambda counts: metric(logits, labels, counts)
 
 
 def compute_classification_metrics(
@@ -227,7 +235,9 @@ def compute_classification_metrics(
 
 def _categories(names: Sequence[str], logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """(a representative item of each category, each item's category) for the named classification
-    metrics."""
+    metrics: items with the same label, prediction, top-k hits and AUROC score, which every metric
+    weighs alike, so the metric of the items under any weights is that of the representatives under
+    the weights summed per category (tests/test_eval_weighted_metrics.py)."""
     keys = [labels, logits.argmax(dim=1)]
     keys += [top_k_hits(logits, labels, k) for k in map(top_k_of, names) if k]
     if "auroc" in names:
@@ -257,7 +267,7 @@ def bootstrap_ci(
     on the drawn items (slower). The same seed gives the same interval; bootstrap.UndefinedInterval
     when the metric is undefined in too many resamples.
     """
-    _check(logits, labels)
+    weight_rows(logits, labels)  # ValueError when they do not align, UndefinedMetric when empty
     if isinstance(metric, str):
         reps, category = _categories([metric], logits.float(), labels.long())
         stat = weighted_metric(metric, logits.float()[reps], labels.long()[reps])
@@ -284,77 +294,3 @@ def per_resample(fn: Callable[[Tensor, Tensor], float], x: Tensor, labels: Tenso
         return torch.tensor(values, dtype=torch.float64)
 
     return stat
-
-
-def _confusion(preds: Tensor, labels: Tensor, counts: Tensor, n_classes: int) -> Tensor:
-    """Resampled confusion matrices [r, true class, predicted class]."""
-    cells = labels * n_classes + preds
-    flat = counts.new_zeros(counts.shape[0], n_classes * n_classes).index_add_(1, cells, counts)
-    return flat.view(-1, n_classes, n_classes).double()  # exact integer counts; small, so float64
-
-
-def _balanced_accuracy_stat(logits: Tensor, labels: Tensor) -> Statistic:
-    preds, k = logits.argmax(dim=1), max(logits.shape[1], int(labels.max()) + 1)
-
-    def stat(counts: Tensor) -> Tensor:
-        confusion = _confusion(preds, labels, counts, k)
-        support, correct = confusion.sum(dim=2), confusion.diagonal(dim1=1, dim2=2)
-        present = support > 0  # as balanced_accuracy: classes absent from this resample's labels drop out
-        recall = torch.where(present, correct / torch.where(present, support, 1.0), 0.0)
-        return recall.sum(dim=1) / present.sum(dim=1)
-
-    return stat
-
-
-def _macro_f1_stat(logits: Tensor, labels: Tensor) -> Statistic:
-    preds, k = logits.argmax(dim=1), max(logits.shape[1], int(labels.max()) + 1)
-
-    def stat(counts: Tensor) -> Tensor:
-        confusion = _confusion(preds, labels, counts, k)
-        tp = confusion.diagonal(dim1=1, dim2=2)
-        denom = confusion.sum(dim=1) + confusion.sum(dim=2)  # (tp + fp) + (tp + fn)
-        seen = denom > 0  # as macro_f1: classes seen in this resample's labels or predictions
-        f1 = torch.where(seen, 2 * tp / torch.where(seen, denom, 1.0), 0.0)
-        return f1.sum(dim=1) / seen.sum(dim=1)
-
-    return stat
-
-
-def _auroc_stat(logits: Tensor, labels: Tensor) -> Statistic:
-    if logits.shape[1] != 2:
-        raise UndefinedMetric(f"auroc is for binary tasks; this one has {logits.shape[1]} classes")
-    _, group = torch.unique((logits[:, 1] - logits[:, 0]).double(), return_inverse=True)
-    n_groups, pos, neg = int(group.max()) + 1, torch.where(labels == 1)[0], torch.where(labels != 1)[0]
-
-    def stat(counts: Tensor) -> Tensor:
-        # Per tie group of scores, drawn positives p and negatives q. A positive beats the negatives of
-        # lower groups and ties (one half) with those of its own: the Mann-Whitney U of auroc_binary.
-        p = counts.new_zeros(len(counts), n_groups).index_add_(1, group[pos], counts.index_select(1, pos))
-        q = counts.new_zeros(len(counts), n_groups).index_add_(1, group[neg], counts.index_select(1, neg))
-        below = q.cumsum(dim=1) - q / 2  # exact in float32 (half-integers); products need float64
-        wins = (p.double() * below.double()).sum(dim=1)
-        return wins / (p.sum(dim=1).double() * q.sum(dim=1).double())  # 0 / 0 = NaN: one class only
-
-    return stat
-
-
-def _top_k_stat(logits: Tensor, labels: Tensor, k: int) -> Statistic:
-    if k > logits.shape[1]:
-        raise UndefinedMetric(f"top-{k} accuracy needs at least {k} classes, got {logits.shape[1]}")
-    return mean_statistic(top_k_hits(logits, labels, k))
-
-
-_WEIGHTED: dict[str, Callable[[Tensor, Tensor], Statistic]] = {
-    "accuracy": lambda logits, labels: mean_statistic(logits.argmax(dim=1) == labels),
-    "balanced_accuracy": _balanced_accuracy_stat,
-    "macro_f1": _macro_f1_stat,
-    "auroc": _auroc_stat,
-}
-
-
-def weighted_metric(name: str, logits: Tensor, labels: Tensor) -> Statistic:
-    """The vectorised bootstrap statistic of classification metric `name`: counts [r, n] of each item
-    of (logits, labels) -> the metric of each resample [r]; all-ones counts give the plain metric."""
-    classification_metric(name)  # KeyError naming the allowed metrics
-    k = top_k_of(name)
-    return _top_k_stat(logits, labels, k) if k is not None else _WEIGHTED[name](logits, labels)

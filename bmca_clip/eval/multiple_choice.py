@@ -11,15 +11,16 @@ the accuracy on the items with that answer, so that a frequent answer does not d
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from bmca_clip.eval.metrics import NON_FINITE, Scores, UndefinedMetric
+from bmca_clip.eval.bootstrap import group_ids
+from bmca_clip.eval.metrics import NON_FINITE, Scores
 from bmca_clip.eval.retrieval import encode_texts
+from bmca_clip.eval.weighted import hit_rate, macro_hit_rate
 from bmca_clip.eval.zeroshot import encode_images
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy")
@@ -89,32 +90,19 @@ def choose(
     return torch.cat(picks)
 
 
-def _accuracy(preds: Tensor, answers: Tensor) -> float:
-    if answers.numel() == 0:
-        raise UndefinedMetric("no items")
-    return (preds == answers).double().mean().item()
-
-
-def _balanced_accuracy(preds: Tensor, answers: Tensor, answer_texts: Sequence[str]) -> float:
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, text in enumerate(answer_texts):
-        groups[text].append(i)
-    if not groups:
-        raise UndefinedMetric("no items")
-    return sum(_accuracy(preds[idx], answers[idx]) for idx in map(torch.tensor, groups.values())) / len(
-        groups
-    )
-
-
 def multiple_choice_metrics(
     names: Sequence[str], preds: Tensor, answers: Tensor, answer_texts: Sequence[str]
 ) -> Scores:
     """The named metrics of predicted option positions against the answers' positions.
 
-    answer_texts[i] is item i's correct option (the class that balanced_accuracy averages over)."""
+    answer_texts[i] is item i's correct option (the class that balanced_accuracy averages over). Both
+    are weighted statistics (weighted.py): the share of hits, and its mean over the answers."""
+    if answers.numel() == 0:
+        return Scores.undefined(names, "no items")
+    hits = preds == answers
     compute: dict[str, Callable[[], float]] = {
-        "accuracy": lambda: _accuracy(preds, answers),
-        "balanced_accuracy": lambda: _balanced_accuracy(preds, answers, answer_texts),
+        "accuracy": lambda: hit_rate(hits),
+        "balanced_accuracy": lambda: macro_hit_rate(hits, group_ids(answer_texts)),
     }
     scores = Scores()
     for name in names:

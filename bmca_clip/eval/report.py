@@ -1,5 +1,10 @@
 """Evaluation outputs: one JSON file per task and model, and a summary across models.
 
+Where they are made: records.py builds, writes and reads the per-task JSON and suite.json (and the
+config hash); summary.py the tables, CSVs and PNG. Neither imports torch nor pyarrow, so merge.py
+stays light. This module holds what needs torch or the harness: provenance and the result config
+(library versions), and a stored record turned back into a TaskResult (cached_result).
+
 Per-task JSON (`<out_dir>/<model folder>/<task>.json`, written atomically), schema_version 2:
     schema_version   int      2; bumped when a key changes meaning or goes away (1 lacked the keys
                               marked v2; readers accept both)
@@ -58,18 +63,12 @@ Summary (`write_summary`), from results in memory or JSON records (merge.py):
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
 import functools
 import hashlib
-import io
-import json
-import math
 import os
 import platform
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import open_clip
@@ -78,13 +77,18 @@ import torch
 import bmca_clip
 from bmca_clip.eval.harness import TaskResult
 
-SCHEMA_VERSION = 2
-SUITE_FILE = "suite.json"
-CSV_COLUMNS = "model task type domain status main_metric value ci_low ci_high chance".split()
-CI_NOTE = (
-    "in percent, with the 95% confidence interval [low, high] of a percentile bootstrap over the test "
-    "items (retrieval: the queries), 1000 resamples, seed 0"
+# config_hash, task_info, write_* and format_*: re-exported for eval/run.py and export.py, which import
+# the output side from here.
+from bmca_clip.eval.records import (  # noqa: F401
+    SCHEMA_VERSION,
+    _canonical,
+    config_hash,
+    read_task_json,
+    task_info,
+    write_suite_file,
+    write_task_json,
 )
+from bmca_clip.eval.summary import format_domain_table, format_table, write_summary  # noqa: F401
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -127,10 +131,6 @@ def make_provenance(
     }
 
 
-def _canonical(value) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-
-
 def task_yaml_sha256(task) -> str:
     """sha256 of the task's YAML file; of its fields when it was built in code (no yaml_path)."""
     if task.yaml_path is not None:
@@ -156,70 +156,6 @@ def result_config(task, model: dict, settings: dict) -> dict:
     }
 
 
-def config_hash(config: dict) -> str:
-    """sha256 of a result config as canonical JSON (sorted keys, no spaces)."""
-    return hashlib.sha256(_canonical(config)).hexdigest()
-
-
-def _atomic_write(path: Path, text: str | bytes) -> None:
-    # A unique tmp name in the same folder: concurrent writers never share it, and os.replace is atomic.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def task_record(
-    result: TaskResult, provenance: dict, config: dict | None = None, model_label: str | None = None
-) -> dict:
-    """The JSON object for one result (schema in the module docstring)."""
-    record = {"schema_version": SCHEMA_VERSION, "model_label": model_label, **dataclasses.asdict(result)}
-    record["ci"] = getattr(result, "ci", None)  # a TaskResult field once harness.py records it
-    record["task_yaml_sha256"] = (config or {}).get("task_yaml_sha256")
-    record["dataset_revision"] = result.source.get("revision")
-    record["config"], record["config_hash"] = config, config_hash(config) if config else None
-    record["provenance"] = {**provenance, "data": record.pop("data")}
-    return record
-
-
-def write_task_json(
-    result: TaskResult,
-    out_dir: str | Path,
-    provenance: dict,
-    config: dict | None = None,
-    model_label: str | None = None,
-) -> Path:
-    """Write out_dir/<task>.json atomically and return its path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{result.task}.json"
-    record = task_record(result, provenance, config, model_label)
-    # allow_nan=False: a NaN slipping through is a bug to surface, not to write as invalid JSON.
-    _atomic_write(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
-    return path
-
-
-def read_task_json(path: str | Path) -> dict:
-    """A per-task record; ValueError naming the file when it is not one this code can read."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable result JSON ({exc})") from exc
-    missing = {"schema_version", "task", "status", "main_metric", "metrics"} - set(record)
-    if missing:
-        raise ValueError(f"{path}: not a per-task result (no {sorted(missing)})")
-    if record["schema_version"] > SCHEMA_VERSION:
-        raise ValueError(
-            f"{path}: schema_version {record['schema_version']} is newer than this code reads "
-            f"({SCHEMA_VERSION}); update bmca_clip"
-        )
-    return record
-
-
 def result_from_record(record: dict) -> TaskResult:
     """The TaskResult a record was written from (ci kept as an attribute)."""
     names = {f.name for f in dataclasses.fields(TaskResult)}
@@ -237,270 +173,3 @@ def cached_result(path: Path, expected_hash: str) -> TaskResult | None:
     if record is None or record["status"] != "ok" or record.get("config_hash") != expected_hash:
         return None
     return result_from_record(record)
-
-
-def task_info(task) -> dict:
-    """What the summary needs of a task before any result exists (suite.json, missing rows)."""
-    return {"name": task.name, "type": task.type, "domain": task.domain, "main_metric": task.main_metric}
-
-
-def write_suite_file(
-    out_dir: str | Path, suite_name: str, tasks: Sequence[dict], models: Sequence[str]
-) -> Path:
-    """out_dir/suite.json: the suite's tasks (all of them, also when sharded) and the model labels."""
-    path = Path(out_dir) / SUITE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"suite": suite_name, "tasks": list(tasks), "models": list(models)}
-    _atomic_write(path, json.dumps(body, indent=2) + "\n")
-    return path
-
-
-# ---- Summary -------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    """One (model, task) entry of a summary."""
-
-    status: str  # ok | failed | missing
-    value: float | None = None  # the main metric
-    ci_low: float | None = None
-    ci_high: float | None = None
-    chance: float | None = None
-    error: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Mean:
-    """An unweighted mean of main metrics for one model: over a domain's tasks, all tasks or domains."""
-
-    model: str
-    scope: str  # "domain" | "tasks" | "domains"
-    name: str  # the domain, "all tasks" or "all domains"
-    value: float | None  # None when no member has a value
-    chance: float | None  # the same mean of the members' chance levels
-    n_values: int  # members with a value
-    n_tasks: int  # members in all
-
-
-@dataclasses.dataclass
-class Summary:
-    """Results of several models on a list of tasks: cells by (model, task name), means on demand."""
-
-    models: list[str]
-    tasks: list[dict]  # task_info dicts, in table order
-    cells: dict[tuple[str, str], Cell]
-
-    def chance(self, task: str) -> float | None:
-        return next((c.chance for m in self.models if (c := self.cells[m, task]).chance is not None), None)
-
-    def domains(self) -> list[str]:
-        return list(dict.fromkeys(t["domain"] for t in self.tasks))
-
-    def means(self) -> list[Mean]:
-        out = []
-        for model in self.models:
-            by_domain = []
-            for domain in self.domains():
-                names = [t["name"] for t in self.tasks if t["domain"] == domain]
-                by_domain.append(self._mean(model, "domain", domain, names))
-            out += by_domain
-            out.append(self._mean(model, "tasks", "all tasks", [t["name"] for t in self.tasks]))
-            out.append(_mean_of(model, "domains", "all domains", [(m.value, m.chance) for m in by_domain]))
-        return out
-
-    def _mean(self, model: str, scope: str, name: str, tasks: list[str]) -> Mean:
-        return _mean_of(model, scope, name, [(self.cells[model, t].value, self.chance(t)) for t in tasks])
-
-
-def _mean_of(model: str, scope: str, name: str, members: list[tuple[float | None, float | None]]) -> Mean:
-    values = [v for v, _ in members if v is not None]
-    chances = [c for _, c in members if c is not None]
-    value = sum(values) / len(values) if values else None
-    chance = sum(chances) / len(chances) if chances else None
-    return Mean(model, scope, name, value, chance, len(values), len(members))
-
-
-def _cell(item: TaskResult | dict) -> tuple[dict, Cell]:
-    record = item if isinstance(item, dict) else {**dataclasses.asdict(item), "ci": getattr(item, "ci", None)}
-    ok = record["status"] == "ok"
-    ci = record.get("ci") or {}
-    cell = Cell(
-        record["status"],
-        record["metrics"].get(record["main_metric"]) if ok else None,
-        ci.get("low"),
-        ci.get("high"),
-        record.get("chance"),
-        record.get("error"),
-    )
-    info = {"name": record["task"], **{k: record[k] for k in ("type", "domain", "main_metric")}}
-    return info, cell
-
-
-def summarize(results_by_model: dict[str, list], tasks: Sequence[dict] | None = None) -> Summary:
-    """A Summary of TaskResults or JSON records per model label; tasks (task_info dicts) fixes the rows
-    and their order, and any of them a model lacks is "missing" (default: every task seen)."""
-    infos = {t["name"]: dict(t) for t in tasks or []}
-    cells = {}
-    for model, items in results_by_model.items():
-        for info, cell in map(_cell, items):
-            infos.setdefault(info["name"], info)
-            cells[model, info["name"]] = cell
-    models = list(results_by_model)
-    for model in models:
-        for name in infos:
-            cells.setdefault((model, name), Cell("missing"))
-    return Summary(models, list(infos.values()), cells)
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
-
-
-def _show(cell: Cell) -> str:
-    if cell.status != "ok":
-        return cell.status
-    if cell.value is None or cell.ci_low is None or cell.ci_high is None:
-        return _pct(cell.value)
-    return f"{_pct(cell.value)} [{_pct(cell.ci_low)}, {_pct(cell.ci_high)}]"
-
-
-def _show_mean(mean: Mean) -> str:
-    # A mean over fewer members than the row holds is not comparable across models: flag it.
-    flag = "" if mean.n_values == mean.n_tasks else f" ({mean.n_values}/{mean.n_tasks})"
-    return _pct(mean.value) + ("" if mean.value is None else flag)
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), rule, *(line(row) for row in rows)])
-
-
-def _as_summary(results, tasks) -> Summary:
-    return results if isinstance(results, Summary) else summarize(results, tasks)
-
-
-def format_table(results_by_model: dict[str, list] | Summary, tasks: Sequence[dict] | None = None) -> str:
-    """Markdown table: one row per task, one column per model with the main metric in percent (2
-    decimals) and its CI, the chance level, and a last row with the unweighted mean over tasks."""
-    summary = _as_summary(results_by_model, tasks)
-    rows = [
-        [t["name"], t["domain"], t["main_metric"], _pct(summary.chance(t["name"]))]
-        + [_show(summary.cells[m, t["name"]]) for m in summary.models]
-        for t in summary.tasks
-    ]
-    overall = [m for m in summary.means() if m.scope == "tasks"]
-    rows.append(["mean over tasks", "", "", _pct(overall[0].chance if overall else None)])
-    rows[-1] += [_show_mean(m) for m in overall]
-    return _markdown(["task", "domain", "metric", "chance", *summary.models], rows)
-
-
-def format_domain_table(
-    results_by_model: dict[str, list] | Summary, tasks: Sequence[dict] | None = None
-) -> str:
-    """Markdown table: per domain the mean main metric over its tasks, then the mean over all tasks and
-    the mean over domains; chance beside each; (k/n) marks a mean over k of n members."""
-    summary = _as_summary(results_by_model, tasks)
-    means = summary.means()
-    rows = []
-    for name in [*summary.domains(), "all tasks", "all domains"]:
-        row = [m for m in means if m.name == name]
-        label = {"all tasks": "mean over tasks", "all domains": "mean over domains"}.get(name, name)
-        rows.append([label, str(row[0].n_tasks), _pct(row[0].chance), *map(_show_mean, row)])
-    return _markdown(["domain", "tasks", "chance", *summary.models], rows)
-
-
-def _problems(summary: Summary) -> list[str]:
-    lines = []
-    for status, title in (("failed", "Failed tasks"), ("missing", "Missing tasks")):
-        found = [
-            (m, t["name"])
-            for m in summary.models
-            for t in summary.tasks
-            if summary.cells[m, t["name"]].status == status
-        ]
-        if found:
-            lines += ["", f"## {title}", ""]
-            lines += [
-                f"- {m} / {t}" + (f": {summary.cells[m, t].error}" if status == "failed" else "")
-                for m, t in found
-            ]
-    if lines:
-        lines += [
-            "",
-            "No result means the job (or Slurm array task) that had the task failed or has not run; "
-            "run the same command again: tasks already scored with the same config are skipped.",
-        ]
-    return lines
-
-
-def _csv(header: list[str], rows: list[list]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerows([header, *rows])
-    return buffer.getvalue()
-
-
-def write_summary(
-    results_by_model: dict[str, list], out_dir: str | Path, tasks: Sequence[dict] | None = None
-) -> tuple[Path, Path]:
-    """Write summary.md, summary.csv, summary_domains.csv and summary.png to out_dir (see the module
-    docstring); returns the paths of summary.md and summary.csv."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(results_by_model, tasks)
-    intro = f"Main metric {CI_NOTE}. Means are unweighted; (k/n) marks a mean over k of n, not comparable."
-    markdown = ["# Zero-shot evaluation", "", intro, "", "## Per domain", "", format_domain_table(summary)]
-    markdown += ["", "## Per task", "", format_table(summary), *_problems(summary)]
-    md_path, csv_path = out_dir / "summary.md", out_dir / "summary.csv"
-    _atomic_write(md_path, "\n".join(markdown) + "\n")
-    rows = []
-    for model in summary.models:
-        for t in summary.tasks:
-            c, name = summary.cells[model, t["name"]], t["name"]
-            rows.append([model, name, t["type"], t["domain"], c.status, t["main_metric"]])
-            rows[-1] += [c.value, c.ci_low, c.ci_high, summary.chance(name)]
-    _atomic_write(csv_path, _csv(CSV_COLUMNS, rows))
-    means = [[m.model, m.scope, m.name, m.value, m.chance, m.n_values, m.n_tasks] for m in summary.means()]
-    header = ["model", "scope", "name", "value", "chance", "n_values", "n_tasks"]
-    _atomic_write(out_dir / "summary_domains.csv", _csv(header, means))
-    plot_summary(summary, out_dir / "summary.png")
-    return md_path, csv_path
-
-
-def plot_summary(summary: Summary, path: str | Path) -> Path:
-    """A PNG of per-domain mean main metric (and the mean over domains), one bar per model, chance as a
-    dashed line over each group. Drawn with the Agg canvas, so no display or pyplot state is involved."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    groups = [*summary.domains(), "all domains"]
-    means = {(m.model, m.name): m for m in summary.means()}
-    n_models = max(len(summary.models), 1)
-    figure = Figure(figsize=(max(6.0, 0.35 * len(groups) * (n_models + 1) + 2), 4.8), dpi=120)
-    FigureCanvasAgg(figure)
-    ax = figure.add_subplot()
-    width = 0.8 / n_models
-    for j, model in enumerate(summary.models):
-        heights = [100 * v if (v := means[model, g].value) is not None else math.nan for g in groups]
-        ax.bar(
-            [i + (j - (n_models - 1) / 2) * width for i in range(len(groups))], heights, width, label=model
-        )
-    for i, group in enumerate(groups):
-        chance = means[summary.models[0], group].chance if summary.models else None
-        if chance is not None:
-            label = "chance" if i == 0 else None
-            ax.hlines(100 * chance, i - 0.45, i + 0.45, colors="black", linestyles="dashed", label=label)
-    ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("main metric, mean over tasks (%)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize="small", frameon=False)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    _atomic_write(Path(path), buffer.getvalue())
-    return Path(path)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -34,10 +35,10 @@ from bmca_clip.eval.bootstrap import (
     BOOTSTRAP_SEED,
     Clusters,
     bootstrap_intervals,
-    mean_statistic,
 )
 from bmca_clip.eval.cache import CachedModel
 from bmca_clip.eval.metrics import NON_FINITE, Scores
+from bmca_clip.eval.weighted import hit_rate
 from bmca_clip.eval.zeroshot import autocast_context, encode_images
 
 DIRECTIONS = ("image_to_text", "text_to_image")
@@ -75,7 +76,7 @@ def retrieval_recall(similarity: Tensor, text_to_image: Tensor, ks: Sequence[int
     would then count as found.
     """
     hits = recall_hits(similarity, text_to_image, ks)
-    return {name: None if hit is None else hit.double().mean().item() for name, hit in hits.items()}
+    return {name: None if hit is None else hit_rate(hit) for name, hit in hits.items()}
 
 
 def _topk_hits(scores: Tensor, is_positive: Callable[[Tensor, Tensor], Tensor], k: int) -> Tensor:
@@ -158,7 +159,7 @@ def recall_intervals(
         reps = torch.full((int(pattern.max()) + 1,), len(pattern)).scatter_reduce_(
             0, pattern, torch.arange(len(pattern)), "amin"
         )
-        stats = {name: mean_statistic(hits[name][reps]) for name in names}
+        stats = {name: partial(hit_rate, hits[name][reps]) for name in names}
         clusters = image_clusters
         if direction == "text_to_image" and text_to_image is not None:
             image = clusters or Clusters(torch.arange(int(text_to_image.max()) + 1), "image")
@@ -238,9 +239,7 @@ def evaluate_retrieval(
     for name in metrics:
         direction = parse_recall_metric(name)[0]
         gallery = len(texts) if direction == "image_to_text" else len(captions)
-        scores.record(
-            name, lambda name=name: None if hits[name] is None else hits[name].double().mean().item()
-        )
+        scores.record(name, lambda name=name: None if hits[name] is None else hit_rate(hits[name]))
         if hits[name] is None:
             scores.notes[name] = f"k exceeds the gallery of {gallery} items, so recall would be trivially 1"
     if (note := tie_note(similarity, owner)) is not None:
