@@ -23,6 +23,7 @@ from bmca_clip.checkpoint import (
     resolve_resume,
     restore_rank_rng,
 )
+from bmca_clip.components import Components
 from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import from_open_clip
 from bmca_clip.data.pipeline import DataError, TrainLoader, build_train_loader, http_policy
@@ -42,7 +43,7 @@ from bmca_clip.resume import (
 from bmca_clip.rundir import atomic_write_text, run_lock
 from bmca_clip.tracking import MetricLogger
 from bmca_clip.train_eval import PeriodicEval, load_eval_tasks
-from bmca_clip.trainer import Components, Trainer
+from bmca_clip.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ def _build(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> tuple[Trai
     evaluator = None
     if eval_tasks is not None:
         evaluator = PeriodicEval(eval_tasks, cfg.eval, bundle.preprocess_eval, bundle.tokenizer, dist)
-    trainer = Trainer(cfg, dist, bundle.model, _components(cfg, dist, start, weights, evaluator))
+    components = _components(cfg, dist, start, weights, evaluator)
+    trainer = Trainer(cfg, dist, bundle.model, components=components)
     data_state = None
     if start.state is not None:
         trainer.load_state_dict(start.state, start.schedule)

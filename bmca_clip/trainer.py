@@ -1,6 +1,5 @@
-"""The training step and loop: feature-cache accumulation, mixed precision, clipping; and `Components`,
-what the loop is handed at construction (checkpointer, metric logger, evaluator, preemption handler), each
-deciding itself when it acts."""
+"""The training step and loop: feature-cache accumulation, mixed precision, clipping; checkpoints, log
+lines and evaluation when the components the Trainer is handed (bmca_clip/components.py) say so."""
 
 from __future__ import annotations
 
@@ -8,13 +7,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from bmca_clip.checkpoint import Checkpointer, packed_rng_state, unpack_rng_state
+from bmca_clip.checkpoint import packed_rng_state, unpack_rng_state
+from bmca_clip.components import Components
 from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import normalize_on_device
 from bmca_clip.data.pipeline import TrainLoader
@@ -22,12 +20,8 @@ from bmca_clip.dist import DistInfo
 from bmca_clip.loss import build_loss
 from bmca_clip.optim import build_optimizer, build_scheduler
 from bmca_clip.precision import check_pure_bf16
-from bmca_clip.preempt import Preempted, PreemptionHandler, WaitInterrupted
+from bmca_clip.preempt import Preempted, WaitInterrupted
 from bmca_clip.step_metrics import StepWindow, checked_data_counters
-from bmca_clip.tracking import MetricLogger
-
-if TYPE_CHECKING:  # train_eval loads the eval harness, which a Trainer without an eval suite never needs
-    from bmca_clip.train_eval import PeriodicEval
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +50,6 @@ def _full_batch(out: dict, cached: list[dict] | None, j: int, last: bool) -> tup
     return image_f, text_f, scale, bias
 
 
-@dataclass(frozen=True)
-class Components:
-    """What a Trainer is handed besides its model. Each part decides when it acts, by one rule
-    (bmca_clip/cadence.py): `should_save` / `should_log` / `should_eval(step, last_step)`. The run
-    (bmca_clip/train.py) builds them all; a test that only drives train_step leaves them out."""
-
-    checkpointer: Checkpointer | None = None  # needed by train() and save()
-    logger: MetricLogger | None = None  # needed by train()
-    evaluator: PeriodicEval | None = None  # None: eval.suite is null, no evaluation during training
-    preemption: PreemptionHandler | None = None  # None: a signal keeps its default action
-
-
 class Trainer:
     """Owns the model, optimizer, schedule and counters; `state_dict()` is everything a resume needs.
     `components`: its checkpointer, metric logger, evaluator and preemption handler, fixed at construction."""
@@ -77,6 +59,7 @@ class Trainer:
         cfg: PretrainConfig,
         dist: DistInfo,
         model: torch.nn.Module,
+        *,
         components: Components | None = None,
     ):
         self.cfg, self.dist = cfg, dist
@@ -253,9 +236,7 @@ class Trainer:
         with contextlib.closing(iter(loader)) as batches:
             while self.step < steps:
                 t0 = time.perf_counter()
-                at_step = (
-                    loader.state_dict()
-                )  # the data position of the last completed step, for a preemption
+                at_step = loader.state_dict()  # the data position of the last step done, for a preemption
                 micro = self._next_batches(batches)
                 window.data_time += time.perf_counter() - t0
                 if self.preemption is not None and self.preemption.should_stop():  # micro is None: a signal

@@ -10,9 +10,10 @@ import torch
 from conftest import compose_config
 
 from bmca_clip.checkpoint import Checkpointer, load_checkpoint, restore_rank_rng, rng_state, save_checkpoint
+from bmca_clip.components import Components
 from bmca_clip.config import PretrainConfig, to_object
 from bmca_clip.dist import DistInfo
-from bmca_clip.trainer import Components, Trainer
+from bmca_clip.trainer import Trainer
 
 
 class _Loader:
@@ -45,7 +46,7 @@ def _trainer(tmp_path) -> Trainer:
     cfg = to_object(compose_config("pretrain", ["model=bmca-tiny"]), PretrainConfig)
     checkpointer = Checkpointer(tmp_path, every_steps=1, keep_last=2)
     model = open_clip.create_model("bmca-tiny", output_dict=True)
-    return Trainer(cfg, DistInfo(), model, Components(checkpointer=checkpointer))
+    return Trainer(cfg, DistInfo(), model, components=Components(checkpointer=checkpointer))
 
 
 def test_rank_1_resumes_with_its_own_rng_not_rank_0s(tmp_path, monkeypatch):

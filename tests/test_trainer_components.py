@@ -19,12 +19,13 @@ import bmca_clip.tracking as tracking
 from bmca_clip import train as train_mod
 from bmca_clip.cadence import every
 from bmca_clip.checkpoint import Checkpointer, list_checkpoints
+from bmca_clip.components import Components
 from bmca_clip.config import LoggerConfig, PretrainConfig, TrainEvalConfig, WandbConfig, to_object
 from bmca_clip.dist import DistInfo
 from bmca_clip.preempt import PreemptionHandler
 from bmca_clip.tracking import MetricLogger
 from bmca_clip.train_eval import PeriodicEval
-from bmca_clip.trainer import Components, Trainer
+from bmca_clip.trainer import Trainer
 
 COMPONENTS = ("checkpointer", "logger", "evaluator", "preemption")
 
@@ -230,7 +231,9 @@ def test_the_trainer_acts_when_its_components_say(tmp_path):
         logger=logger,
         evaluator=evaluator,
     )
-    trainer = Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True), parts)
+    trainer = Trainer(
+        cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True), components=parts
+    )
     with logger:
         last = trainer.train(_Loader())
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
