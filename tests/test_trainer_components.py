@@ -103,7 +103,7 @@ def test_a_failing_step_closes_the_logger_stops_the_data_workers_and_restores_si
         train_mod.run(_cfg(corpus, out, **{"data.num_workers": 1}))
     assert failure.traceback  # still held: nothing below may rely on it being freed
     assert set(multiprocessing.active_children()) <= before_children  # the worker is gone
-    assert len(closed_loggers) == 1 and closed_loggers[0].jsonl is None and closed_loggers[0].bar is None
+    assert len(closed_loggers) == 1 and closed_loggers[0].jsonl is None  # metrics.jsonl closed
     assert signal.getsignal(signal.SIGUSR1) is before_handler
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1]  # step 1 was logged before step 2 failed
@@ -155,22 +155,20 @@ def test_every_without_a_positive_n_acts_only_at_the_last_step(n):
     assert [s for s in range(1, 8) if every(n, s, 7)] == [7]
 
 
-def test_each_component_asks_the_rule_with_its_own_n():
+def test_each_component_asks_the_rule_with_its_own_n(tmp_path):
     steps = range(1, 11)
-    checkpointer = Checkpointer(Path("unused"), every_steps=4, keep_last=1)
+    checkpointer = Checkpointer(tmp_path, every_steps=4, keep_last=1)
     evaluator = PeriodicEval([], TrainEvalConfig(every_steps=3), None, None, DistInfo())
     run = {"total_steps": 10, "start_step": 0, "run_name": "t", "config": {}}
-    quiet = MetricLogger(LoggerConfig(), Path("unused"), **run)
+    quiet = MetricLogger(LoggerConfig(), tmp_path, **run)
     # Every rank must agree (rank 0's logger is enabled, the others' not): a log line starts with a collective.
-    loggers = [
-        MetricLogger(LoggerConfig(), Path("unused"), **run, log_every=6, enabled=on) for on in (True, False)
-    ]
+    loggers = [MetricLogger(LoggerConfig(), tmp_path, **run, log_every=6, enabled=on) for on in (True, False)]
     assert [s for s in steps if checkpointer.should_save(s, 10)] == [4, 8, 10]
     assert [s for s in steps if evaluator.should_eval(s, 10)] == [3, 6, 9, 10]
     for logger in loggers:
         assert [s for s in steps if logger.should_log(s, 10)] == [6, 10]
     assert [s for s in steps if quiet.should_log(s, 10)] == list(steps)  # log_every defaults to 1
-    assert quiet.jsonl is None and not Path("unused").exists()  # constructing a logger opens nothing
+    assert quiet.jsonl is None and not list(tmp_path.iterdir())  # constructing a logger opens nothing
 
 
 # --- (c) the Trainer is handed its components ----------------------------------------------------------
