@@ -31,10 +31,8 @@ import argparse
 import copy
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import open_clip
 import torch
@@ -99,8 +97,8 @@ def make_batch(model: torch.nn.Module, batch_size: int, device: torch.device) ->
     return {"images": images.to(device), "texts": texts.to(device)}
 
 
-def ours(cfg: PretrainConfig, device: torch.device, model: torch.nn.Module, ckpt_dir: Path) -> Step:
-    trainer = Trainer(cfg, DistInfo(device=device), model, ckpt_dir)
+def ours(cfg: PretrainConfig, device: torch.device, model: torch.nn.Module) -> Step:
+    trainer = Trainer(cfg, DistInfo(device=device), model)  # no components: train_step only
     return lambda batch: trainer.train_step([batch])["loss"]
 
 
@@ -189,17 +187,16 @@ def bench_model(name: str, batch_size: int, args: argparse.Namespace, device: to
     model.set_grad_checkpointing(args.grad_checkpointing)
     bare_model = copy.deepcopy(model)  # the same initial weights
     batch = make_batch(model, batch_size, device)
-    with tempfile.TemporaryDirectory() as ckpt_dir:  # train_step writes no checkpoint; Trainer wants a dir
-        steps = {"ours": ours(cfg, device, model, Path(ckpt_dir)), "bare": bare(cfg, device, bare_model)}
-        flops = forward_flops(bare_model, batch, args.precision, device) / batch_size
-        first = {k: float(step(batch)) for k, step in steps.items()}  # same weights and batch: same loss
-        for _ in range(args.warmup - 1):
-            for step in steps.values():
-                step(batch)
-        rates: dict[str, list[float]] = {"ours": [], "bare": []}
-        for block in range(args.blocks):
-            for key in ("ours", "bare") if block % 2 == 0 else ("bare", "ours"):
-                rates[key].append(timed_block(steps[key], batch, args.steps, device))
+    steps = {"ours": ours(cfg, device, model), "bare": bare(cfg, device, bare_model)}
+    flops = forward_flops(bare_model, batch, args.precision, device) / batch_size
+    first = {k: float(step(batch)) for k, step in steps.items()}  # same weights and batch: same loss
+    for _ in range(args.warmup - 1):
+        for step in steps.values():
+            step(batch)
+    rates: dict[str, list[float]] = {"ours": [], "bare": []}
+    for block in range(args.blocks):
+        for key in ("ours", "bare") if block % 2 == 0 else ("bare", "ours"):
+            rates[key].append(timed_block(steps[key], batch, args.steps, device))
     ours_rate, bare_rate = statistics.median(rates["ours"]), statistics.median(rates["bare"])
     pairs = [(b - o) / b for o, b in zip(rates["ours"], rates["bare"], strict=True)]
     print(

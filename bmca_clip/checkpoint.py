@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bmca_clip.cadence import every
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
@@ -134,6 +136,26 @@ def resolve_checkpoint(path: str) -> Path:
             return found[-1]
         raise CheckpointError(f"checkpoint={path}: the folder holds no step_*.pt checkpoints")
     raise CheckpointError(f"checkpoint={path}: no such file or folder")
+
+
+class Checkpointer:
+    """The Trainer's checkpoint writer: when to save (every `every_steps` steps and at the last step,
+    checkpoint.every_steps) and where (`folder`, keeping the newest `keep_last`). `extra` is what every
+    checkpoint records besides the training state: the resolved config and its history, library
+    versions, the start weights."""
+
+    def __init__(self, folder: Path, *, every_steps: int, keep_last: int, extra: dict | None = None):
+        self.folder, self.every_steps, self.keep_last = Path(folder), every_steps, keep_last
+        self.extra = dict(extra or {})
+
+    def should_save(self, step: int, last_step: int) -> bool:
+        return every(self.every_steps, step, last_step)
+
+    def write(self, state: dict, step: int) -> Path:
+        """`state` plus `extra` as the checkpoint of `step`, atomically, pruned to keep_last (rank 0 only)."""
+        path = save_checkpoint(state | self.extra, self.folder, step, self.keep_last)
+        log.info("saved %s", path)
+        return path
 
 
 def rng_state(device: torch.device | None = None) -> dict:

@@ -46,12 +46,20 @@ class WaitInterrupted(BaseException):
 
 
 class PreemptionHandler:
-    """Installs handlers that set a flag; the training loop asks `should_stop()` before each step. Inside
-    `interruptible()` the handler raises WaitInterrupted instead, so a blocked read cannot outlast a signal."""
+    """While entered (`with handler:`), handlers that set a flag; the training loop asks `should_stop()`
+    before each step. Inside `interruptible()` the handler raises WaitInterrupted instead, so a blocked
+    read cannot outlast a signal. Leaving the block (or `restore()`) puts the previous handlers back."""
 
     def __init__(self, dist: DistInfo):
         self.dist, self.received, self._waiting = dist, None, False
+        self._previous: dict = {}
+
+    def __enter__(self) -> PreemptionHandler:
         self._previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
     def _on_signal(self, signum, _frame) -> None:
         self.received = signal.Signals(signum).name
@@ -81,7 +89,8 @@ class PreemptionHandler:
         return stop
 
     def restore(self) -> None:
-        for sig, handler in self._previous.items():
+        previous, self._previous = self._previous, {}
+        for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from bmca_clip.cadence import every
 from bmca_clip.config import TENSORBOARD_MISSING, ConfigError, LoggerConfig
 from bmca_clip.extras import require
 from bmca_clip.redact import redact_config, redact_url
@@ -20,7 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class MetricLogger:
-    """Console progress bar, `metrics.jsonl`, wandb and TensorBoard behind one `log(step, metrics)` call."""
+    """Console progress bar, `metrics.jsonl`, wandb and TensorBoard behind one `log(step, metrics)` call.
+
+    Constructing one only checks the settings; the sinks open when it is entered (`with logger:`, as
+    bmca_clip.train.run does once everything else is built) or at its first line, and `close()` (the
+    `with` block's end) closes whatever opened, also when opening failed part-way."""
 
     def __init__(
         self,
@@ -32,28 +37,63 @@ class MetricLogger:
         run_name: str,
         config: dict,
         enabled: bool = True,
+        log_every: int = 1,
     ):
-        self.enabled = enabled
+        self.cfg, self.out_dir, self.total_steps, self.start_step = (
+            cfg,
+            Path(out_dir),
+            total_steps,
+            start_step,
+        )
+        self.run_name, self.config, self.enabled, self.log_every = run_name, config, enabled, log_every
         self.bar = self.jsonl = self.wandb_run = self.tensorboard = None
-        if not enabled:
-            return
-        check_wandb(cfg)  # before any file is opened
-        if cfg.progress_bar:
-            self.bar = tqdm(
-                total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
-            )
-        if cfg.jsonl:
-            path = Path(out_dir) / "metrics.jsonl"
-            unlink_symlink(path)  # appending through a link would write into another run's history
-            self.jsonl = open(path, "a", encoding="utf-8")
-        if cfg.wandb.mode != "disabled":
-            self.wandb_run = _start_wandb(cfg, out_dir, run_name, config)
-        if cfg.tensorboard:
-            self.tensorboard = _start_tensorboard(cfg, out_dir, start_step)
+        self._opened = False
+        if enabled:
+            check_wandb(cfg)  # before any file is opened
+
+    def should_log(self, step: int, last_step: int) -> bool:
+        """Every train.log_every steps and at the last; the same answer on every rank (enabled or not),
+        because a log line starts with a collective (the ranks agree on the loss)."""
+        return every(self.log_every, step, last_step)
+
+    def open(self) -> MetricLogger:
+        """Open the sinks the config asks for (once); on a failure part-way, close those already open."""
+        if self._opened or not self.enabled:
+            return self
+        self._opened = True
+        cfg, out_dir = self.cfg, self.out_dir
+        try:
+            if cfg.progress_bar:
+                self.bar = tqdm(
+                    total=self.total_steps,
+                    initial=self.start_step,
+                    desc="train",
+                    unit="step",
+                    dynamic_ncols=True,
+                )
+            if cfg.jsonl:
+                path = out_dir / "metrics.jsonl"
+                unlink_symlink(path)  # appending through a link would write into another run's history
+                self.jsonl = open(path, "a", encoding="utf-8")
+            if cfg.wandb.mode != "disabled":
+                self.wandb_run = _start_wandb(cfg, out_dir, self.run_name, self.config)
+            if cfg.tensorboard:
+                self.tensorboard = _start_tensorboard(cfg, out_dir, self.start_step)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __enter__(self) -> MetricLogger:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
+        self.open()  # a logger used without `with` opens at its first line
         # The console gets the headline numbers and any data trouble; every counter goes to JSONL and wandb.
         main = {k: v for k, v in metrics.items() if "/" not in k or k.startswith("eval/")}
         trouble = {
@@ -83,14 +123,16 @@ class MetricLogger:
             self.bar.refresh()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.jsonl is not None:
-            self.jsonl.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        """Close every open sink, each once: the wandb run finishes even if closing another sink failed."""
+        sinks = (self.bar, self.jsonl, self.tensorboard)
+        run, self.bar, self.jsonl, self.wandb_run, self.tensorboard = self.wandb_run, None, None, None, None
+        try:
+            for sink in sinks:
+                if sink is not None:
+                    sink.close()
+        finally:
+            if run is not None:
+                run.finish()
 
 
 def _fmt(value) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import random
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import open_clip
@@ -14,12 +16,19 @@ import torch
 from omegaconf import OmegaConf
 
 import bmca_clip
-from bmca_clip.checkpoint import list_checkpoints, remove_stale_tmp, resolve_resume, restore_rank_rng
+from bmca_clip.checkpoint import (
+    Checkpointer,
+    list_checkpoints,
+    remove_stale_tmp,
+    resolve_resume,
+    restore_rank_rng,
+)
+from bmca_clip.components import Components
 from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import from_open_clip
 from bmca_clip.data.pipeline import DataError, TrainLoader, build_train_loader, http_policy
 from bmca_clip.data.sources import Source, SourceCommitMoved, resolve_sources
-from bmca_clip.dist import init_distributed
+from bmca_clip.dist import init_distributed, shutdown
 from bmca_clip.model import build_model, start_weights
 from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm, slurm_restart
 from bmca_clip.redact import redact_config
@@ -33,7 +42,7 @@ from bmca_clip.resume import (
 )
 from bmca_clip.rundir import atomic_write_text, run_lock
 from bmca_clip.tracking import MetricLogger
-from bmca_clip.train_eval import PeriodicEval
+from bmca_clip.train_eval import PeriodicEval, load_eval_tasks
 from bmca_clip.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -119,19 +128,49 @@ def _loader(cfg: PretrainConfig, bundle, dist, data_state: dict | None, sources:
 
 
 def run(cfg: PretrainConfig, hydra_files: dict[str, str] | None = None) -> dict[str, float]:
-    """Train as `cfg` says; returns the last logged metrics. The caller closes the process group.
-    `hydra_files`: the .hydra/ files (name -> YAML) train.py hands over, written only once the start
-    checks passed, so a refused start leaves an earlier run's record alone."""
-    dist = init_distributed(cfg.train.device)
-    with run_lock(Path(cfg.output_dir), dist):  # before anything is read or written in the run folder
-        return _run_locked(cfg, dist, hydra_files or {})
+    """Train as `cfg` says; returns the last logged metrics. `hydra_files`: the .hydra/ files (name -> YAML)
+    train.py hands over, written only once the start checks passed, so a refused start leaves an earlier
+    run's record alone. Whatever the run opens (the process group, the run folder's lock, the metric
+    logger's files and wandb run, the signal handlers) is closed here, newest first, however it ends."""
+    with contextlib.ExitStack() as opened:
+        opened.callback(shutdown)  # the process group, if init_distributed formed one
+        dist = init_distributed(cfg.train.device)
+        opened.enter_context(run_lock(Path(cfg.output_dir), dist))  # before anything in the folder is read
+        trainer, loader = _build(cfg, dist, hydra_files or {})  # every check passed: now open the sinks
+        opened.enter_context(trainer.logger)
+        opened.enter_context(trainer.preemption)
+        try:
+            return trainer.train(loader)  # the data workers are the loop's, stopped as it ends
+        except Preempted as stop:
+            log.warning(
+                "%s received: checkpoint saved at step %d; exiting with %d so the job runs again",
+                stop.signal_name,
+                stop.step,
+                stop.code,
+            )
+            requeue_if_slurm(dist)
+            raise
 
 
-def _start(cfg: PretrainConfig, dist, hydra_files: dict[str, str]):
-    """Decide where the run starts, refusing what would overwrite or lose work; then record its config.
-    Returns (checkpoint path, its state, plan, schedule, history, resolved config); None entries start fresh."""
-    out_dir = Path(cfg.output_dir)
-    ckpt_dir = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
+def _ckpt_dir(cfg: PretrainConfig) -> Path:
+    return Path(cfg.checkpoint.dir or Path(cfg.output_dir) / "checkpoints")
+
+
+class _Start(NamedTuple):
+    """Where a run starts: the checkpoint it resumes (path and state, None for a fresh start), what the
+    resume changes (plan, schedule), the config history, and this run's resolved (redacted) config."""
+
+    path: Path | None
+    state: dict | None
+    plan: ResumePlan
+    schedule: tuple | None
+    history: list
+    resolved: dict
+
+
+def _start(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> _Start:
+    """Decide where the run starts, refusing what would overwrite or lose work; then record its config."""
+    out_dir, ckpt_dir = Path(cfg.output_dir), _ckpt_dir(cfg)
     resume = cfg.resume
     if resume is None and (restart := slurm_restart()):
         resume = "latest"  # a requeued Slurm job carries on from its own last checkpoint
@@ -154,71 +193,67 @@ def _start(cfg: PretrainConfig, dist, hydra_files: dict[str, str]):
         for name, text in hydra_files.items():
             (out_dir / ".hydra").mkdir(exist_ok=True)
             atomic_write_text(out_dir / ".hydra" / name, text)
-    return path, state, plan, schedule, history, resolved
+    return _Start(path, state, plan, schedule, history, resolved)
 
 
-def _run_locked(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> dict[str, float]:
-    out_dir = Path(cfg.output_dir)
-    ckpt_dir = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
+def _build(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> tuple[Trainer, TrainLoader]:
+    """The Trainer with its components, resumed if asked, and this rank's data loader; opens nothing."""
     cfg = _with_accumulation(cfg, dist.world_size, dist.is_main)
-    # Fail fast: missing shards or an unlistable hub repo stop the run before its folder is written and
-    # before a model is built (a ViT-L-14 download is 1.7 GB).
+    # Fail fast: missing shards, an unlistable hub repo or a misspelt eval.suite stop the run before its
+    # folder is written and before a model is built (a ViT-L-14 download is 1.7 GB).
     sources = resolve_sources(cfg.data, http_policy(cfg.data))
-    path, state, plan, schedule, history, resolved = _start(cfg, dist, hydra_files)
+    eval_tasks = load_eval_tasks(cfg.eval)
+    start = _start(cfg, dist, hydra_files)
 
     if dist.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     seed_everything(cfg.train.seed)  # the same on every rank: all ranks must start from identical weights
     bundle = build_model(cfg.model, dist.device)
     # Hashed before Trainer casts pure_bf16 weights in place; every checkpoint carries it for WiSE-FT.
-    start = start_weights(bundle.model, cfg.model, cfg.train.seed) if dist.is_main else None
-    trainer = Trainer(cfg, dist, bundle.model, ckpt_dir)
+    weights = start_weights(bundle.model, cfg.model, cfg.train.seed) if dist.is_main else None
+    if start.state is not None:  # the run's own start, even if its source changed since
+        weights = start.state.get("start_weights") or weights
+    evaluator = None
+    if eval_tasks is not None:
+        evaluator = PeriodicEval(eval_tasks, cfg.eval, bundle.preprocess_eval, bundle.tokenizer, dist)
+    components = _components(cfg, dist, start, weights, evaluator)
+    trainer = Trainer(cfg, dist, bundle.model, components=components)
     data_state = None
-    if state is not None:
-        trainer.load_state_dict(state, schedule)
-        restore_rank_rng(state["rng"], dist.rank, dist.world_size, dist.device)
-        start = state.get("start_weights") or start  # the run's own start, even if its source changed since
-        log_plan(plan, trainer.step, cfg.train.seed)
-        if not plan.reset_data:
-            data_state = _rank_data_state(state, dist.rank, dist.world_size)
-        log.info("resumed from %s at step %d", path, trainer.step)
-    loader = _loader(cfg, bundle, dist, data_state, sources)
+    if start.state is not None:
+        trainer.load_state_dict(start.state, start.schedule)
+        restore_rank_rng(start.state["rng"], dist.rank, dist.world_size, dist.device)
+        log_plan(start.plan, trainer.step, cfg.train.seed)
+        if not start.plan.reset_data:
+            data_state = _rank_data_state(start.state, dist.rank, dist.world_size)
+        log.info("resumed from %s at step %d", start.path, trainer.step)
+    return trainer, _loader(cfg, bundle, dist, data_state, sources)
+
+
+def _components(cfg: PretrainConfig, dist, start: _Start, weights, evaluator) -> Components:
+    """The checkpointer, metric logger and preemption handler of this run (none opened yet)."""
+    out_dir = Path(cfg.output_dir)
+    extra = {  # what every checkpoint records besides the training state
+        "config": start.resolved,
+        "config_history": start.history,
+        "versions": library_versions(),
+        "start_weights": redact_config(weights),  # model.pretrained may be a URL too
+    }
+    ckpt = cfg.checkpoint
     logger = MetricLogger(
         cfg.logger,
         out_dir,
         total_steps=cfg.train.steps,
-        start_step=trainer.step,
+        start_step=start.state["step"] if start.state is not None else 0,
         run_name=cfg.name,
-        config=resolved,
+        config=start.resolved,
         enabled=dist.is_main,
+        log_every=cfg.train.log_every,
     )
-    if cfg.eval.suite:
-        trainer.evaluator = PeriodicEval(
-            cfg.eval.suite,
-            cfg.eval.data_root,
-            cfg.eval.batch_size,
-            bundle.preprocess_eval,
-            bundle.tokenizer,
-            dist,
-        )
-    trainer.preemption = PreemptionHandler(dist)
-    try:
-        extra = {
-            "config": resolved,
-            "config_history": history,
-            "versions": library_versions(),
-            "start_weights": redact_config(start),  # model.pretrained may be a URL too
-        }
-        return trainer.train(loader, logger, extra)
-    except Preempted as stop:
-        log.warning(
-            "%s received: checkpoint saved at step %d; exiting with %d so the job runs again",
-            stop.signal_name,
-            stop.step,
-            stop.code,
-        )
-        requeue_if_slurm(dist)
-        raise
-    finally:
-        trainer.preemption.restore()
-        logger.close()
+    return Components(
+        checkpointer=Checkpointer(
+            _ckpt_dir(cfg), every_steps=ckpt.every_steps, keep_last=ckpt.keep_last, extra=extra
+        ),
+        logger=logger,
+        evaluator=evaluator,
+        preemption=PreemptionHandler(dist),
+    )

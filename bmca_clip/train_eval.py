@@ -9,22 +9,34 @@ from __future__ import annotations
 import torch
 import torch.distributed as torch_dist
 
+from bmca_clip.cadence import every
+from bmca_clip.config import TrainEvalConfig
 from bmca_clip.dist import DistInfo
 from bmca_clip.eval.harness import evaluate_suite
 from bmca_clip.eval.shard import select
 from bmca_clip.eval.tasks import load_suite
 
 
-class PeriodicEval:
-    """Callable(model) -> {"eval/<task>": main metric, "eval/mean": mean}, the same dict on every rank."""
+def load_eval_tasks(cfg: TrainEvalConfig) -> list | None:
+    """The tasks of eval.suite, or None when it is null. Called before the run opens its folder, logger
+    or model, so a misspelt suite or a bad task YAML stops the start, not the run at its first eval."""
+    return load_suite(cfg.suite).tasks if cfg.suite else None
 
-    def __init__(self, suite: str, data_root: str, batch_size: int, preprocess, tokenizer, dist: DistInfo):
-        self.tasks = load_suite(suite).tasks  # fails at start, not mid-run, if the suite is wrong
+
+class PeriodicEval:
+    """Callable(model) -> {"eval/<task>": main metric, "eval/mean": mean}, the same dict on every rank;
+    `should_eval(step, last_step)`: every eval.every_steps steps and at the last."""
+
+    def __init__(self, tasks: list, cfg: TrainEvalConfig, preprocess, tokenizer, dist: DistInfo):
+        self.tasks, self.every_steps = tasks, cfg.every_steps
         self.mine = (
             select(self.tasks, (dist.rank + 1, dist.world_size)) if dist.world_size > 1 else self.tasks
         )
-        self.data_root, self.batch_size = data_root, batch_size
+        self.data_root, self.batch_size = cfg.data_root, cfg.batch_size
         self.preprocess, self.tokenizer, self.dist = preprocess, tokenizer, dist
+
+    def should_eval(self, step: int, last_step: int) -> bool:
+        return every(self.every_steps, step, last_step)
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         results = evaluate_suite(

@@ -1,4 +1,5 @@
-"""The training step and loop: feature-cache accumulation, mixed precision, clipping, checkpoints."""
+"""The training step and loop: feature-cache accumulation, mixed precision, clipping; checkpoints, log
+lines and evaluation when the components the Trainer is handed (bmca_clip/components.py) say so."""
 
 from __future__ import annotations
 
@@ -6,21 +7,21 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from bmca_clip.checkpoint import packed_rng_state, save_checkpoint, unpack_rng_state
+from bmca_clip.checkpoint import packed_rng_state, unpack_rng_state
+from bmca_clip.components import Components
 from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import normalize_on_device
-from bmca_clip.data.pipeline import DataError, TrainLoader
+from bmca_clip.data.pipeline import TrainLoader
 from bmca_clip.dist import DistInfo
 from bmca_clip.loss import build_loss
 from bmca_clip.optim import build_optimizer, build_scheduler
 from bmca_clip.precision import check_pure_bf16
-from bmca_clip.preempt import Preempted, PreemptionHandler, WaitInterrupted
-from bmca_clip.tracking import MetricLogger
+from bmca_clip.preempt import Preempted, WaitInterrupted
+from bmca_clip.step_metrics import StepWindow, checked_data_counters
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,21 @@ def _full_batch(out: dict, cached: list[dict] | None, j: int, last: bool) -> tup
 
 
 class Trainer:
-    """Owns the model, optimizer, schedule and counters; `state_dict()` is everything a resume needs."""
+    """Owns the model, optimizer, schedule and counters; `state_dict()` is everything a resume needs.
+    `components`: its checkpointer, metric logger, evaluator and preemption handler, fixed at construction."""
 
-    def __init__(self, cfg: PretrainConfig, dist: DistInfo, model: torch.nn.Module, checkpoint_dir: Path):
-        self.cfg, self.dist, self.checkpoint_dir = cfg, dist, checkpoint_dir
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        dist: DistInfo,
+        model: torch.nn.Module,
+        *,
+        components: Components | None = None,
+    ):
+        self.cfg, self.dist = cfg, dist
+        parts = components or Components()
+        self.checkpointer, self.logger = parts.checkpointer, parts.logger
+        self.evaluator, self.preemption = parts.evaluator, parts.preemption
         self.accum_freq = cfg.train.accumulation(dist.world_size)  # derived from train.global_batch if set
         if cfg.train.precision == "amp_fp16" and dist.device.type != "cuda":
             raise ConfigError("train.precision=amp_fp16 needs a CUDA device; use fp32 or amp_bf16 on the CPU")
@@ -78,11 +90,7 @@ class Trainer:
         self.samples_seen = 0
         self.nonfinite_steps = 0  # steps whose update was skipped for a nan/inf loss or gradient norm
         self.nonfinite_in_a_row = 0
-        self.save_pending = (
-            False  # a checkpoint deferred during non-finite steps, written at the next finite one
-        )
-        self.preemption: PreemptionHandler | None = None  # set by run(); None in tests that drive steps
-        self.evaluator = None  # set by run() when eval.suite is given: model -> {"eval/<task>": value}
+        self.save_pending = False  # a checkpoint deferred during non-finite steps, due at the next finite one
         self._saved_step: int | None = None  # the step of the last checkpoint this process wrote
 
     def autocast(self):
@@ -215,51 +223,53 @@ class Trainer:
             self.optimizer, self.cfg.optim, self.cfg.train.steps, self.resumed_at, self.step
         )
 
-    def train(self, loader: TrainLoader, logger: MetricLogger, checkpoint_extra: dict) -> dict[str, float]:
-        """Run until train.steps; log every train.log_every steps; checkpoint every checkpoint.every_steps."""
-        cfg = self.cfg
-        batches: Iterator[dict] = iter(loader)
-        per_step = cfg.train.batch_size * self.accum_freq * self.dist.world_size
+    def train(self, loader: TrainLoader) -> dict[str, float]:
+        """Run until train.steps; the components say when to log, evaluate and checkpoint. Returns the last
+        log line with the last scores. The data workers stop with the loop, however it ends."""
+        if self.checkpointer is None or self.logger is None:
+            raise ValueError("Trainer.train needs Components(checkpointer=..., logger=...) at construction")
+        steps, logger = self.cfg.train.steps, self.logger
+        per_step = self.cfg.train.batch_size * self.accum_freq * self.dist.world_size
         last: dict[str, float] = {}
-        window = _Window()
-        while self.step < cfg.train.steps:
-            t0 = time.perf_counter()
-            at_step = loader.state_dict()  # the data position of the last completed step, for a preemption
-            micro = self._next_batches(batches)
-            window.data_time += time.perf_counter() - t0
-            if self.preemption is not None and self.preemption.should_stop():  # micro is None: a signal
-                self._stop_for_requeue(loader, checkpoint_extra, at_step)
-            lr = self.scheduler.get_last_lr()[0]  # what this step uses: train_step moves the schedule on
-            metrics = self.train_step(micro)
-            self.step += 1
-            self.samples_seen += per_step
-            window.steps += 1
-            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                last = {
-                    k: v.item() for k, v in self._agree(metrics).items()
-                }  # device sync, once per log line
-                last.update(
-                    window.rates(per_step, self.dist.world_size),
-                    lr=lr,
-                    samples_seen=self.samples_seen,
-                )
-                last.update(_data_health(loader, cfg.data.max_bad_fraction))
-                if self.dist.device.type == "cuda":
-                    last["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
-                logger.log(self.step, last)
-                window = _Window()
-            logger.advance(self.step)
-            if self.evaluator is not None and (
-                self.step % cfg.eval.every_steps == 0 or self.step == cfg.train.steps
-            ):
-                scores = self.evaluator(unwrap(self.model))  # every rank: each scores its share of tasks
-                logger.log(self.step, scores)
-                last.update(scores)
-            saved = self.step % cfg.checkpoint.every_steps == 0 or self.step == cfg.train.steps
-            saved = saved or (self.save_pending and not self.nonfinite_in_a_row)  # one deferred by a nan
-            if saved:
-                self.save(loader, checkpoint_extra)
+        window = StepWindow()
+        # closing(): a failure shuts the DataLoader workers down now, not when its traceback is freed.
+        with contextlib.closing(iter(loader)) as batches:
+            while self.step < steps:
+                t0 = time.perf_counter()
+                at_step = loader.state_dict()  # the data position of the last step done, for a preemption
+                micro = self._next_batches(batches)
+                window.data_time += time.perf_counter() - t0
+                if self.preemption is not None and self.preemption.should_stop():  # micro is None: a signal
+                    self._stop_for_requeue(loader, at_step)
+                lr = self.scheduler.get_last_lr()[0]  # what this step uses: train_step moves the schedule on
+                metrics = self.train_step(micro)
+                self.step += 1
+                self.samples_seen += per_step
+                window.steps += 1
+                if logger.should_log(self.step, steps):
+                    last = self._log_line(metrics, lr, window, per_step, loader)
+                    window = StepWindow()
+                logger.advance(self.step)
+                if self.evaluator is not None and self.evaluator.should_eval(self.step, steps):
+                    scores = self.evaluator(unwrap(self.model))  # every rank: each scores its share of tasks
+                    logger.log(self.step, scores)
+                    last.update(scores)
+                deferred = self.save_pending and not self.nonfinite_in_a_row  # one deferred by a nan step
+                if self.checkpointer.should_save(self.step, steps) or deferred:
+                    self.save(loader)
         return last
+
+    def _log_line(
+        self, metrics: dict, lr: float, window: StepWindow, per_step: int, loader
+    ) -> dict[str, float]:
+        """Every rank (the loss is agreed collectively): this step's log line, handed to the logger."""
+        line = {k: v.item() for k, v in self._agree(metrics).items()}  # device sync, once per log line
+        line.update(window.rates(per_step, self.dist.world_size), lr=lr, samples_seen=self.samples_seen)
+        line.update(checked_data_counters(loader, self.cfg.data.max_bad_fraction))
+        if self.dist.device.type == "cuda":
+            line["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
+        self.logger.log(self.step, line)
+        return line
 
     def _next_batches(self, batches: Iterator[dict]) -> list[dict] | None:
         """The next step's micro-batches; None when a preemption signal ended the wait for them (a stalled
@@ -272,11 +282,11 @@ class Trainer:
         except WaitInterrupted:
             return None
 
-    def _stop_for_requeue(self, loader: TrainLoader, extra: dict, data_state: dict) -> None:
+    def _stop_for_requeue(self, loader: TrainLoader, data_state: dict) -> None:
         """Every rank: save the last completed step (unless just saved) and raise Preempted. `data_state`
         is the loader's position at that step: batches fetched since then were not trained on."""
         if self._saved_step != self.step:
-            self.save(loader, extra, data_state)
+            self.save(loader, data_state)
         raise Preempted(self.step, self.preemption.received or "a signal on another rank")
 
     def _agree(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -287,8 +297,9 @@ class Trainer:
         torch.distributed.all_reduce(loss)
         return metrics | {"loss": loss / self.dist.world_size}
 
-    def save(self, loader: TrainLoader, extra: dict, data_state: dict | None = None):
-        """Write a checkpoint from rank 0; every rank must call this (positions and RNGs are gathered).
+    def save(self, loader: TrainLoader, data_state: dict | None = None):
+        """Write a checkpoint from rank 0 through the checkpointer; every rank must call this (positions and
+        RNGs are gathered).
         `data_state`: the loader position to record, when it is not the loader's current one.
         Non-finite weights are never written: the run stops and the checkpoints on disk stay as they were."""
         _check_finite_weights(unwrap(self.model), self.step)  # ranks hold the same weights: all raise
@@ -304,10 +315,7 @@ class Trainer:
             return None
         rngs = [unpack_rng_state(r[1]) for r in ranks]
         gathered = {"data": {"ranks": [r[0] for r in ranks]}, "rng": {"ranks": rngs}}
-        state = self.state_dict() | gathered | extra
-        path = save_checkpoint(state, self.checkpoint_dir, self.step, self.cfg.checkpoint.keep_last)
-        log.info("saved %s", path)
-        return path
+        return self.checkpointer.write(self.state_dict() | gathered, self.step)
 
     def _defer_save(self) -> bool:
         """Whether to write no checkpoint now: the last step was skipped as non-finite (the same on every
@@ -345,33 +353,3 @@ def _check_finite_weights(model: torch.nn.Module, step: int) -> None:
         "no checkpoint was written and none was pruned: lower optim.lr or set optim.grad_clip_norm, then "
         "resume=latest from the last checkpoint"
     )
-
-
-class _Window:
-    """Wall time, data-wait time and steps since the last log line."""
-
-    def __init__(self):
-        self.start, self.data_time, self.steps = time.perf_counter(), 0.0, 0
-
-    def rates(self, per_step: int, world_size: int) -> dict[str, float]:
-        elapsed = time.perf_counter() - self.start
-        total = per_step * self.steps / elapsed
-        return {
-            "samples_per_s": total,
-            "samples_per_s_per_device": total / world_size,
-            "data_wait_fraction": self.data_time / elapsed,
-        }
-
-
-def _data_health(loader: TrainLoader, max_bad_fraction: float) -> dict[str, float]:
-    """Data counters for the log line; stops training when too much of the data fails to decode."""
-    counters = loader.counters()
-    bad = sum(n for name, n in counters.items() if name.startswith("skipped/"))
-    seen = bad + counters.get("decoded", 0)
-    if seen >= 100 and bad / seen > max_bad_fraction:
-        failing = {k: v for k, v in counters.items() if k.startswith(("skipped/", "shards_failed/"))}
-        raise DataError(
-            f"{bad} of the last {seen} samples could not be decoded ({failing}); above data.max_bad_fraction="
-            f"{max_bad_fraction}. Check the shards (data.train_shards / data.sources) before training on what is left."
-        )
-    return {f"data/{name}": float(n) for name, n in sorted(counters.items())}

@@ -24,7 +24,7 @@ def main(out: Path, accum: int, loss: str) -> None:
     cfg = to_object(compose_config("pretrain", overrides), PretrainConfig)
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="bmca-tiny", init_logit_bias=cfg.model.init_logit_bias)).model
-    trainer = Trainer(cfg, dist, model, out)
+    trainer = Trainer(cfg, dist, model)
     batch = global_batch(16)
     half = {k: v.chunk(2)[dist.rank] for k, v in batch.items()}
     micro = [{k: v.chunk(accum)[i] for k, v in half.items()} for i in range(accum)]

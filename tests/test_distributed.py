@@ -40,7 +40,7 @@ def _single_process(loss: str) -> tuple[float, dict]:
     )
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="bmca-tiny", init_logit_bias=cfg.model.init_logit_bias)).model
-    trainer = Trainer(cfg, DistInfo(), model, REPO)
+    trainer = Trainer(cfg, DistInfo(), model)
     loss_value = trainer.train_step([global_batch(16)])["loss"].item()
     return loss_value, {n: p.grad for n, p in trainer.model.named_parameters()}
 

@@ -47,7 +47,7 @@ def test_safetensors_file(tmp_path):
 def test_our_training_checkpoint_as_a_start(tmp_path):
     ref = _reference()
     cfg = to_object(compose_config("pretrain", ["model=bmca-tiny"]), PretrainConfig)
-    state = Trainer(cfg, DistInfo(), ref, tmp_path).state_dict()
+    state = Trainer(cfg, DistInfo(), ref).state_dict()
     path = tmp_path / "step_00000010.pt"
     torch.save(state | {"step": 10}, path)
     assert _same_weights(build_model(ModelConfig(name="bmca-tiny", pretrained=str(path))).model, ref)
@@ -87,7 +87,7 @@ def _step_and_compare(tmp_path, **model_kw) -> tuple[dict, dict]:
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="bmca-tiny", **model_kw)).model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = Trainer(cfg, DistInfo(), model, tmp_path)
+    trainer = Trainer(cfg, DistInfo(), model)
     for seed in (1, 2):
         trainer.train_step([global_batch(8, seed)])
     return before, dict(model.named_parameters())

@@ -17,7 +17,7 @@ from PIL import Image
 from bmca_clip.config import DataConfig
 from bmca_clip.data.filters import BalanceConfig, FilterConfig
 from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader, expand_shards
-from bmca_clip.trainer import _data_health
+from bmca_clip.step_metrics import checked_data_counters
 
 
 def _jpeg() -> bytes:
@@ -70,7 +70,7 @@ def test_mostly_broken_data_stops_training_with_a_clear_message(tmp_path):
     with pytest.raises(DataError, match="could not be decoded"):
         for _ in range(50):
             next(batches)
-            _data_health(loader, 0.5)
+            checked_data_counters(loader, 0.5)
 
 
 def test_shard_specs_expand_folders_braces_and_joins(tmp_path):

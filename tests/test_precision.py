@@ -21,7 +21,7 @@ from bmca_clip.trainer import Trainer
 def _trainer(tmp_path, precision: str, compile: bool = False) -> Trainer:
     overrides = ["model=bmca-tiny", f"train.precision={precision}", f"train.compile={compile}"]
     cfg = to_object(compose_config("pretrain", overrides), PretrainConfig)
-    return Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True), tmp_path)
+    return Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True))
 
 
 def test_amp_bf16_step_is_finite_and_updates_weights(tmp_path):
@@ -57,7 +57,7 @@ def test_amp_fp16_on_gpu_uses_a_grad_scaler(tmp_path):
         compose_config("pretrain", ["model=bmca-tiny", "train.precision=amp_fp16"]), PretrainConfig
     )
     dist = DistInfo(device=torch.device("cuda", 0))
-    trainer = Trainer(cfg, dist, open_clip.create_model("bmca-tiny", output_dict=True), tmp_path)
+    trainer = Trainer(cfg, dist, open_clip.create_model("bmca-tiny", output_dict=True))
     batch = {"images": torch.randn(8, 3, 32, 32), "texts": torch.randint(1, 49000, (8, 32))}
     assert torch.isfinite(trainer.train_step([batch])["loss"])
     assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() > 0
@@ -78,7 +78,7 @@ def _bf16_trainer(tmp_path, lr: float, *extra: str) -> Trainer:
     overrides = ["model=bmca-tiny", "train.precision=pure_bf16", f"optim.lr={lr}", *extra]
     cfg = to_object(compose_config("pretrain", overrides), PretrainConfig)
     torch.manual_seed(0)
-    return Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True), tmp_path)
+    return Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True))
 
 
 def test_pure_bf16_at_a_learning_rate_it_cannot_represent_is_refused_with_the_fix(tmp_path):
@@ -117,7 +117,7 @@ def test_the_predicted_stalled_share_is_what_five_pure_bf16_steps_leave_unchange
         compose_config("pretrain", ["model=bmca-tiny", "optim.lr=1e-6", *schedule]), PretrainConfig
     )
     torch.manual_seed(0)
-    fp32 = Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True), tmp_path)
+    fp32 = Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True))
     moved_bf16, moved_fp32 = _changed_after_five_steps(bf16), _changed_after_five_steps(fp32)
     n_bf16 = sum(int(m.sum()) for m in moved_bf16.values())
     assert total - n_bf16 >= stalled > 0.95 * total

@@ -9,7 +9,8 @@ import open_clip
 import torch
 from conftest import compose_config
 
-from bmca_clip.checkpoint import load_checkpoint, restore_rank_rng, rng_state, save_checkpoint
+from bmca_clip.checkpoint import Checkpointer, load_checkpoint, restore_rank_rng, rng_state, save_checkpoint
+from bmca_clip.components import Components
 from bmca_clip.config import PretrainConfig, to_object
 from bmca_clip.dist import DistInfo
 from bmca_clip.trainer import Trainer
@@ -43,7 +44,9 @@ class _TwoRankGather:
 
 def _trainer(tmp_path) -> Trainer:
     cfg = to_object(compose_config("pretrain", ["model=bmca-tiny"]), PretrainConfig)
-    return Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True), tmp_path)
+    checkpointer = Checkpointer(tmp_path, every_steps=1, keep_last=2)
+    model = open_clip.create_model("bmca-tiny", output_dict=True)
+    return Trainer(cfg, DistInfo(), model, components=Components(checkpointer=checkpointer))
 
 
 def test_rank_1_resumes_with_its_own_rng_not_rank_0s(tmp_path, monkeypatch):
@@ -54,10 +57,10 @@ def test_rank_1_resumes_with_its_own_rng_not_rank_0s(tmp_path, monkeypatch):
     torch.manual_seed(11)
     rank1 = torch.get_rng_state()
     trainer.dist = DistInfo(rank=1, world_size=2)
-    assert trainer.save(_Loader(1), {}) is None  # only rank 0 writes
+    assert trainer.save(_Loader(1)) is None  # only rank 0 writes
     torch.manual_seed(10)
     trainer.dist, gather.rank = DistInfo(rank=0, world_size=2), 0
-    state = load_checkpoint(trainer.save(_Loader(0), {}))
+    state = load_checkpoint(trainer.save(_Loader(0)))
     assert state["data"]["ranks"] == [{"rank": 0}, {"rank": 1}]
 
     torch.manual_seed(99)  # a fresh process of rank 1 after the restart

@@ -23,7 +23,7 @@ def _trainer(tmp_path, **overrides) -> Trainer:
     values.update(overrides)
     cfg = to_object(compose_config("pretrain", [f"{k}={v}" for k, v in values.items()]), PretrainConfig)
     torch.manual_seed(0)
-    return Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True), tmp_path)
+    return Trainer(cfg, DistInfo(), open_clip.create_model("bmca-tiny", output_dict=True))
 
 
 def _batch(n: int, seed: int = 1) -> dict:

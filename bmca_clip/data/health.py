@@ -10,7 +10,7 @@ stream. No single sample can stop a run.
 A stream whose skipped share exceeds data.max_bad_fraction once it has read data.max_bad_after samples
 stops training with a DataError naming the likely cause ("500 had no `png` member; the shards hold `jpg`
 (set data.image_key=jpg)"). Without it, data that never decodes (a wrong key, all-empty captions, corrupt
-shards) never fills a batch and the run reads forever. The trainer's own check (trainer._data_health)
+shards) never fills a batch and the run reads forever. The trainer's own check (step_metrics.checked_data_counters)
 judges a rank's counters at log steps only, which a batch that never fills never reaches.
 """
 
