@@ -19,13 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bmca_clip.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """No usable checkpoint where one was asked for; the message names the file or folder."""
 
 
 def checkpoint_path(ckpt_dir: Path, step: int) -> Path:

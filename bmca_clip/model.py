@@ -25,6 +25,7 @@ from open_clip.factory import HF_HUB_PREFIX, parse_model_name
 from open_clip.pretrained import download_pretrained_from_hf
 
 from bmca_clip.config import ModelConfig
+from bmca_clip.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ class ClipBundle:
     preprocess_train: Any
     preprocess_eval: Any
     tokenizer: Any
-
-
-class ModelLoadError(RuntimeError):
-    """Weights or architecture could not be loaded; the message says what to do."""
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBundle:

@@ -16,6 +16,7 @@ from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import normalize_on_device
 from bmca_clip.data.pipeline import DataError, TrainLoader
 from bmca_clip.dist import DistInfo
+from bmca_clip.errors import TrainingDiverged
 from bmca_clip.loss import build_loss
 from bmca_clip.optim import build_optimizer, build_scheduler
 from bmca_clip.precision import check_pure_bf16
@@ -328,10 +329,6 @@ class Trainer:
             self.nonfinite_in_a_row,
         )
         return True
-
-
-class TrainingDiverged(RuntimeError):
-    """The run cannot go on without losing its last good state; the message names the step and what to do."""
 
 
 def _check_finite_weights(model: torch.nn.Module, step: int) -> None:

@@ -26,7 +26,8 @@ from torch import Tensor
 from bmca_clip.checkpoint import atomic_torch_save
 from bmca_clip.cli import exit_on_user_error, parse_key_values
 from bmca_clip.config import ConfigError, ModelConfig
-from bmca_clip.model import ModelLoadError, build_model, weights_sha256
+from bmca_clip.errors import WeightMergeError
+from bmca_clip.model import build_model, weights_sha256
 from bmca_clip.train import library_versions
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,7 @@ KEY_HELP = {
 }
 
 
-class MergeError(ModelLoadError):
-    """Two state dicts that cannot be merged; the message names the first offending key."""
+MergeError = WeightMergeError  # the old name, kept for code that imports it
 
 
 def check_alpha(alpha: float) -> float:
@@ -80,7 +80,7 @@ def blend(base: dict[str, Tensor], tuned: dict[str, Tensor], alpha: float) -> di
         elif torch.equal(b, t):
             merged[key] = t
         else:
-            raise MergeError(
+            raise WeightMergeError(
                 f"non-floating tensor {key!r} differs between base and tuned and cannot be interpolated; "
                 "the two checkpoints must come from the same architecture and configuration"
             )
@@ -95,7 +95,7 @@ def check_base(
     override: str,
     any_base: bool,
 ) -> None:
-    """Refuse (MergeError) a base whose weights are not the ones the tuned run started from, as recorded in
+    """Refuse (WeightMergeError) a base whose weights are not the ones the tuned run started from, as recorded in
     the checkpoint's `start_weights`; with `any_base` only warn. `override` is the setting that says so."""
     start = (tuned_ckpt or {}).get("start_weights")
     if not start:
@@ -116,7 +116,7 @@ def check_base(
         "to merge anyway"
     )
     if not any_base:
-        raise MergeError(message)
+        raise WeightMergeError(message)
     log.warning("%s; %s given: merging anyway", message, override)
 
 
@@ -124,12 +124,12 @@ def _check_same_layout(base: dict[str, Tensor], tuned: dict[str, Tensor]) -> Non
     hint = "the two checkpoints must be the same architecture (same model.name and image size)"
     for key in base:
         if key not in tuned:
-            raise MergeError(f"key {key!r} is in base but not in tuned; {hint}")
+            raise WeightMergeError(f"key {key!r} is in base but not in tuned; {hint}")
     for key in tuned:
         if key not in base:
-            raise MergeError(f"key {key!r} is in tuned but not in base; {hint}")
+            raise WeightMergeError(f"key {key!r} is in tuned but not in base; {hint}")
         if base[key].shape != tuned[key].shape:
-            raise MergeError(
+            raise WeightMergeError(
                 f"key {key!r} has shape {tuple(base[key].shape)} in base and {tuple(tuned[key].shape)} "
                 f"in tuned; {hint}"
             )
