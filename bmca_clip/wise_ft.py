@@ -27,8 +27,8 @@ from bmca_clip.checkpoint import atomic_torch_save
 from bmca_clip.cli import exit_on_user_error, parse_key_values
 from bmca_clip.config import ConfigError, ModelConfig
 from bmca_clip.errors import WeightMergeError
+from bmca_clip.io import is_bmca_checkpoint, library_versions
 from bmca_clip.model import build_model, weights_sha256
-from bmca_clip.train import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def check_base(
     override: str,
     any_base: bool,
 ) -> None:
-    """Refuse (WeightMergeError) a base whose weights are not the ones the tuned run started from, as recorded in
+    """Refuse (MergeError) a base whose weights are not the ones the tuned run started from, as recorded in
     the checkpoint's `start_weights`; with `any_base` only warn. `override` is the setting that says so."""
     start = (tuned_ckpt or {}).get("start_weights")
     if not start:
@@ -136,7 +136,7 @@ def _check_same_layout(base: dict[str, Tensor], tuned: dict[str, Tensor]) -> Non
 
 
 def read_bmca_checkpoint(spec: str) -> dict | None:
-    """The checkpoint at `spec` if it is one of ours (a dict with `model` and `step`), else None."""
+    """The checkpoint at `spec` if it is one of ours (io.is_bmca_checkpoint), else None."""
     path = Path(spec)
     if not path.is_file() or path.suffix == ".safetensors":
         return None
@@ -146,7 +146,7 @@ def read_bmca_checkpoint(spec: str) -> dict | None:
     except Exception:
         # Not ours (legacy pickle, TorchScript archive...): build_model reads it and explains any failure.
         return None
-    return obj if isinstance(obj, dict) and "model" in obj and "step" in obj else None
+    return obj if is_bmca_checkpoint(obj) else None
 
 
 def load_state(spec: str, model_name: str | ModelConfig) -> dict[str, Tensor]:

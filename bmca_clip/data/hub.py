@@ -40,6 +40,7 @@ from bmca_clip.config import SourceConfig
 from bmca_clip.data.auth import auth_headers as _auth_headers
 from bmca_clip.data.auth import split_userinfo
 from bmca_clip.errors import HubError, ShardError
+from bmca_clip.io import atomic_write
 from bmca_clip.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,7 @@ def _load_manifest(path: Path) -> Manifest | None:
 
 def _save_manifest(path: Path, manifest: Manifest) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(manifest), indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(asdict(manifest), indent=1))
 
 
 def _list_repo(source: SourceConfig, policy: HttpPolicy) -> Manifest:

@@ -68,15 +68,13 @@ import json
 import math
 import os
 import platform
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import open_clip
 import torch
 
-import bmca_clip
 from bmca_clip.eval.harness import TaskResult
+from bmca_clip.io import atomic_write, library_versions, sha256_json
 
 SCHEMA_VERSION = 2
 SUITE_FILE = "suite.json"
@@ -115,38 +113,24 @@ def make_provenance(
         "pretrained": pretrained,
         "checkpoint": str(checkpoint) if checkpoint else None,
         "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "open_clip": open_clip.__version__,
-            "bmca_clip": bmca_clip.__version__,
-        },
+        "versions": {"python": platform.python_version(), **library_versions()},
         "device": str(device),
         "dtype": dtype,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _canonical(value) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-
-
 def task_yaml_sha256(task) -> str:
     """sha256 of the task's YAML file; of its fields when it was built in code (no yaml_path)."""
     if task.yaml_path is not None:
         return hashlib.sha256(Path(task.yaml_path).read_bytes()).hexdigest()
-    return hashlib.sha256(_canonical(dataclasses.asdict(task))).hexdigest()
+    return sha256_json(dataclasses.asdict(task))
 
 
 def result_config(task, model: dict, settings: dict) -> dict:
     """The `config` of a task's result: the task file's hash, the model identity (run.py: name,
     weights_sha256, checkpoint_sha256, wise_ft_alpha), the run settings and the code versions."""
-    code = {
-        "bmca_clip": bmca_clip.__version__,
-        "open_clip": open_clip.__version__,
-        "torch": torch.__version__,
-        "schema_version": SCHEMA_VERSION,
-    }
+    code = {**library_versions(), "schema_version": SCHEMA_VERSION}
     return {
         "task": task.name,
         "task_yaml_sha256": task_yaml_sha256(task),
@@ -158,19 +142,7 @@ def result_config(task, model: dict, settings: dict) -> dict:
 
 def config_hash(config: dict) -> str:
     """sha256 of a result config as canonical JSON (sorted keys, no spaces)."""
-    return hashlib.sha256(_canonical(config)).hexdigest()
-
-
-def _atomic_write(path: Path, text: str | bytes) -> None:
-    # A unique tmp name in the same folder: concurrent writers never share it, and os.replace is atomic.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return sha256_json(config)
 
 
 def task_record(
@@ -199,7 +171,7 @@ def write_task_json(
     path = out_dir / f"{result.task}.json"
     record = task_record(result, provenance, config, model_label)
     # allow_nan=False: a NaN slipping through is a bug to surface, not to write as invalid JSON.
-    _atomic_write(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
+    atomic_write(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -251,7 +223,7 @@ def write_suite_file(
     path = Path(out_dir) / SUITE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"suite": suite_name, "tasks": list(tasks), "models": list(models)}
-    _atomic_write(path, json.dumps(body, indent=2) + "\n")
+    atomic_write(path, json.dumps(body, indent=2) + "\n")
     return path
 
 
@@ -458,17 +430,17 @@ def write_summary(
     markdown = ["# Zero-shot evaluation", "", intro, "", "## Per domain", "", format_domain_table(summary)]
     markdown += ["", "## Per task", "", format_table(summary), *_problems(summary)]
     md_path, csv_path = out_dir / "summary.md", out_dir / "summary.csv"
-    _atomic_write(md_path, "\n".join(markdown) + "\n")
+    atomic_write(md_path, "\n".join(markdown) + "\n")
     rows = []
     for model in summary.models:
         for t in summary.tasks:
             c, name = summary.cells[model, t["name"]], t["name"]
             rows.append([model, name, t["type"], t["domain"], c.status, t["main_metric"]])
             rows[-1] += [c.value, c.ci_low, c.ci_high, summary.chance(name)]
-    _atomic_write(csv_path, _csv(CSV_COLUMNS, rows))
+    atomic_write(csv_path, _csv(CSV_COLUMNS, rows))
     means = [[m.model, m.scope, m.name, m.value, m.chance, m.n_values, m.n_tasks] for m in summary.means()]
     header = ["model", "scope", "name", "value", "chance", "n_values", "n_tasks"]
-    _atomic_write(out_dir / "summary_domains.csv", _csv(header, means))
+    atomic_write(out_dir / "summary_domains.csv", _csv(header, means))
     plot_summary(summary, out_dir / "summary.png")
     return md_path, csv_path
 
@@ -502,5 +474,5 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize="small", frameon=False)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
-    _atomic_write(Path(path), buffer.getvalue())
+    atomic_write(Path(path), buffer.getvalue())
     return Path(path)
