@@ -20,14 +20,12 @@ import numpy as np
 import torch
 
 from bmca_clip.cadence import every
+from bmca_clip.errors import CheckpointError
+from bmca_clip.io import atomic_writer, is_bmca_checkpoint
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """No usable checkpoint where one was asked for; the message names the file or folder."""
 
 
 def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
@@ -48,16 +46,8 @@ def atomic_torch_save(obj: dict, path: Path) -> Path:
     file under the final name; on any failure (a full disk, a KeyboardInterrupt) the tmp file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_writer(path, "wb", fsync=True, tmp=path.with_name(f".{path.name}.tmp{os.getpid()}")) as f:
+        torch.save(obj, f)
     return path
 
 
@@ -94,7 +84,7 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(
             f"checkpoint {path} is unreadable or incomplete ({type(err).__name__}: {err})"
         ) from err
-    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+    if not is_bmca_checkpoint(state):
         raise CheckpointError(f"{path} is not a bmca-clip training checkpoint (no 'model'/'step' entries)")
     return state
 

@@ -16,20 +16,10 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from omegaconf.errors import OmegaConfBaseException
 
-from bmca_clip.checkpoint import CheckpointError
-from bmca_clip.config import ConfigError
-from bmca_clip.data.pipeline import DataError
-from bmca_clip.model import ModelLoadError
-from bmca_clip.trainer import TrainingDiverged
+from bmca_clip.errors import BmcaError, ConfigError
 
-USER_ERRORS = (
-    ConfigError,
-    DataError,
-    ModelLoadError,
-    CheckpointError,
-    TrainingDiverged,
-    OmegaConfBaseException,
-)
+# Every error a user can cause derives from BmcaError (bmca_clip/errors.py); OmegaConf's are a bad override.
+USER_ERRORS = (BmcaError, OmegaConfBaseException)
 EXIT_REFUSED = 2
 EXIT_TASKS_FAILED = 3
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -89,19 +79,10 @@ def exit_on_user_error(where: str = "the output folder", disk_hint: str = "anoth
     except USER_ERRORS as err:
         _fail(str(err))
     except Exception as err:
-        if isinstance(err, _task_error()):
-            _fail(str(err))
         message = disk_full_message(err, where, disk_hint)
         if message is None:
             raise
         _fail(message)
-
-
-def _task_error() -> tuple[type, ...]:
-    # A bad task YAML (eval/tasks.py) is a user error too; looked up, not imported, so that train.py does
-    # not load the eval harness: where that module was never imported, none was raised.
-    tasks = sys.modules.get("bmca_clip.eval.tasks")
-    return (tasks.TaskError,) if tasks is not None else ()
 
 
 def check_group_choice(group: str) -> None:

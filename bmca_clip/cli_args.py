@@ -26,16 +26,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import OverrideParseException
 
+from bmca_clip.errors import ArgvError
 from bmca_clip.paths import CONF_DIR
 
 EXIT_REFUSED = 2  # as bmca_clip.cli.EXIT_REFUSED (not imported: that module loads the whole trainer)
 # {000000..000099} or {a,b}: shell-style brace expansion as webdataset's braceexpand reads it; ${...} is
 # an interpolation and stays as it is.
 BRACE = re.compile(r"(?<!\$)\{[^{}:]*(\.\.|,)[^{}:]*\}")
-
-
-class ArgvError(ValueError):
-    """A command-line override that cannot work; the message is the whole `error:` line's text."""
 
 
 def prepare_argv(argv: list[str], schema: type, config_dir: str | Path = CONF_DIR) -> list[str]:

@@ -33,6 +33,8 @@ PROGRAMS = {  # resolver argument -> (schema name in bmca_clip.config, command, 
     "evaluate": ("EvaluateConfig", "python eval.py", "python eval.py suite=demo checkpoint=runs/demo"),
 }
 KEY_WIDTH = 44  # key=value column; longer ones put their description on the next line
+# Schema name -> dataclass, handed over by config.register_configs: importing config here would close a cycle.
+_SCHEMAS: dict[str, type] = {}
 
 
 @dataclasses.dataclass
@@ -149,8 +151,6 @@ def _group_lines(choices: dict) -> list[str]:
 def render(program: str, composed: dict, choices: dict) -> str:
     """The help text of `program` (a PROGRAMS key); composed: the config as this command line composes it
     (unresolved), choices: Hydra's group -> chosen option."""
-    from bmca_clip import config
-
     schema_name, command, example = PROGRAMS[program]
     invoked = Path(sys.argv[0]).name
     if invoked.startswith(
@@ -168,7 +168,7 @@ def render(program: str, composed: dict, choices: dict) -> str:
         "",
         "Keys (key=value; the value shown is what this command line composes):",
     ]
-    for key in schema_keys(getattr(config, schema_name)):
+    for key in schema_keys(_SCHEMAS[schema_name]):
         if key.group and not key.is_map:
             lines += ["", f"{key.name}: {key.description}"]
             continue
@@ -190,5 +190,7 @@ def help_resolver(program: str, *, _root_) -> str:
     return render(program, composed, choices).replace("$", "$$")
 
 
-def register_help_resolver() -> None:
+def register_help_resolver(schemas: dict[str, type]) -> None:
+    """Register `${bmca_help:...}`; schemas: PROGRAMS' schema names -> their dataclasses."""
+    _SCHEMAS.update(schemas)
     OmegaConf.register_new_resolver("bmca_help", help_resolver, replace=True)

@@ -19,6 +19,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bmca_clip.data.filters import BalanceConfig, FilterConfig
 from bmca_clip.data.mixing import MIXINGS
+from bmca_clip.errors import ConfigError
+from bmca_clip.eval.shard import parse_shard
 
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_bf16")
 SCHEDULES = ("cosine", "constant")
@@ -26,10 +28,6 @@ LOSSES = ("clip", "siglip")
 WANDB_MODES = ("online", "offline", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
 RESUME_DATA = ("exact", "reset")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the dotted key and what to do."""
 
 
 def _one_of(key: str, value: Any, allowed: tuple) -> None:
@@ -382,8 +380,6 @@ class EvaluateConfig:
     progress_bar: bool = True  # a tqdm bar per task on stderr, on a terminal only (logs: a line per task)
 
     def __post_init__(self):
-        from bmca_clip.eval.shard import parse_shard  # shard.py imports this module
-
         _one_of("device", self.device, DEVICES)
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _one_of("precision", self.precision, ("fp32", "amp_bf16", "amp_fp16"))
@@ -402,7 +398,7 @@ def register_configs() -> None:
     their hydra.help.template calls (the --help text, bmca_clip/cli_help.py)."""
     from bmca_clip.cli_help import register_help_resolver
 
-    register_help_resolver()
+    register_help_resolver({"PretrainConfig": PretrainConfig, "EvaluateConfig": EvaluateConfig})
     cs = ConfigStore.instance()
     cs.store(name="pretrain_schema", node=PretrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)

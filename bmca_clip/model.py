@@ -25,6 +25,8 @@ from open_clip.factory import HF_HUB_PREFIX, parse_model_name
 from open_clip.pretrained import download_pretrained_from_hf
 
 from bmca_clip.config import ModelConfig
+from bmca_clip.errors import ModelLoadError
+from bmca_clip.io import is_bmca_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,6 @@ class ClipBundle:
     preprocess_train: Any
     preprocess_eval: Any
     tokenizer: Any
-
-
-class ModelLoadError(RuntimeError):
-    """Weights or architecture could not be loaded; the message says what to do."""
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBundle:
@@ -184,7 +182,7 @@ def load_model_weights(model: torch.nn.Module, path: str | Path, model_name: str
         )
     except Exception as err:
         raise ModelLoadError(f"checkpoint {path} could not be read ({err}); is it complete?") from err
-    if isinstance(obj, dict) and "model" in obj and "step" in obj:
+    if is_bmca_checkpoint(obj):
         load_checked(model, obj["model"], f"model.pretrained={path}", model_name, trained_name(obj))
         return
     try:

@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from bmca_clip.io import atomic_write
+
 MASK = "***"
 
 # scheme://user:password@ -- greedy up to the last '@' of the authority, as URL parsers read it.
@@ -90,6 +92,4 @@ def _redact_sweep_record(hydra_cfg) -> None:
         return
     text = path.read_text()
     if redact_url(text) != text:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(redact_url(text))
-        os.replace(tmp, path)
+        atomic_write(path, redact_url(text))

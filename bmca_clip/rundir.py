@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch.distributed as torch_dist
 
 from bmca_clip.config import ConfigError
 from bmca_clip.dist import DistInfo
+from bmca_clip.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,7 @@ LOCK_NAME = ".lock"
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `path` whole, through a temporary file in the same folder and os.replace: a reader never sees
     half a file, and a symlink at `path` is replaced by the file instead of having its target written."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)
 
 
 def unlink_symlink(path: Path) -> None:

@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import open_clip
 import torch
 from omegaconf import OmegaConf
 
-import bmca_clip
 from bmca_clip.checkpoint import (
     Checkpointer,
     list_checkpoints,
@@ -29,6 +27,7 @@ from bmca_clip.data.decode import from_open_clip
 from bmca_clip.data.pipeline import DataError, TrainLoader, build_train_loader, http_policy
 from bmca_clip.data.sources import Source, SourceCommitMoved, resolve_sources
 from bmca_clip.dist import init_distributed, shutdown
+from bmca_clip.io import library_versions
 from bmca_clip.model import build_model, start_weights
 from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm, slurm_restart
 from bmca_clip.redact import redact_config
@@ -46,14 +45,6 @@ from bmca_clip.train_eval import PeriodicEval, load_eval_tasks
 from bmca_clip.trainer import Trainer
 
 log = logging.getLogger(__name__)
-
-
-def library_versions() -> dict[str, str]:
-    return {
-        "bmca_clip": bmca_clip.__version__,
-        "torch": str(torch.__version__),
-        "open_clip": str(open_clip.__version__),
-    }
 
 
 def seed_everything(seed: int) -> None:

@@ -17,6 +17,8 @@ from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.decode import normalize_on_device
 from bmca_clip.data.pipeline import TrainLoader
 from bmca_clip.dist import DistInfo
+from bmca_clip.errors import TrainingDiverged
+from bmca_clip.io import autocast, autocast_dtype, weight_dtype
 from bmca_clip.loss import build_loss
 from bmca_clip.optim import build_optimizer, build_scheduler
 from bmca_clip.precision import check_pure_bf16
@@ -24,8 +26,6 @@ from bmca_clip.preempt import Preempted, WaitInterrupted
 from bmca_clip.step_metrics import StepWindow, checked_data_counters
 
 log = logging.getLogger(__name__)
-
-_AUTOCAST_DTYPES = {"fp32": None, "pure_bf16": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -94,10 +94,7 @@ class Trainer:
         self._saved_step: int | None = None  # the step of the last checkpoint this process wrote
 
     def autocast(self):
-        dtype = _AUTOCAST_DTYPES[self.cfg.train.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.dist.device.type, dtype=dtype)
+        return autocast(self.dist.device, autocast_dtype(self.cfg.train.precision))
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         """Batches arrive as uint8 (4x less to copy than float); normalise once they are on the device."""
@@ -105,8 +102,9 @@ class Trainer:
         if images.dtype != torch.uint8:
             return images
         cfg = unwrap(self.model).visual.preprocess_cfg
-        dtype = torch.bfloat16 if self.cfg.train.precision == "pure_bf16" else torch.float32
-        return normalize_on_device(images, cfg["mean"], cfg["std"], dtype=dtype)
+        return normalize_on_device(
+            images, cfg["mean"], cfg["std"], dtype=weight_dtype(self.cfg.train.precision)
+        )
 
     def _features(self, images, texts) -> dict:
         with self.autocast():
@@ -336,10 +334,6 @@ class Trainer:
             self.nonfinite_in_a_row,
         )
         return True
-
-
-class TrainingDiverged(RuntimeError):
-    """The run cannot go on without losing its last good state; the message names the step and what to do."""
 
 
 def _check_finite_weights(model: torch.nn.Module, step: int) -> None:

@@ -25,7 +25,9 @@ from torch import Tensor
 
 from bmca_clip.checkpoint import atomic_torch_save
 from bmca_clip.config import ConfigError, ModelConfig
-from bmca_clip.model import ModelLoadError, build_model, weights_sha256
+from bmca_clip.errors import WeightMergeError
+from bmca_clip.io import is_bmca_checkpoint, library_versions
+from bmca_clip.model import build_model, weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,7 @@ KEY_HELP = {
 }
 
 
-class MergeError(ModelLoadError):
-    """Two state dicts that cannot be merged; the message names the first offending key."""
+MergeError = WeightMergeError  # the old name, kept for code that imports it
 
 
 def check_alpha(alpha: float) -> float:
@@ -78,7 +79,7 @@ def blend(base: dict[str, Tensor], tuned: dict[str, Tensor], alpha: float) -> di
         elif torch.equal(b, t):
             merged[key] = t
         else:
-            raise MergeError(
+            raise WeightMergeError(
                 f"non-floating tensor {key!r} differs between base and tuned and cannot be interpolated; "
                 "the two checkpoints must come from the same architecture and configuration"
             )
@@ -114,7 +115,7 @@ def check_base(
         "to merge anyway"
     )
     if not any_base:
-        raise MergeError(message)
+        raise WeightMergeError(message)
     log.warning("%s; %s given: merging anyway", message, override)
 
 
@@ -122,19 +123,19 @@ def _check_same_layout(base: dict[str, Tensor], tuned: dict[str, Tensor]) -> Non
     hint = "the two checkpoints must be the same architecture (same model.name and image size)"
     for key in base:
         if key not in tuned:
-            raise MergeError(f"key {key!r} is in base but not in tuned; {hint}")
+            raise WeightMergeError(f"key {key!r} is in base but not in tuned; {hint}")
     for key in tuned:
         if key not in base:
-            raise MergeError(f"key {key!r} is in tuned but not in base; {hint}")
+            raise WeightMergeError(f"key {key!r} is in tuned but not in base; {hint}")
         if base[key].shape != tuned[key].shape:
-            raise MergeError(
+            raise WeightMergeError(
                 f"key {key!r} has shape {tuple(base[key].shape)} in base and {tuple(tuned[key].shape)} "
                 f"in tuned; {hint}"
             )
 
 
 def read_bmca_checkpoint(spec: str) -> dict | None:
-    """The checkpoint at `spec` if it is one of ours (a dict with `model` and `step`), else None."""
+    """The checkpoint at `spec` if it is one of ours (io.is_bmca_checkpoint), else None."""
     path = Path(spec)
     if not path.is_file() or path.suffix == ".safetensors":
         return None
@@ -144,7 +145,7 @@ def read_bmca_checkpoint(spec: str) -> dict | None:
     except Exception:
         # Not ours (legacy pickle, TorchScript archive...): build_model reads it and explains any failure.
         return None
-    return obj if isinstance(obj, dict) and "model" in obj and "step" in obj else None
+    return obj if is_bmca_checkpoint(obj) else None
 
 
 def load_state(spec: str, model_name: str | ModelConfig) -> dict[str, Tensor]:
@@ -193,10 +194,6 @@ def wise_ft(
             "or an incomplete file?), so the architecture is unknown; pass model=<open_clip architecture>, "
             "e.g. model=ViT-L-14"
         )
-    # Only writing a checkpoint needs the training run's version record; importing bmca_clip.train at the
-    # top would load the whole trainer into every eval run (eval/run.py imports blend from here).
-    from bmca_clip.train import library_versions
-
     model_cfg = trained_model_config(config, name=model)
     tuned_state = tuned_ckpt["model"] if tuned_ckpt else load_state(tuned, model_cfg)
     base_state = load_state(base, model_cfg)

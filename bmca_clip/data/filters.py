@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bmca_clip.data import biomedica as bm
+from bmca_clip.errors import ConfigError
 
 # Reasons returned by MetadataFilter.reason (plus `field:<name>`), and the one for a balancing rejection.
 REASONS = (
@@ -79,13 +80,6 @@ class BalanceConfig:
         ConceptBalancer(self)
 
 
-def _config_error(message: str) -> ValueError:
-    # config.py imports this module, so its ConfigError (which the CLI prints as one line) is imported late.
-    from bmca_clip.config import ConfigError
-
-    return ConfigError(message)
-
-
 @functools.lru_cache(maxsize=8192)
 def _norm(value: str) -> str:
     """Case- and whitespace-insensitive form of a label; cached because a few hundred labels repeat."""
@@ -127,11 +121,11 @@ def _vocab_set(key: str, values: Iterable, known: tuple[str, ...], what: str, st
     for value in values:
         name = _norm(str(value))
         if not name:
-            raise _config_error(f"{key}: empty name {value!r}; remove it from the list")
+            raise ConfigError(f"{key}: empty name {value!r}; remove it from the list")
         if name not in vocab:
             message = f"{key}: {str(value)!r} is not a known {what}; {_suggest(str(value), known)}"
             if strict:
-                raise _config_error(message)
+                raise ConfigError(message)
             warnings.warn(message + " (kept: this vocabulary is open-ended)", UserWarning, stacklevel=3)
         out.add(name)
     return frozenset(out)
@@ -139,7 +133,7 @@ def _vocab_set(key: str, values: Iterable, known: tuple[str, ...], what: str, st
 
 def _check_field_name(key: str, name: str) -> None:
     if name in _HEAVY:
-        raise _config_error(f"{key}: {name!r} is dropped by parse_metadata (too large); choose another field")
+        raise ConfigError(f"{key}: {name!r} is dropped by parse_metadata (too large); choose another field")
     if name not in bm.METADATA_FIELDS:
         warnings.warn(
             f"{key}: {name!r} is not a BIOMEDICA metadata field, so samples without it are dropped as "
@@ -151,9 +145,9 @@ def _check_field_name(key: str, name: str) -> None:
 
 def _check_bounds(key: str, low: int, high: int | None) -> None:
     if low < 0:
-        raise _config_error(f"data.filter.min_{key}={low} is invalid: expected an integer >= 0")
+        raise ConfigError(f"data.filter.min_{key}={low} is invalid: expected an integer >= 0")
     if high is not None and high < low:
-        raise _config_error(f"data.filter.max_{key}={high} is below data.filter.min_{key}={low}; raise it")
+        raise ConfigError(f"data.filter.max_{key}={high} is below data.filter.min_{key}={low}; raise it")
 
 
 Check = Callable[[dict, str], "str | None"]
@@ -260,7 +254,7 @@ class ConceptBalancer:
         named = {f"{key}.weights.{name}": w for name, w in cfg.weights.items()}
         for name, weight in {**named, f"{key}.default_weight": cfg.default_weight}.items():
             if not (math.isfinite(weight) and weight >= 0):
-                raise _config_error(f"{name}={weight!r} is invalid: expected a float >= 0")
+                raise ConfigError(f"{name}={weight!r} is invalid: expected a float >= 0")
         vocab = {
             "image_primary_label": (bm.PRIMARY_CONCEPTS, True),
             "image_secondary_label": (bm.SECONDARY_CONCEPTS, False),
@@ -271,7 +265,7 @@ class ConceptBalancer:
         # default_weight counts towards the maximum so that every probability stays <= 1.
         top = max([*cfg.weights.values(), cfg.default_weight])
         if top <= 0:
-            raise _config_error(
+            raise ConfigError(
                 f"{key}: every weight is 0, so nothing would be kept; give some concept a weight > 0"
             )
         self._probs = {_norm(str(k)): w / top for k, w in cfg.weights.items()}
@@ -309,11 +303,11 @@ def source_probabilities(weights: Mapping[str, float]) -> dict[str, float]:
     """Mixing probability of each source: its weight over the total (a source with weight 0 gets 0: off)."""
     for name, weight in weights.items():
         if not (math.isfinite(weight) and weight >= 0):
-            raise _config_error(f"data.sources.{name}.weight={weight!r} is invalid: expected a float >= 0")
+            raise ConfigError(f"data.sources.{name}.weight={weight!r} is invalid: expected a float >= 0")
     total = sum(weights.values())
     if total <= 0:
         names = ", ".join(weights) or "none configured"
-        raise _config_error(
+        raise ConfigError(
             f"data.sources: no source has a weight > 0 ({names}); set data.sources.<name>.weight > 0 for one"
         )
     return {name: weight / total for name, weight in weights.items()}

@@ -39,24 +39,14 @@ from huggingface_hub.hf_api import RepoFile
 from bmca_clip.config import SourceConfig
 from bmca_clip.data.auth import auth_headers as _auth_headers
 from bmca_clip.data.auth import split_userinfo
+from bmca_clip.errors import HubError, ShardError
+from bmca_clip.io import atomic_write
 from bmca_clip.redact import redact_url
 
 log = logging.getLogger(__name__)
 
 PERMANENT_STATUS = {401, 403, 404, 410, 416}
 MANIFEST_VERSION = 1
-
-
-class ShardError(OSError):
-    """A shard that cannot be read; `reason` is a short counter name (http_404, not_a_tar, ...)."""
-
-    def __init__(self, url: str, reason: str, detail: str):
-        super().__init__(redact_url(f"shard {url}: {detail}"))  # the detail may quote the URL too
-        self.url, self.reason = redact_url(url), reason
-
-
-class HubError(RuntimeError):
-    """A repo that cannot be listed and has no fallback; the message says what to do."""
 
 
 def default_cache_dir(cache_dir: str | None) -> Path:
@@ -117,9 +107,7 @@ def _load_manifest(path: Path) -> Manifest | None:
 
 def _save_manifest(path: Path, manifest: Manifest) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(manifest), indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(asdict(manifest), indent=1))
 
 
 def _list_repo(source: SourceConfig, policy: HttpPolicy) -> Manifest:

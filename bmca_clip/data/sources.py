@@ -13,16 +13,9 @@ import braceexpand
 from bmca_clip.config import DataConfig
 from bmca_clip.data.filters import source_probabilities
 from bmca_clip.data.hub import HttpPolicy, HubError, default_cache_dir, discover
+from bmca_clip.errors import DataError, SourceCommitMoved
 
 log = logging.getLogger(__name__)
-
-
-class DataError(RuntimeError):
-    """The data cannot feed training; the message names the shards or samples and what to do."""
-
-
-class SourceCommitMoved(DataError):
-    """A resumed data stream's hub source now resolves to another commit (check_commits)."""
 
 
 def expand_shards(spec: str) -> list[str]:

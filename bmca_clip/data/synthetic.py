@@ -25,6 +25,7 @@ import webdataset as wds
 from PIL import Image, ImageDraw, ImageFilter
 
 from bmca_clip.data import biomedica as bm
+from bmca_clip.errors import CorpusArgumentError
 
 # Class names used verbatim by the eval task YAMLs: do not reword.
 FIGURE_TYPES = (
@@ -331,10 +332,6 @@ def _write_eval(out: Path, name: str, stream: int, seed: int, n: int, sizes, log
         csv.writer(f, lineterminator="\n").writerows([header, *rows])  # "\n": same bytes on every OS
     log(f"eval/{name}: {n} images, {len(rows)} rows")
     return {"csv": str(folder / "test.csv"), "images": n, "rows": len(rows)}
-
-
-class CorpusArgumentError(ValueError):
-    """A bad write_corpus argument; the message names its command-line flag."""
 
 
 def _check(args: dict) -> None:

@@ -28,12 +28,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from bmca_clip.io import atomic_writer, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,6 @@ def _image_files_fingerprint(dataset) -> str | None:
     return digest.hexdigest()
 
 
-def _sha256_json(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 class EmbeddingCache:
     """Tensors computed once per key under `<root>/embeddings/<kind>/` (layout in the module docstring)."""
 
@@ -97,7 +94,7 @@ class EmbeddingCache:
     def path(self, kind: str, parts: dict) -> Path:
         if kind not in KINDS:
             raise ValueError(f"unknown cache kind '{kind}'; allowed: {', '.join(KINDS)}")
-        return self.root / kind / f"{_sha256_json(parts)}.pt"
+        return self.root / kind / f"{sha256_json(parts)}.pt"
 
     def load(self, kind: str, parts: dict) -> tuple[Tensor, ...] | None:
         """The stored tensors for these parts, or None when absent, unreadable or for other parts."""
@@ -118,14 +115,8 @@ class EmbeddingCache:
         """Store tensors atomically (a unique tmp file, then os.replace: concurrent shards are safe)."""
         path = self.path(kind, parts)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"parts": parts, "tensors": [t.detach().cpu() for t in tensors]}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path, "wb") as f:
+            torch.save({"parts": parts, "tensors": [t.detach().cpu() for t in tensors]}, f)
         return path
 
     def get_or_compute(
@@ -199,5 +190,5 @@ class CachedModel(torch.nn.Module):
         self, texts: Sequence[str], amp_dtype: torch.dtype | None, compute: Callable[[], Tensor]
     ) -> Tensor:
         """Features of these texts (retrieval captions), keyed by a hash of the texts themselves."""
-        parts = self._parts(amp_dtype, texts=_sha256_json(list(texts)), n_texts=len(texts))
+        parts = self._parts(amp_dtype, texts=sha256_json(list(texts)), n_texts=len(texts))
         return self.cache.get_or_compute("texts", parts, lambda: (compute(),))[0]

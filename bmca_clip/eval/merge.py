@@ -22,15 +22,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bmca_clip.config import ConfigError
+from bmca_clip.errors import ResultsMergeError
 from bmca_clip.eval.records import SUITE_FILE, read_task_json
 from bmca_clip.eval.summary import format_domain_table, format_table, write_summary
 
 log = logging.getLogger(__name__)
 
 
-class MergeError(ConfigError):
-    """The folders cannot be merged into one summary; the message names the files and what to do."""
+MergeError = ResultsMergeError  # the old name, kept for code that imports it
 
 
 def _suite(dirs: Sequence[Path]) -> tuple[list[dict] | None, list[str]]:
@@ -42,7 +41,7 @@ def _suite(dirs: Sequence[Path]) -> tuple[list[dict] | None, list[str]]:
             continue
         body = json.loads(path.read_text())
         if tasks is not None and [t["name"] for t in body["tasks"]] != [t["name"] for t in tasks]:
-            raise MergeError(f"{path} and {source} list different suites; merge each suite on its own")
+            raise ResultsMergeError(f"{path} and {source} list different suites; merge each suite on its own")
         tasks, source = body["tasks"], path
         models += [m for m in body["models"] if m not in models]
     return tasks, models
@@ -53,7 +52,7 @@ def _better(old: tuple[dict, Path], new: tuple[dict, Path]) -> tuple[dict, Path]
     if a["status"] != "ok" or b["status"] != "ok":
         return new if b["status"] == "ok" and a["status"] != "ok" else old
     if a.get("config_hash") != b.get("config_hash"):
-        raise MergeError(
+        raise ResultsMergeError(
             f"{a_path} and {b_path} both hold task '{a['task']}' of the same model with different "
             "configs (config_hash); remove the stale one or merge them separately"
         )
@@ -65,7 +64,7 @@ def collect(dirs: Sequence[str | Path]) -> tuple[dict[str, list[dict]], list[dic
     dirs = [Path(d) for d in dirs]
     for folder in dirs:
         if not folder.is_dir():
-            raise MergeError(f"{folder} is not a folder; pass eval output_dir folders")
+            raise ResultsMergeError(f"{folder} is not a folder; pass eval output_dir folders")
     tasks, models = _suite(dirs)
     found: dict[tuple[str, str], tuple[dict, Path]] = {}
     for folder in dirs:
@@ -78,7 +77,7 @@ def collect(dirs: Sequence[str | Path]) -> tuple[dict[str, list[dict]], list[dic
             key = (record.get("model_label") or path.parent.name, record["task"])
             found[key] = _better(found[key], (record, path)) if key in found else (record, path)
     if not found and tasks is None:
-        raise MergeError(f"no per-task results (<model>/<task>.json) in {', '.join(map(str, dirs))}")
+        raise ResultsMergeError(f"no per-task results (<model>/<task>.json) in {', '.join(map(str, dirs))}")
     models += sorted({model for model, _ in found} - set(models))
     records = {m: [r for (model, _), (r, _) in found.items() if model == m] for m in models}
     return records, tasks

@@ -9,13 +9,12 @@ results as TaskResults) is in report.py.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from bmca_clip.io import atomic_write, sha256_json
 
 if TYPE_CHECKING:
     from bmca_clip.eval.harness import TaskResult
@@ -24,25 +23,9 @@ SCHEMA_VERSION = 2
 SUITE_FILE = "suite.json"
 
 
-def _canonical(value) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
-
-
 def config_hash(config: dict) -> str:
     """sha256 of a result config as canonical JSON (sorted keys, no spaces)."""
-    return hashlib.sha256(_canonical(config)).hexdigest()
-
-
-def _atomic_write(path: Path, text: str | bytes) -> None:
-    # A unique tmp name in the same folder: concurrent writers never share it, and os.replace is atomic.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return sha256_json(config)
 
 
 def task_record(
@@ -71,7 +54,7 @@ def write_task_json(
     path = out_dir / f"{result.task}.json"
     record = task_record(result, provenance, config, model_label)
     # allow_nan=False: a NaN slipping through is a bug to surface, not to write as invalid JSON.
-    _atomic_write(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
+    atomic_write(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -104,5 +87,5 @@ def write_suite_file(
     path = Path(out_dir) / SUITE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"suite": suite_name, "tasks": list(tasks), "models": list(models)}
-    _atomic_write(path, json.dumps(body, indent=2) + "\n")
+    atomic_write(path, json.dumps(body, indent=2) + "\n")
     return path

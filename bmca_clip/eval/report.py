@@ -71,17 +71,14 @@ import os
 import platform
 from pathlib import Path
 
-import open_clip
 import torch
 
-import bmca_clip
 from bmca_clip.eval.harness import TaskResult
 
 # config_hash, task_info, write_* and format_*: re-exported for eval/run.py and export.py, which import
 # the output side from here.
 from bmca_clip.eval.records import (  # noqa: F401
     SCHEMA_VERSION,
-    _canonical,
     config_hash,
     read_task_json,
     task_info,
@@ -89,6 +86,7 @@ from bmca_clip.eval.records import (  # noqa: F401
     write_task_json,
 )
 from bmca_clip.eval.summary import format_domain_table, format_table, write_summary  # noqa: F401
+from bmca_clip.io import library_versions, sha256_json
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -119,12 +117,7 @@ def make_provenance(
         "pretrained": pretrained,
         "checkpoint": str(checkpoint) if checkpoint else None,
         "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "open_clip": open_clip.__version__,
-            "bmca_clip": bmca_clip.__version__,
-        },
+        "versions": {"python": platform.python_version(), **library_versions()},
         "device": str(device),
         "dtype": dtype,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -135,18 +128,13 @@ def task_yaml_sha256(task) -> str:
     """sha256 of the task's YAML file; of its fields when it was built in code (no yaml_path)."""
     if task.yaml_path is not None:
         return hashlib.sha256(Path(task.yaml_path).read_bytes()).hexdigest()
-    return hashlib.sha256(_canonical(dataclasses.asdict(task))).hexdigest()
+    return sha256_json(dataclasses.asdict(task))
 
 
 def result_config(task, model: dict, settings: dict) -> dict:
     """The `config` of a task's result: the task file's hash, the model identity (run.py: name,
     weights_sha256, checkpoint_sha256, wise_ft_alpha), the run settings and the code versions."""
-    code = {
-        "bmca_clip": bmca_clip.__version__,
-        "open_clip": open_clip.__version__,
-        "torch": torch.__version__,
-        "schema_version": SCHEMA_VERSION,
-    }
+    code = {**library_versions(), "schema_version": SCHEMA_VERSION}
     return {
         "task": task.name,
         "task_yaml_sha256": task_yaml_sha256(task),

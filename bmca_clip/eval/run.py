@@ -44,13 +44,12 @@ from bmca_clip.eval.report import (
 )
 from bmca_clip.eval.shard import resolve_shard, select
 from bmca_clip.eval.tasks import Suite, Task, list_suites, load_suite, suite_from_mapping
+from bmca_clip.io import autocast_dtype
 from bmca_clip.model import ClipBundle, build_model, load_checked, trained_name
 from bmca_clip.redact import redact_config
 from bmca_clip.wise_ft import blend, check_alpha, check_base, load_state, read_bmca_checkpoint
 
 log = logging.getLogger(__name__)
-
-AMP_DTYPES = {"fp32": None, "amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 
 
 def config_header(cfg: EvaluateConfig) -> str:
@@ -155,7 +154,7 @@ def _evaluate_model(
         cfg.data_root,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
-        amp_dtype=AMP_DTYPES[cfg.precision],
+        amp_dtype=autocast_dtype(cfg.precision),
         on_result=lambda result: write_task_json(
             result, folder, provenance, _config(configs, result.task, result.data), label
         ),

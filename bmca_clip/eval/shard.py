@@ -19,21 +19,20 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
-from bmca_clip.config import ConfigError
+from bmca_clip.errors import TaskShardError
 
 DEFAULT_COST = 5000  # images assumed for a task without n_expected: a mid-sized test set of the catalogue
 _SPEC = re.compile(r"([0-9]+)/([0-9]+)")
 
 
-class ShardError(ConfigError):
-    """A shard specification that cannot work; the message says what to pass instead."""
+ShardError = TaskShardError  # the old name, kept for code that imports it
 
 
 def parse_shard(spec: str, key: str = "shard") -> tuple[int, int]:
-    """(i, n) from "i/n" with 1 <= i <= n; ShardError naming key otherwise."""
+    """(i, n) from "i/n" with 1 <= i <= n; TaskShardError naming key otherwise."""
     match = _SPEC.fullmatch(str(spec).strip())
     if not match or not 1 <= int(match[1]) <= int(match[2]):
-        raise ShardError(f"{key}={spec!r} is invalid: expected i/n with 1 <= i <= n, e.g. shard=1/4")
+        raise TaskShardError(f"{key}={spec!r} is invalid: expected i/n with 1 <= i <= n, e.g. shard=1/4")
     return int(match[1]), int(match[2])
 
 
@@ -48,12 +47,12 @@ def shard_from_env(environ: Mapping[str, str] = os.environ) -> tuple[int, int] |
             int(environ.get("SLURM_ARRAY_TASK_STEP", 1)),
         )
     except ValueError as exc:
-        raise ShardError(
+        raise TaskShardError(
             f"SLURM_ARRAY_* variables are not integers ({exc}); pass shard=i/n instead"
         ) from None
     position, off_grid = divmod(task_id - first, step)
     if off_grid or not 0 <= position < count:
-        raise ShardError(
+        raise TaskShardError(
             f"SLURM_ARRAY_TASK_ID={task_id} is not on a regular array of {count} tasks from {first} in steps "
             f"of {step}; pass shard=i/n explicitly"
         )
@@ -75,7 +74,7 @@ def assign(costs: Sequence[float], n_shards: int) -> list[list[int]]:
     """Indices of costs per shard, by longest processing time first; ties go to the earlier item and
     the lower shard, so the split is a pure function of the costs. Each shard's indices are sorted."""
     if n_shards < 1:
-        raise ShardError(f"cannot split into {n_shards} shards; need at least 1")
+        raise TaskShardError(f"cannot split into {n_shards} shards; need at least 1")
     loads, shards = [0.0] * n_shards, [[] for _ in range(n_shards)]
     for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
         lightest = min(range(n_shards), key=lambda s: (loads[s], s))

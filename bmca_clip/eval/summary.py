@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bmca_clip.eval.records import _atomic_write
+from bmca_clip.io import atomic_write
 
 if TYPE_CHECKING:
     from bmca_clip.eval.harness import TaskResult
@@ -226,17 +226,17 @@ def write_summary(
     markdown = ["# Zero-shot evaluation", "", intro, "", "## Per domain", "", format_domain_table(summary)]
     markdown += ["", "## Per task", "", format_table(summary), *_problems(summary)]
     md_path, csv_path = out_dir / "summary.md", out_dir / "summary.csv"
-    _atomic_write(md_path, "\n".join(markdown) + "\n")
+    atomic_write(md_path, "\n".join(markdown) + "\n")
     rows = []
     for model in summary.models:
         for t in summary.tasks:
             c, name = summary.cells[model, t["name"]], t["name"]
             rows.append([model, name, t["type"], t["domain"], c.status, t["main_metric"]])
             rows[-1] += [c.value, c.ci_low, c.ci_high, summary.chance(name)]
-    _atomic_write(csv_path, _csv(CSV_COLUMNS, rows))
+    atomic_write(csv_path, _csv(CSV_COLUMNS, rows))
     means = [[m.model, m.scope, m.name, m.value, m.chance, m.n_values, m.n_tasks] for m in summary.means()]
     header = ["model", "scope", "name", "value", "chance", "n_values", "n_tasks"]
-    _atomic_write(out_dir / "summary_domains.csv", _csv(header, means))
+    atomic_write(out_dir / "summary_domains.csv", _csv(header, means))
     plot_summary(summary, out_dir / "summary.png")
     return md_path, csv_path
 
@@ -270,5 +270,5 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize="small", frameon=False)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
-    _atomic_write(Path(path), buffer.getvalue())
+    atomic_write(Path(path), buffer.getvalue())
     return Path(path)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from bmca_clip.errors import TaskError
 from bmca_clip.eval import metrics as cls_metrics
 from bmca_clip.eval import multilabel, multiple_choice, retrieval
 from bmca_clip.paths import CONF_DIR, config_dirs
@@ -42,10 +43,6 @@ DOMAINS = (
     "retrieval",
     "synthetic",
 )
-
-
-class TaskError(ValueError):
-    """A task or suite declaration, or the data it points at, is not what the harness expects."""
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,12 @@
 """Zero-shot classification: prompt-ensemble class weights from open_clip, then logits and metrics.
 
-Also holds the image-encoding loop and the autocast switch that retrieval.py shares; images are cast to
-the image tower's dtype, so a model trained with pure_bf16 (bf16 weights) is scored as it trains. Given a
-cache.CachedModel, the class weights and image features come from its embedding cache when stored.
+Also holds the image-encoding loop and the autocast switch (from io.py) that retrieval.py shares; images
+are cast to the image tower's dtype, so a model trained with pure_bf16 (bf16 weights) is scored as it trains.
+Given a cache.CachedModel, the class weights and image features come from its embedding cache when stored.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import open_clip
@@ -18,13 +17,7 @@ from torch.utils.data import DataLoader
 from bmca_clip.eval.bootstrap import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Clusters
 from bmca_clip.eval.cache import CachedModel
 from bmca_clip.eval.metrics import DEFAULT_METRICS, Scores, compute_classification_metrics
-
-
-def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
-    """torch.autocast for amp_dtype on device, or a no-op when amp_dtype is None (plain fp32)."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+from bmca_clip.io import autocast as autocast_context  # retrieval.py imports it from here
 
 
 def input_dtype(model: torch.nn.Module) -> torch.dtype:
