@@ -23,7 +23,7 @@ from bmca_clip.cli import exit_on_user_error
 # Exceptions that never reach a user as such, each kept in its module, with why.
 PRIVATE = {
     "bmca_clip.data.decode.UnusableSample": "a sample skipped and counted by the stream, never raised out",
-    "bmca_clip.eval.metrics.UndefinedMetric": "a metric undefined for one task; reported as null",
+    "bmca_clip.eval.weighted.UndefinedMetric": "a metric undefined for one task; reported as null",
     "bmca_clip.eval.bootstrap.UndefinedInterval": "an interval undefined for one resample; reported as null",
     "bmca_clip.preempt.WaitInterrupted": "a BaseException that wakes the preemption wait; caught there",
     "bmca_clip.preempt.Preempted": "a SystemExit carrying exit code 75 so Slurm requeues the job",
