@@ -19,7 +19,10 @@ def _loaded_after(module: str, names: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "module", ["bmca_clip.eval.merge", "bmca_clip.eval.records", "bmca_clip.eval.summary"]
+    # bmca_clip.cli: merge's main() imports it, and it catches errors.BmcaError instead of importing the
+    # trainer, the checkpoint code and the data pipeline for their error classes
+    "module",
+    ["bmca_clip.eval.merge", "bmca_clip.eval.records", "bmca_clip.eval.summary", "bmca_clip.cli"],
 )
 def test_merge_and_the_result_files_import_neither_torch_nor_pyarrow(module):
     assert _loaded_after(module, ["torch", "pyarrow", "open_clip"]) == []
