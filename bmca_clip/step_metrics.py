@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from bmca_clip.data.counters import DataCounters
 from bmca_clip.data.pipeline import DataError, TrainLoader
 
 
@@ -27,12 +28,14 @@ class StepWindow:
 def checked_data_counters(loader: TrainLoader, max_bad_fraction: float) -> dict[str, float]:
     """Data counters for the log line; raises DataError when too much of the data fails to decode."""
     counters = loader.counters()
-    bad = sum(n for name, n in counters.items() if name.startswith("skipped/"))
-    seen = bad + counters.get("decoded", 0)
+    if not isinstance(counters, DataCounters):  # a loader that keeps its counts by flat name
+        counters = DataCounters.from_flat(counters)
+    bad, seen = counters.bad, counters.seen
     if seen >= 100 and bad / seen > max_bad_fraction:
-        failing = {k: v for k, v in counters.items() if k.startswith(("skipped/", "shards_failed/"))}
+        failing = {f"skipped/{k}": n for k, n in counters.skipped.items()}
+        failing |= {f"shards_failed/{k}": n for k, n in counters.shards_failed.items()}
         raise DataError(
             f"{bad} of the last {seen} samples could not be decoded ({failing}); above data.max_bad_fraction="
             f"{max_bad_fraction}. Check the shards (data.train_shards / data.sources) before training on what is left."
         )
-    return {f"data/{name}": float(n) for name, n in sorted(counters.items())}
+    return counters.as_metrics()

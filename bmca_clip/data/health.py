@@ -22,6 +22,7 @@ from collections import Counter
 from PIL import Image, UnidentifiedImageError
 
 from bmca_clip.config import DataConfig
+from bmca_clip.data.counters import DataCounters
 from bmca_clip.data.decode import UnusableSample
 from bmca_clip.data.sources import DataError
 from bmca_clip.redact import redact_url
@@ -69,29 +70,24 @@ def _backticked(names) -> str:
 
 
 class StreamHealth:
-    """The outcomes of one stream's samples; `skipped` raises DataError once too many fail."""
+    """Judges one stream's DataCounters (decoded and skipped); `skipped` counts a failed sample into them
+    and raises DataError once too many fail."""
 
-    def __init__(self, cfg: DataConfig, where: str):
-        self.cfg, self.where = cfg, where
-        self.seen = self.bad = 0
-        self.reasons: Counter[str] = Counter()
+    def __init__(self, cfg: DataConfig, where: str, counters: DataCounters):
+        self.cfg, self.where, self.counters = cfg, where, counters
         self.first: dict[str, str] = {}  # reason -> the first such error and its sample, for the message
         self.members: Counter[str] = Counter()  # the members of samples that lacked the image or caption
         self.unexpected: Counter[str] = Counter()  # skipped/other by exception class
 
-    def decoded(self) -> None:
-        self.seen += 1
-
     def skipped(self, err: Exception, sample: dict) -> str:
         """Count a sample that raised `err`; -> its reason. Raises DataError when the stream cannot go on."""
         reason = skip_reason(err)
-        self.seen, self.bad = self.seen + 1, self.bad + 1
-        self.reasons[reason] += 1
+        self.counters.count("skipped", reason)
         where = f"sample {sample.get('__key__')} of {redact_url(str(sample.get('__url__')))}"
         self.first.setdefault(reason, f"{_one_line(err)} in {where}")
         if reason in ("missing_image", "missing_caption"):
             self.members.update(sample.get("__members__", ()))
-        n = self.reasons[reason]
+        n, c = self.counters.skipped[reason], self.counters
         if reason == "other":
             self._unexpected(err, where, n)
         elif n in (1, 10, 100, 1000) or n % 10_000 == 0:  # a few lines per reason, not one per sample
@@ -105,7 +101,7 @@ class StreamHealth:
                 self.where,
                 _one_line(err),
             )
-        if self.seen >= self.cfg.max_bad_after and self.bad > self.cfg.max_bad_fraction * self.seen:
+        if c.seen >= self.cfg.max_bad_after and c.bad > self.cfg.max_bad_fraction * c.seen:
             raise DataError(self.diagnosis())
         return reason
 
@@ -126,14 +122,15 @@ class StreamHealth:
 
     def diagnosis(self) -> str:
         """One line: how many samples failed, and the likely cause of the two commonest failures."""
-        causes = "; ".join(self._cause(reason, n) for reason, n in self.reasons.most_common(2))
+        c = self.counters
+        causes = "; ".join(self._cause(reason, n) for reason, n in Counter(c.skipped).most_common(2))
         return (
-            f"{self.bad} of the first {self.seen} samples of data stream {self.where} could not be used "
+            f"{c.bad} of the first {c.seen} samples of data stream {self.where} could not be used "
             f"(above data.max_bad_fraction={self.cfg.max_bad_fraction}): {causes}"
         )
 
     def _cause(self, reason: str, n: int) -> str:
-        cfg, every = self.cfg, n == self.seen
+        cfg, every = self.cfg, n == self.counters.seen
         if reason == "missing_image":
             return f"{n} had no `{cfg.image_key}` member{self._hint('image_key', IMAGE_MEMBERS)}"
         if reason == "missing_caption":

@@ -30,6 +30,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bmca_clip.config import DataConfig
+from bmca_clip.data.counters import DataCounters
 from bmca_clip.data.decode import PilTransform as PilTransform  # part of this module's interface
 from bmca_clip.data.decode import SampleDecoder
 from bmca_clip.data.filters import (
@@ -57,10 +58,6 @@ def _uniform(*parts: int) -> float:
     return random.Random(_seed(*parts)).random()
 
 
-def _count(counters: dict[str, int], name: str, n: int = 1) -> None:
-    counters[name] = counters.get(name, 0) + n
-
-
 @dataclass
 class StreamContext:
     """What every source reader of one stream shares."""
@@ -72,7 +69,7 @@ class StreamContext:
     policy: HttpPolicy
     keep: MetadataFilter
     balance: ConceptBalancer
-    counters: dict
+    counters: DataCounters
     cache: ShardCache | None = None
 
 
@@ -118,7 +115,7 @@ class SourceReader:
                     self._carry = 0
                     yield sample
             except ShardError as err:
-                _count(self.ctx.counters, f"shards_failed/{err.reason}")
+                self.ctx.counters.count("shards_failed", err.reason)
                 last_problem = str(err)
                 log.warning("%s", err)
             self._carry += self._dropped
@@ -137,7 +134,7 @@ class SourceReader:
         return wds.shuffle(c.cfg.shuffle_buffer, c.cfg.shuffle_initial, rng=rng)(kept)
 
     def _samples_of(self, url: str, part: int, parts: int) -> Iterator[dict]:
-        with open_shard(url, self.ctx.policy, self.ctx.counters, self.ctx.cache) as stream:
+        with open_shard(url, self.ctx.policy, self.ctx.counters.transport, self.ctx.cache) as stream:
             files = wds.tariterators.tar_file_iterator(stream, handler=_raise)
             try:
                 for n, sample in enumerate(
@@ -161,14 +158,14 @@ class SourceReader:
                 try:
                     meta = parse_metadata(sample.get("json", b"{}")) if needs_meta else {}
                 except ValueError:
-                    _count(c.counters, "filtered/bad_metadata")
+                    c.counters.count("filtered", "bad_metadata")
                     self._dropped += 1
                     continue
                 reason = c.keep.reason(meta, sample.get(cfg.caption_key, b"").decode("utf-8", "replace"))
                 if reason is None and c.balance.active and not c.balance.accept(meta, self._draw(sample, n)):
                     reason = "balance"
                 if reason is not None:
-                    _count(c.counters, f"filtered/{reason}")
+                    c.counters.count("filtered", reason)
                     self._dropped += 1
                     continue
             slim = {k: sample[k] for k in wanted if k in sample}
@@ -247,8 +244,8 @@ class TrainStream(IterableDataset):
             self.cfg.mixing_prior_samples,
             start.get("mixing"),  # absent in checkpoints from before natural mixing: the prior again
         )
-        counters: dict[str, int] = {}
-        health = StreamHealth(self.cfg, f"{local} of rank {self.rank}")
+        counters = DataCounters()
+        health = StreamHealth(self.cfg, f"{local} of rank {self.rank}", counters)
         ctx = StreamContext(
             self.cfg,
             self.seed,
@@ -270,23 +267,22 @@ class TrainStream(IterableDataset):
             sample, name = readers[pick].next(), self.sources[pick].name
             seen = sample.pop("__seen__")
             mixer.observe(pick, seen)
-            _count(counters, f"drawn/{name}")
-            _count(counters, f"read/{name}", seen)
+            counters.count("drawn", name)
+            counters.count("read", name, seen)
             t += 1
             try:
                 image, caption = self.decoder(sample, _seed(self.seed, stream, t, 4))
             except Exception as err:  # any one sample, whatever it raises, is skipped and counted
-                _count(counters, f"skipped/{health.skipped(err, sample)}")  # raises when too many fail
+                health.skipped(err, sample)  # counts it; raises when too many fail
                 continue
-            health.decoded()
-            _count(counters, "decoded")
+            counters.decoded += 1
             images.append(image)
             captions.append(caption)
             keys.append(sample["__key__"])
             if len(images) == self.batch_size:
                 # Counted here, not where the filters pass a sample: that is a shuffle buffer ahead of
                 # decoding (and counts samples that then fail to decode), so a log line showed kept > decoded.
-                _count(counters, "kept", len(images))
+                counters.kept += len(images)
                 position = {
                     "sample": t,
                     "sources": [(r.shard, r.taken) for r in readers],
@@ -298,7 +294,7 @@ class TrainStream(IterableDataset):
                     "keys": keys,
                     "stream": local,
                     "position": position,
-                    "counters": dict(counters),
+                    "counters": counters.copy(),
                 }
                 images, captions, keys = [], [], []
 
@@ -310,7 +306,7 @@ class TrainLoader:
         self.dataset, self.num_workers = dataset, num_workers
         self.positions = dict(dataset.positions)
         self.next_stream = dataset.first_stream
-        self._counters: dict[int, dict[str, int]] = {}
+        self._counters: dict[int, DataCounters] = {}
 
     def __iter__(self):
         loader = DataLoader(
@@ -330,18 +326,9 @@ class TrainLoader:
             self.next_stream = (stream + 1) % self.dataset.num_local
             yield batch
 
-    def counters(self) -> dict[str, int]:
-        """Counts since this loader started, summed over its streams: per source drawn/<name> (samples
-        that passed its filters and were drawn) and read/<name> (pairs read to find them: drawn / read is
-        the fraction that passes its filters); each drawn sample ends `decoded` or `skipped/<reason>`
-        (health.SKIP_REASONS), and `kept` counts the decoded ones handed out in batches, so in every
-        snapshot kept <= decoded and decoded + skipped = drawn. Also filtered/<reason> (counted as shards
-        are read, a shuffle buffer ahead of the rest), shards_failed/<reason>, retries."""
-        total: dict[str, int] = {}
-        for stream_counters in self._counters.values():
-            for name, n in stream_counters.items():
-                _count(total, name, n)
-        return total
+    def counters(self) -> DataCounters:
+        """Counts since this loader started, summed over its streams (counters.py says what each means)."""
+        return DataCounters.total(self._counters.values())
 
     def state_dict(self) -> dict:
         return {
