@@ -39,10 +39,15 @@ def prepare_argv(argv: list[str], schema: type, config_dir: str | Path = CONF_DI
     """Quote brace patterns and regex list items in argv's overrides for Hydra (in place, and returned),
     then check every override: a line `error: ...` and exit status 2 for one that cannot work.
     schema: the dataclass the primary config is typed by (PretrainConfig, EvaluateConfig);
-    config_dir: the primary config's folder (its groups are the options offered)."""
+    config_dir: the primary config's folder (its groups are the options offered). A launcher whose plugin
+    is not installed is refused here too, naming the extra (extras.check_launcher)."""
+    from bmca_clip.errors import ConfigError
+    from bmca_clip.extras import check_launcher
+
     try:
         argv[:] = rewrite_argv(argv, schema, config_dir)
-    except ArgvError as err:
+        check_launcher(argv[1:])
+    except (ArgvError, ConfigError) as err:
         sys.stdout.flush()
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_REFUSED)

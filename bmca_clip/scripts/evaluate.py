@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 from bmca_clip.cli import EXIT_TASKS_FAILED, exit_on_user_error, failed_tasks_line
 from bmca_clip.cli_args import prepare_argv
 from bmca_clip.config import EvaluateConfig, register_configs, to_object
-from bmca_clip.extras import check_launcher
 from bmca_clip.paths import CONF_DIR
 
 register_configs()
@@ -40,9 +39,9 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The bmca-eval console script (and eval.py): Hydra reads the overrides from sys.argv."""
-    prepare_argv(sys.argv, EvaluateConfig)  # quote brace patterns for Hydra; refuse bad keys in one line
-    with exit_on_user_error():
-        check_launcher(sys.argv[1:])
+    prepare_argv(
+        sys.argv, EvaluateConfig
+    )  # quote brace patterns for Hydra; refuse bad keys, launchers in one line
     _main()
 
 

@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 from bmca_clip.cli import check_group_choice, exit_on_user_error
 from bmca_clip.cli_args import prepare_argv
 from bmca_clip.config import PretrainConfig, register_configs, to_object
-from bmca_clip.extras import check_launcher
 from bmca_clip.paths import CONF_DIR
 from bmca_clip.redact import hydra_record
 
@@ -55,9 +54,9 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The bmca-train console script (and train.py): Hydra reads the overrides from sys.argv."""
-    prepare_argv(sys.argv, PretrainConfig)  # quote brace patterns for Hydra; refuse bad keys in one line
-    with exit_on_user_error():
-        check_launcher(sys.argv[1:])
+    prepare_argv(
+        sys.argv, PretrainConfig
+    )  # quote brace patterns for Hydra; refuse bad keys, launchers in one line
     _main()
 
 
