@@ -19,7 +19,7 @@ import re
 from huggingface_hub import HfApi
 
 from bmca_clip.eval.cache import dataset_fingerprint
-from bmca_clip.eval.tasks import Task
+from bmca_clip.eval.spec import Task
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
