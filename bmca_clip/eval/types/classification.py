@@ -1,8 +1,9 @@
 """Task type classification: zero-shot, each image scored against the prompt-ensemble weights of every class.
 
-The class weights are open_clip's zero-shot classifier (encoders.py); logits are 100 x the cosine
-similarity (CLIP's fixed scale: it changes no argmax or ranking); the metrics are metrics.py's, each with
-a bootstrap CI over items, or over their clusters (source.group_column, or the crops of one image).
+The class weights are the encoder's zero-shot classifier (encoders.py: open_clip's); logits are 100 x
+the cosine similarity (CLIP's fixed scale: it changes no argmax or ranking); the metrics are metrics.py's,
+each with a bootstrap CI over items, or over their clusters (source.group_column, or the crops of one
+image).
 Labels come from one of the label encodings (decode.py); a detection task scores one crop per box.
 """
 
