@@ -146,24 +146,6 @@ def _detection_crops(task: Task):
     return decode
 
 
-def _mask_presence(task: Task) -> MaskPresence:
-    return MaskPresence(task.source.label_map, task.classes)
-
-
-# label_encoding -> factory(task) -> decoder. Classification decoders map (cell, dropped Counter) to a list
-# of (crop box or None, class index); mask_presence's maps a mask image to a multi-hot tensor.
-# source_schema.py checks on load that the encoding fits the task type and the loader.
-LABEL_ENCODINGS: dict[str, Callable[[Task], Callable]] = {
-    "int": _one_per_row(_int_label),
-    "string": _one_per_row(_string_label),
-    "bool": _one_per_row(_bool_label),
-    "sequence_first": _one_per_row(_sequence_first),
-    "split_json": _one_per_row(_int_label),
-    "mask_presence": _mask_presence,
-    "detection_crops": _detection_crops,
-}
-
-
 class MaskPresence:
     """A segmentation mask -> multi-hot over classes: class c is present when any pixel holds one of the
     mask values that label_map maps to it. Keys are "#rrggbb" colours (compared in RGB) or integer
@@ -192,6 +174,24 @@ class MaskPresence:
             if value in self.values:
                 hot[self.values[value]] = 1.0
         return hot
+
+
+def _mask_presence(task: Task) -> MaskPresence:
+    return MaskPresence(task.source.label_map, task.classes)
+
+
+# label_encoding -> factory(task) -> decoder. Classification decoders map (cell, dropped Counter) to a list
+# of (crop box or None, class index); mask_presence's maps a mask image to a multi-hot tensor.
+# source_schema.py checks on load that the encoding fits the task type and the loader.
+LABEL_ENCODINGS: dict[str, Callable[[Task], Callable]] = {
+    "int": _one_per_row(_int_label),
+    "string": _one_per_row(_string_label),
+    "bool": _one_per_row(_bool_label),
+    "sequence_first": _one_per_row(_sequence_first),
+    "split_json": _one_per_row(_int_label),
+    "mask_presence": _mask_presence,
+    "detection_crops": _detection_crops,
+}
 
 
 def parse_question(cell, name: str) -> tuple[str, list[str], int] | None:

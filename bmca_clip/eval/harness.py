@@ -1,4 +1,4 @@
-"""Run tasks and suites: build each task's dataset, score it with its type's evaluator, collect results.
+"""Run tasks and suites: build each task's dataset, score it through its type, collect results.
 
 Each task is built and scored by its type (types.TASK_TYPES: `build` through datasets.build_dataset,
 then `score` through an encoders.Encoder: a ClipEncoder over the model, or the encoder the caller passes,
