@@ -28,7 +28,7 @@ from torchvision.transforms import PILToTensor
 from bmca_clip.config import ConfigError, DataConfig, PretrainConfig, to_object
 from bmca_clip.data.decode import FastEvalTransform, FastTrainTransform
 from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader
-from bmca_clip.eval.datasets import to_rgb
+from bmca_clip.eval.items import to_rgb
 
 
 class Spinning(BaseException):

@@ -15,12 +15,13 @@ from eval_fixtures import (
 from numeric import assert_close_scaled
 
 from bmca_clip.eval.bootstrap import Clusters, cluster_counts
-from bmca_clip.eval.datasets import BUILDERS, build_dataset
+from bmca_clip.eval.datasets import build_dataset
 from bmca_clip.eval.harness import evaluate_task
-from bmca_clip.eval.loaders import Table, file_images
+from bmca_clip.eval.loaders.table import Table, file_images
 from bmca_clip.eval.metrics import bootstrap_ci, compute_classification_metrics
-from bmca_clip.eval.retrieval import recall_intervals
 from bmca_clip.eval.tasks import TaskError, load_task
+from bmca_clip.eval.types import TASK_TYPES
+from bmca_clip.eval.types.retrieval import recall_intervals
 
 NAMES = ["accuracy", "balanced_accuracy", "macro_f1", "top2_accuracy"]
 
@@ -186,6 +187,6 @@ def test_detection_crops_are_clustered_by_their_image(tmp_path):
     ]
     images = file_images([tmp_path / "colors/images/0_0.png", tmp_path / "colors/images/1_0.png"])
     table = Table("t", {"objects": boxes}, {"image": images}, [0, 1])
-    dataset = BUILDERS["classification"](task, table, lambda img: img)
+    dataset = TASK_TYPES["classification"].build(task, table, lambda img: img)
     assert dataset.labels == [0, 1, 2]
     assert dataset.clusters.name == "image" and dataset.clusters.ids.tolist() == [0, 0, 1]

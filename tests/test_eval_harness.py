@@ -21,10 +21,10 @@ from eval_fixtures import (
 from numeric import assert_close_scaled
 
 from bmca_clip.eval.datasets import build_dataset
+from bmca_clip.eval.encoders import zero_shot_classifier
 from bmca_clip.eval.harness import evaluate_suite, evaluate_task
 from bmca_clip.eval.report import format_table, make_provenance, write_summary, write_task_json
 from bmca_clip.eval.tasks import TaskError, load_suite, load_task
-from bmca_clip.eval.zeroshot import zero_shot_classifier
 
 TEMPLATES = ["a {}.", "a figure showing a {}.", "an image of a {}."]
 CLASSES = ["chest x-ray", "H&E histology slide", "bar chart"]

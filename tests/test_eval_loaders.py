@@ -30,12 +30,14 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub.utils import _http
 from PIL import Image
 
-from bmca_clip.eval.datasets import build_dataset, to_rgb
+from bmca_clip.eval.datasets import build_dataset
 from bmca_clip.eval.harness import evaluate_suite, evaluate_task
-from bmca_clip.eval.loaders import Table, _split_files
-from bmca_clip.eval.multilabel import average_precision, mean_average_precision, multilabel_metrics
-from bmca_clip.eval.multiple_choice import choose, multiple_choice_metrics, option_texts
+from bmca_clip.eval.items import to_rgb
+from bmca_clip.eval.loaders.hf_dataset import _split_files
+from bmca_clip.eval.loaders.table import Table
 from bmca_clip.eval.tasks import TaskError, load_task
+from bmca_clip.eval.types.multilabel import average_precision, mean_average_precision, multilabel_metrics
+from bmca_clip.eval.types.multiple_choice import choose, multiple_choice_metrics, option_texts
 
 PROMPTS = 'templates: ["a {} image."]\n'
 COLOR_CLASSES = f"classes: {COLOR_NAMES}\n" + PROMPTS

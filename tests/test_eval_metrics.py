@@ -18,7 +18,7 @@ from bmca_clip.eval.metrics import (
     top_k_accuracy,
     weighted_metric,
 )
-from bmca_clip.eval.retrieval import (
+from bmca_clip.eval.types.retrieval import (
     DEFAULT_METRICS,
     chance_recall,
     parse_recall_metric,

@@ -9,7 +9,7 @@ same input.
 import pytest
 import torch
 
-from bmca_clip.eval.retrieval import recall_hits, retrieval_recall, tie_note
+from bmca_clip.eval.types.retrieval import recall_hits, retrieval_recall, tie_note
 
 
 def clip_benchmark_hits(

@@ -13,7 +13,7 @@ sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 from bmca_clip.eval.bootstrap import cluster_counts  # noqa: E402  (after the importorskip)
 from bmca_clip.eval.metrics import _categories, classification_metric  # noqa: E402
-from bmca_clip.eval.multilabel import average_precision, mean_average_precision  # noqa: E402
+from bmca_clip.eval.types.multilabel import average_precision, mean_average_precision  # noqa: E402
 from bmca_clip.eval.weighted import UndefinedMetric, hit_rate, macro_hit_rate  # noqa: E402
 
 SEEDS = range(8)

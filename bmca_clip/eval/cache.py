@@ -16,9 +16,11 @@ Hashing ViT-L-14's 1.7 GB of weights takes about a second, once per model and ru
 
 Dataset fingerprint: the dataset's own `fingerprint` (a string, or a method returning one) that changes
 whenever any item could (image identities, labels, captions, options, crop boxes; not the preprocess,
-which is a key part of its own). Lacking one, for ImageLabelDataset and ImageCaptionDataset over plain
-image files only: a hash of the ordered paths with their sizes and modification times, and the labels or
-captions. Any other dataset without a fingerprint is not cached: what makes its items is unknown here.
+which is a key part of its own); every dataset of items.py has one. A dataset without one is not cached:
+what makes its items is unknown here.
+
+`CachingEncoder(encoder, cache, model_key, preprocess)` is an encoders.Encoder that asks the cache first
+and the wrapped encoder on a miss, so the scorers never know whether a cache is there.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,28 +62,7 @@ def describe_transform(transform) -> str:
 def dataset_fingerprint(dataset) -> str | None:
     """What identifies a dataset's items (see the module docstring), or None when nothing does."""
     own = getattr(dataset, "fingerprint", None)
-    if own is not None:
-        return str(own() if callable(own) else own)
-    return _image_files_fingerprint(dataset)
-
-
-def _image_files_fingerprint(dataset) -> str | None:
-    # Stopgap until every dataset carries `fingerprint`: the csv loader's classification and retrieval
-    # datasets, whose items are image files (no crop boxes) plus labels or captions.
-    from bmca_clip.eval.datasets import ImageCaptionDataset, ImageLabelDataset  # imports zeroshot.py
-
-    images = getattr(dataset, "images", None)
-    if type(dataset) not in (ImageLabelDataset, ImageCaptionDataset) or getattr(dataset, "boxes", None):
-        return None
-    if images is None or getattr(images, "read", None) is not Path:  # not plain files on disk
-        return None
-    digest = hashlib.sha256(type(dataset).__name__.encode())
-    for path in images.refs:
-        stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    extra = dataset.labels if isinstance(dataset, ImageLabelDataset) else dataset.captions
-    digest.update(json.dumps(extra).encode())
-    return digest.hexdigest()
+    return None if own is None else str(own() if callable(own) else own)
 
 
 class EmbeddingCache:
@@ -132,63 +112,37 @@ class EmbeddingCache:
         return tensors
 
 
-class CachedModel(torch.nn.Module):
-    """A CLIP model whose dataset-level encodings come from an EmbeddingCache.
+class CachingEncoder:
+    """An encoders.Encoder whose outputs come from an EmbeddingCache when stored, else from `encoder`
+    (then stored). model_key is state_dict_sha256(model, name) of the encoder's model; preprocess is
+    describe_transform of the transform the datasets are built with."""
 
-    zeroshot.encode_images, zeroshot.zero_shot_classifier and retrieval.encode_texts look for this
-    wrapper and ask it first, so the harness runs unchanged. Everything else (encode_image, encode_text,
-    train/eval mode) goes to the wrapped model. model_key is state_dict_sha256(model, name);
-    preprocess is describe_transform of the transform the datasets are built with.
-    """
+    def __init__(self, encoder, cache: EmbeddingCache, model_key: str, preprocess: str):
+        self.encoder, self.cache, self.model_key, self.preprocess = encoder, cache, model_key, preprocess
 
-    def __init__(self, model: torch.nn.Module, cache: EmbeddingCache, model_key: str, preprocess: str):
-        super().__init__()
-        self.model, self.cache, self.model_key, self.preprocess = model, cache, model_key, preprocess
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return self.encoder.amp_dtype
 
-    def __getattr__(self, name: str):
-        # Parameters and submodules of the wrapped model (logit_scale, visual, ...) read through.
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("model"), name)
+    def _parts(self, **more) -> dict:
+        return {"model": self.model_key, "dtype": str(self.amp_dtype or torch.float32), **more}
 
-    def encode_image(self, *args, **kwargs):
-        return self.model.encode_image(*args, **kwargs)
-
-    def encode_text(self, *args, **kwargs):
-        return self.model.encode_text(*args, **kwargs)
-
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
-
-    def _parts(self, amp_dtype: torch.dtype | None, **more) -> dict:
-        return {"model": self.model_key, "dtype": str(amp_dtype or torch.float32), **more}
-
-    def image_features(
-        self, dataset, amp_dtype: torch.dtype | None, compute: Callable[[], tuple[Tensor, Tensor]]
-    ) -> tuple[Tensor, Tensor]:
-        """(features, targets) of the dataset: cached when it has a fingerprint, else compute()."""
-        fingerprint = dataset_fingerprint(dataset)
+    def images(self, loader) -> tuple[Tensor, Tensor]:
+        """(features, targets) of the loader's dataset: cached when it has a fingerprint."""
+        fingerprint = dataset_fingerprint(loader.dataset)
         if fingerprint is None:
-            return compute()
-        parts = self._parts(amp_dtype, preprocess=self.preprocess, dataset=fingerprint)
-        features, targets = self.cache.get_or_compute("images", parts, compute)
+            return self.encoder.images(loader)
+        parts = self._parts(preprocess=self.preprocess, dataset=fingerprint)
+        features, targets = self.cache.get_or_compute("images", parts, lambda: self.encoder.images(loader))
         return features, targets
 
-    def classifier(
-        self,
-        classnames: Sequence[str],
-        templates: Sequence[str],
-        amp_dtype: torch.dtype | None,
-        compute: Callable[[], Tensor],
-    ) -> Tensor:
+    def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
         """Zero-shot class weights for these class names and templates."""
-        parts = self._parts(amp_dtype, classnames=list(classnames), templates=list(templates))
-        return self.cache.get_or_compute("classifiers", parts, lambda: (compute(),))[0]
+        parts = self._parts(classnames=list(classnames), templates=list(templates))
+        compute = lambda: (self.encoder.classifier(classnames, templates),)  # noqa: E731
+        return self.cache.get_or_compute("classifiers", parts, compute)[0]
 
-    def text_features(
-        self, texts: Sequence[str], amp_dtype: torch.dtype | None, compute: Callable[[], Tensor]
-    ) -> Tensor:
-        """Features of these texts (retrieval captions), keyed by a hash of the texts themselves."""
-        parts = self._parts(amp_dtype, texts=sha256_json(list(texts)), n_texts=len(texts))
-        return self.cache.get_or_compute("texts", parts, lambda: (compute(),))[0]
+    def texts(self, texts: Sequence[str]) -> Tensor:
+        """Features of these texts (captions, option prompts), keyed by a hash of the texts themselves."""
+        parts = self._parts(texts=sha256_json(list(texts)), n_texts=len(texts))
+        return self.cache.get_or_compute("texts", parts, lambda: (self.encoder.texts(texts),))[0]

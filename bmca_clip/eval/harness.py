@@ -1,7 +1,8 @@
-"""Run tasks and suites: build each task's dataset, score it with its type's evaluator, collect results.
+"""Run tasks and suites: build each task's dataset, score it through its type, collect results.
 
-EVALUATORS maps a task type to the one function that scores it; a new type adds an entry here, a
-TaskType in tasks.py and a builder in datasets.py. A task whose data or declaration is wrong (TaskError)
+Each task is built and scored by its type (types.TASK_TYPES: `build` through datasets.build_dataset,
+then `score` through an encoders.Encoder: a ClipEncoder over the model, or the encoder the caller passes,
+e.g. one decorated with the embedding cache by run.py). A task whose data or declaration is wrong (TaskError)
 becomes a result with status "failed" and the message, and the suite goes on; any other exception is a
 bug and propagates. Besides the metrics' own notes, a result's notes carry what the data loading
 noticed (hub_commit, skipped, dropped, class_order, data_identity), `n_expected` when the loaded n differs from
@@ -24,15 +25,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bmca_clip.errors import TaskError
 from bmca_clip.eval.datasets import build_dataset
+from bmca_clip.eval.encoders import ClipEncoder, Encoder
 from bmca_clip.eval.identity import data_identity
-from bmca_clip.eval.metrics import Scores
-from bmca_clip.eval.multilabel import chance_map, multilabel_metrics, multilabel_scores
-from bmca_clip.eval.multiple_choice import chance_accuracy, evaluate_multiple_choice
 from bmca_clip.eval.progress import EvalProgress, ProgressLoader
-from bmca_clip.eval.retrieval import chance_recall, evaluate_retrieval, parse_recall_metric
-from bmca_clip.eval.tasks import Suite, Task, TaskError
-from bmca_clip.eval.zeroshot import evaluate_classification, zero_shot_classifier
+from bmca_clip.eval.spec import Suite, Task
+from bmca_clip.eval.types import TASK_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -87,72 +86,6 @@ def _loader(dataset: Dataset, run: RunSettings, task: Task) -> DataLoader:
     )
 
 
-def _classification(task: Task, dataset, model, tokenizer, run: RunSettings) -> tuple[Scores, float]:
-    classifier = zero_shot_classifier(
-        model, tokenizer, task.classes, task.templates, run.device, amp_dtype=run.amp_dtype
-    )
-    scores = evaluate_classification(
-        model,
-        classifier,
-        _loader(dataset, run, task),
-        run.device,
-        task.metrics,
-        run.amp_dtype,
-        clusters=dataset.clusters,
-    )
-    return scores, 1.0 / len(task.classes)
-
-
-def _retrieval(task: Task, dataset, model, tokenizer, run: RunSettings) -> tuple[Scores, float | None]:
-    loader = _loader(dataset, run, task)
-    scores = evaluate_retrieval(
-        model,
-        tokenizer,
-        loader,
-        dataset.captions,
-        run.device,
-        task.metrics,
-        run.amp_dtype,
-        image_clusters=dataset.clusters,
-    )
-    _, k = parse_recall_metric(task.main_metric)
-    return scores, chance_recall(dataset.text_to_image, len(dataset), [k])[task.main_metric]
-
-
-def _multiple_choice(task: Task, dataset, model, tokenizer, run: RunSettings) -> tuple[Scores, float]:
-    scores = evaluate_multiple_choice(
-        model,
-        tokenizer,
-        _loader(dataset, run, task),
-        dataset.questions,
-        dataset.options,
-        dataset.answers,
-        run.device,
-        task.metrics,
-        run.amp_dtype,
-    )
-    return scores, chance_accuracy(dataset.options)
-
-
-def _multilabel(task: Task, dataset, model, tokenizer, run: RunSettings) -> tuple[Scores, float | None]:
-    classifier = zero_shot_classifier(
-        model, tokenizer, task.classes, task.templates, run.device, amp_dtype=run.amp_dtype
-    )
-    scores, targets = multilabel_scores(
-        model, classifier, _loader(dataset, run, task), run.device, run.amp_dtype
-    )
-    return multilabel_metrics(task.metrics, scores, targets, task.classes), chance_map(targets)
-
-
-# task type -> evaluate(task, dataset, model, tokenizer, run) -> (scores, chance level of the main metric)
-EVALUATORS: dict[str, Callable[..., tuple[Scores, float | None]]] = {
-    "classification": _classification,
-    "multiple_choice": _multiple_choice,
-    "multilabel": _multilabel,
-    "retrieval": _retrieval,
-}
-
-
 # (task, data identity) -> the stored result for exactly this config and data, or None
 Reuse = Callable[[Task, dict], "TaskResult | None"]
 
@@ -193,9 +126,8 @@ def _stored(
 
 def _run_task(
     task: Task,
-    model,
+    encoder: Encoder,
     preprocess,
-    tokenizer,
     data_root,
     run: RunSettings,
     reuse: Reuse | None = None,
@@ -221,7 +153,9 @@ def _run_task(
         stored = _stored(task, result, reuse, unconfirmed)
         if stored is not None:
             return stored, True
-        scores, result.chance = EVALUATORS[task.type](task, dataset, model, tokenizer, run)
+        scores, result.chance = TASK_TYPES[task.type].score(
+            task, dataset, encoder, _loader(dataset, run, task)
+        )
     except TaskError as exc:
         result.error = _message(exc)
         log.warning("task %s failed: %s", task.name, result.error)
@@ -265,14 +199,20 @@ def evaluate_suite(
     on_result: Callable[[TaskResult], None] | None = None,
     reuse: Reuse | None = None,
     progress: EvalProgress | None = None,
+    encoder: Encoder | None = None,
 ) -> list[TaskResult]:
     """Score every task of a suite in order. on_result(result) runs after each task scored now, e.g. to
     write its JSON at once so that a crash later keeps the finished tasks. reuse(task, data identity), when
     given, may return a stored result for the task, which is then not scored (module docstring). The model
     is put in eval mode and restored to its previous mode afterwards (so this can run mid-training).
-    progress (progress.py) logs a line per task and draws its bars; by default lines only, no bar."""
+    progress (progress.py) logs a line per task and draws its bars; by default lines only, no bar.
+    encoder (encoders.py) computes the features, by default a ClipEncoder of model and tokenizer; run.py
+    passes one decorated with the embedding cache (cache.CachingEncoder)."""
     tasks = suite.tasks if isinstance(suite, Suite) else tuple(suite)
     run = RunSettings(torch.device(device), batch_size, num_workers, amp_dtype, progress or EvalProgress())
+    encoder = encoder or ClipEncoder(
+        model, tokenizer, run.device, amp_dtype, text_batch_size=batch_size or 256
+    )
     was_training = model.training
     model.eval()
     results = []
@@ -280,7 +220,7 @@ def evaluate_suite(
         with torch.no_grad():
             for k, task in enumerate(tasks, start=1):
                 place = (k, len(tasks))
-                result, stored = _run_task(task, model, preprocess, tokenizer, data_root, run, reuse, place)
+                result, stored = _run_task(task, encoder, preprocess, data_root, run, reuse, place)
                 results.append(result)
                 if on_result is not None and not stored:
                     on_result(result)

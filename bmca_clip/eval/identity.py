@@ -19,7 +19,7 @@ import re
 from huggingface_hub import HfApi
 
 from bmca_clip.eval.cache import dataset_fingerprint
-from bmca_clip.eval.tasks import Task
+from bmca_clip.eval.spec import Task
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -27,7 +27,7 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 def hub_commit(task: Task, loaded: str | None) -> tuple[str | None, str | None]:
     """(the commit task.source.revision names on the hub, None) or (None, why it cannot be told).
 
-    loaded is the commit whose files were read (the snapshot folder's name, loaders.py)."""
+    loaded is the commit whose files were read (the snapshot folder's name, loaders/hub.py)."""
     repo, revision = task.source.repo_id, task.source.revision or "main"
     if _COMMIT.fullmatch(revision):
         return revision, None

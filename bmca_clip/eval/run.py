@@ -25,7 +25,8 @@ from omegaconf import OmegaConf
 from bmca_clip.checkpoint import resolve_checkpoint
 from bmca_clip.config import ConfigError, EvaluateConfig
 from bmca_clip.dist import pick_device
-from bmca_clip.eval.cache import CachedModel, EmbeddingCache, describe_transform, state_dict_sha256
+from bmca_clip.eval.cache import CachingEncoder, EmbeddingCache, describe_transform, state_dict_sha256
+from bmca_clip.eval.encoders import ClipEncoder
 from bmca_clip.eval.harness import TaskResult, evaluate_suite
 from bmca_clip.eval.labels import model_labels, wise_label
 from bmca_clip.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_VERSION
@@ -144,22 +145,26 @@ def _evaluate_model(
     }
     configs = {task.name: result_config(task, model_id, settings) for task in tasks}
     folder = Path(cfg.output_dir) / label  # labels.py: short, unique in this run, safe as a folder name
-    model = bundle.model if cache is None else CachedModel(bundle.model, cache, weights, preprocess)
+    amp_dtype = autocast_dtype(cfg.precision)
+    encoder = ClipEncoder(bundle.model, bundle.tokenizer, device, amp_dtype, text_batch_size=cfg.batch_size)
+    if cache is not None:
+        encoder = CachingEncoder(encoder, cache, weights, preprocess)
     return evaluate_suite(
         tasks,
-        model,
+        bundle.model,
         bundle.preprocess_eval,
         bundle.tokenizer,
         device,
         cfg.data_root,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
-        amp_dtype=autocast_dtype(cfg.precision),
+        amp_dtype=amp_dtype,
         on_result=lambda result: write_task_json(
             result, folder, provenance, _config(configs, result.task, result.data), label
         ),
         reuse=None if cfg.rerun else _stored(folder, configs),
         progress=EvalProgress(bar=cfg.progress_bar),
+        encoder=encoder,
     )
 
 

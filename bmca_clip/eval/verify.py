@@ -5,7 +5,7 @@
   mapped through source.label_map when the task words its classes otherwise, must be the task's classes in
   order; a mismatch is refused showing both orders. Names that are bare digits ('0', '1', ...) say nothing
   about the classes and count as none.
-- `unverified` (tasks.UNVERIFIED_FACTS) says what must not be assumed. With "class order" or "class names"
+- `unverified` (UNVERIFIED_FACTS below) says what must not be assumed. With "class order" or "class names"
   an integer-labelled task whose data names no classes is refused: a guessed order would mislabel every
   item silently. With "class names" or "label strings" a string-labelled task must meet every class in
   the data (a guessed raw string that never occurs would leave its class empty).
@@ -19,12 +19,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from bmca_clip.eval.loaders import Table
-from bmca_clip.eval.tasks import NAMED_ENCODINGS, Task, TaskError
+from bmca_clip.errors import TaskError
+from bmca_clip.eval.decode import NAMED_ENCODINGS, normalise
+from bmca_clip.eval.loaders.table import Table
+from bmca_clip.eval.spec import Task
 
 SHOW_VALUES = 40  # distinct values listed in a message
 
-# What an `unverified` entry may name, and what it makes a load do (tasks.py checks the names). Facts whose error would
+# What an `unverified` entry may name, and what it makes a load do (tasks.py checks the names on load). Facts whose error would
 # mislabel silently block scoring until the data confirms them; the others fail loudly anyway when wrong.
 UNVERIFIED_FACTS = {
     "class order": "integer labels: the data's own class names must confirm the order, else the load fails",
@@ -78,8 +80,6 @@ def _informative(names: Sequence[str] | None) -> bool:
 
 
 def _check_order(task: Task, names: Sequence[str], where: str) -> dict[str, str]:
-    from bmca_clip.eval.datasets import normalise  # datasets.py imports this module
-
     mapping = {normalise(k): v for k, v in (task.source.label_map or {}).items()}
     as_classes = [mapping.get(normalise(n), n) if mapping else n for n in names]
     wanted = [normalise(c) for c in task.classes]

@@ -1,4 +1,4 @@
-"""Multilabel zero-shot scoring: every class scored on every image by its prompt ensemble, then mAP.
+"""Task type multilabel: zero-shot, every class scored on every image by its prompt ensemble, then mAP.
 
 A class's score for an image is the cosine similarity of the image to the class's averaged prompt
 embedding (the same classifier as zero-shot classification). `mAP` is the mean, over the classes with at
@@ -8,17 +8,20 @@ positive are left out and named in the notes (their AP is undefined), so the val
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from bmca_clip.eval.decode import LABEL_ENCODINGS
+from bmca_clip.eval.encoders import Encoder
+from bmca_clip.eval.items import ImageMultiLabelDataset
+from bmca_clip.eval.loaders.table import Table
 from bmca_clip.eval.metrics import NON_FINITE, Scores
+from bmca_clip.eval.spec import Task
+from bmca_clip.eval.types.base import TaskType
 from bmca_clip.eval.weighted import UndefinedMetric, per_weighting, weight_rows
-from bmca_clip.eval.zeroshot import encode_images
 
 METRIC_NAMES = ("mAP",)
 DEFAULT_METRICS = METRIC_NAMES
@@ -27,36 +30,6 @@ DEFAULT_METRICS = METRIC_NAMES
 def check_metric(name: str) -> None:
     if name not in METRIC_NAMES:
         raise KeyError(f"unknown multilabel metric '{name}'; allowed: {', '.join(METRIC_NAMES)}")
-
-
-class MaskPresence:
-    """A segmentation mask -> multi-hot over classes: class c is present when any pixel holds one of the
-    mask values that label_map maps to it. Keys are "#rrggbb" colours (compared in RGB) or integer
-    indices (read from the mask's first band: grey masks saved as RGB have three equal bands)."""
-
-    def __init__(self, label_map: Mapping[str, str], classes: Sequence[str]):
-        index = {name: i for i, name in enumerate(classes)}
-        self.n_classes = len(classes)
-        self.colours = all(k.startswith("#") for k in label_map)
-        self.values = {(int(k[1:], 16) if self.colours else int(k)): index[c] for k, c in label_map.items()}
-
-    def __repr__(self) -> str:  # part of a dataset's fingerprint
-        return (
-            f"MaskPresence(colours={self.colours}, values={sorted(self.values.items())}, n={self.n_classes})"
-        )
-
-    def __call__(self, mask: Image.Image) -> Tensor:
-        if self.colours:
-            rgb = np.asarray(mask.convert("RGB"), dtype=np.int64)
-            values = rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]
-        else:
-            values = np.asarray(mask)
-            values = values[..., 0] if values.ndim == 3 else values
-        hot = torch.zeros(self.n_classes)
-        for value in np.unique(values).tolist():
-            if value in self.values:
-                hot[self.values[value]] = 1.0
-        return hot
 
 
 def average_precision(scores: Tensor, targets: Tensor, weights: Tensor | None = None):
@@ -126,14 +99,28 @@ def chance_map(targets: Tensor) -> float | None:
     return present.mean().item() if len(present) else None
 
 
-@torch.no_grad()
-def multilabel_scores(
-    model: torch.nn.Module,
-    classifier: Tensor,
-    loader: DataLoader,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Similarities [n, K] of the loader's images to the classifier's class embeddings, and targets [n, K]."""
-    feats, targets = encode_images(model, loader, device, amp_dtype)
-    return feats @ classifier.float().cpu(), targets.float()
+def build(task: Task, table: Table, preprocess: Callable) -> Dataset:
+    """Items (image, multi-hot targets), the targets decoded from the label column's masks when read."""
+    masks = table.image_column(task, "label_column")
+    decode = LABEL_ENCODINGS[task.source.label_encoding](task)
+    return ImageMultiLabelDataset(table.image_column(task), masks, decode, preprocess, task.name)
+
+
+def score(task: Task, dataset: Dataset, encoder: Encoder, loader: DataLoader) -> tuple[Scores, float | None]:
+    """mAP of the similarities [n, K] of each image to each class's prompt ensemble, and its chance."""
+    classifier = encoder.classifier(task.classes, task.templates)
+    feats, targets = encoder.images(loader)
+    scores, targets = feats @ classifier.float().cpu(), targets.float()
+    return multilabel_metrics(task.metrics, scores, targets, task.classes), chance_map(targets)
+
+
+MULTILABEL = TaskType(
+    columns=("image_column", "label_column"),
+    needs_prompts=True,
+    encodings=("mask_presence",),
+    default_metrics=lambda task: DEFAULT_METRICS,
+    default_main_metric="mAP",
+    check_metric=lambda name, task: check_metric(name),
+    build=build,
+    score=score,
+)

@@ -1,4 +1,4 @@
-"""Image-text retrieval: recall@k in both directions when each image has one or more captions.
+"""Task type retrieval: image-text recall@k in both directions when each image has one or more captions.
 
 Metric names say the direction: `image_to_text_R@k` (query an image, hit when ANY of its captions ranks
 in the top k of all captions) and `text_to_image_R@k` (query a caption, hit when its own image ranks in
@@ -30,16 +30,20 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from bmca_clip.errors import TaskError
 from bmca_clip.eval.bootstrap import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     Clusters,
     bootstrap_intervals,
 )
-from bmca_clip.eval.cache import CachedModel
+from bmca_clip.eval.encoders import Encoder
+from bmca_clip.eval.items import ImageCaptionDataset, item_clusters
+from bmca_clip.eval.loaders.table import Table
 from bmca_clip.eval.metrics import NON_FINITE, Scores
+from bmca_clip.eval.spec import Task
+from bmca_clip.eval.types.base import TaskType
 from bmca_clip.eval.weighted import hit_rate
-from bmca_clip.eval.zeroshot import autocast_context, encode_images
 
 DIRECTIONS = ("image_to_text", "text_to_image")
 DEFAULT_KS = (1, 5, 10, 100)
@@ -185,38 +189,11 @@ def chance_recall(text_to_image: Tensor, n_images: int, ks: Sequence[int] = DEFA
     return out
 
 
-@torch.no_grad()
-def encode_texts(
-    model: torch.nn.Module,
-    tokenizer: Callable,
-    texts: Sequence[str],
-    device: torch.device,
-    batch_size: int = 256,
-    amp_dtype: torch.dtype | None = None,
-) -> Tensor:
-    """L2-normalised text features [n_texts, dim], fp32 on the CPU (from the cache for a CachedModel)."""
-    if isinstance(model, CachedModel):
-        return model.text_features(
-            texts,
-            amp_dtype,
-            lambda: encode_texts(model.model, tokenizer, texts, device, batch_size, amp_dtype),
-        )
-    feats = []
-    for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
-        with autocast_context(device, amp_dtype):
-            feats.append(model.encode_text(tokens, normalize=True).float().cpu())
-    return torch.nn.functional.normalize(torch.cat(feats), dim=-1)
-
-
-def evaluate_retrieval(
-    model: torch.nn.Module,
-    tokenizer: Callable,
+def recall_scores(
+    encoder: Encoder,
     loader: DataLoader,
     captions: Sequence[Sequence[str]],
-    device: torch.device,
     metrics: Sequence[str] = DEFAULT_METRICS,
-    amp_dtype: torch.dtype | None = None,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     image_clusters: Clusters | None = None,
@@ -224,11 +201,11 @@ def evaluate_retrieval(
     """Named recall metrics for the images in loader (items: image, image index) and their captions,
     each with a bootstrap CI (n_resamples=0: none) over resampled images, each with its captions, or
     over image_clusters (cluster of each image) when given; a `ties` note counts tie-dependent queries."""
-    image_feats, index = encode_images(model, loader, device, amp_dtype)
+    image_feats, index = encoder.images(loader)
     image_feats = image_feats[index.argsort()]  # back to dataset order, whatever the loader did
     texts = [c for caps in captions for c in caps]
     owner = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long)
-    text_feats = encode_texts(model, tokenizer, texts, device, loader.batch_size or 256, amp_dtype)
+    text_feats = encoder.texts(texts)
     # CLIP_benchmark's product and orientation (texts @ images.T), so its ties are ours (docstring).
     similarity = (text_feats @ image_feats.T).T
     if not torch.isfinite(similarity).all():
@@ -247,3 +224,46 @@ def evaluate_retrieval(
     defined = {name: hits[name] for name in metrics}
     scores.ci = recall_intervals(defined, n_resamples, seed, owner, image_clusters)
     return scores
+
+
+def build(task: Task, table: Table, preprocess: Callable) -> ImageCaptionDataset:
+    """Items (image, image index), one per distinct image, each with all the captions of its rows."""
+    images, column = table.image_column(task), task.source.caption_column
+    by_image: dict[str, tuple[int, list[str]]] = {}  # insertion order = first appearance
+    for i, cell in enumerate(table.column(task, "caption_column")):
+        captions = [
+            c.strip()
+            for c in (cell if isinstance(cell, list) else [cell])
+            if isinstance(c, str) and c.strip()
+        ]
+        if not captions:
+            raise TaskError(f"task '{task.name}': {table.where} {table.row(i)}: empty '{column}'")
+        by_image.setdefault(images.describe(i), (i, []))[1].extend(captions)
+    rows = [row for row, _ in by_image.values()]
+    dataset = ImageCaptionDataset(
+        images.select(rows), [caps for _, caps in by_image.values()], preprocess, task.name
+    )
+    dataset.clusters = item_clusters(task, table, rows)  # None: the harness clusters captions by image
+    return dataset
+
+
+def score(
+    task: Task, dataset: ImageCaptionDataset, encoder: Encoder, loader: DataLoader
+) -> tuple[Scores, float | None]:
+    """Recall in both directions, and a random ranking's recall at the main metric's k."""
+    scores = recall_scores(encoder, loader, dataset.captions, task.metrics, image_clusters=dataset.clusters)
+    _, k = parse_recall_metric(task.main_metric)
+    return scores, chance_recall(dataset.text_to_image, len(dataset), [k])[task.main_metric]
+
+
+RETRIEVAL = TaskType(
+    columns=("image_column", "caption_column"),
+    needs_prompts=False,
+    encodings=(),
+    default_metrics=lambda task: DEFAULT_METRICS,
+    default_main_metric="text_to_image_R@1",
+    check_metric=lambda name, task: parse_recall_metric(name),
+    build=build,
+    score=score,
+    grouped=True,
+)

@@ -1,4 +1,4 @@
-"""Closed-VQA scoring (µ-Bench perception): every image has its own list of options and one answer.
+"""Task type multiple_choice, closed VQA (µ-Bench perception): every image has its own list of options and one answer.
 
 The text of option j is `question + " " + option_j`, embedded as is (eVLLM's CLIP protocol: one prompt per
 option, no template ensemble); the prediction is the option most similar to the image. Items share
@@ -10,18 +10,22 @@ the accuracy on the items with that answer, so that a frequent answer does not d
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from bmca_clip.errors import TaskError
 from bmca_clip.eval.bootstrap import group_ids
+from bmca_clip.eval.decode import parse_question
+from bmca_clip.eval.encoders import Encoder
+from bmca_clip.eval.items import ImageQuestionDataset, bad_cells
+from bmca_clip.eval.loaders.table import Table
 from bmca_clip.eval.metrics import NON_FINITE, Scores
-from bmca_clip.eval.retrieval import encode_texts
+from bmca_clip.eval.spec import Task
+from bmca_clip.eval.types.base import TaskType
 from bmca_clip.eval.weighted import hit_rate, macro_hit_rate
-from bmca_clip.eval.zeroshot import encode_images
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy")
 DEFAULT_METRICS = METRIC_NAMES
@@ -30,33 +34,6 @@ DEFAULT_METRICS = METRIC_NAMES
 def check_metric(name: str) -> None:
     if name not in METRIC_NAMES:
         raise KeyError(f"unknown multiple_choice metric '{name}'; allowed: {', '.join(METRIC_NAMES)}")
-
-
-def parse_question(cell, name: str) -> tuple[str, list[str], int] | None:
-    """(question, options, answer index) of question `name` in one questions cell, a mapping (or its
-    JSON) {name: {question, options, answer}} as µ-Bench's `questions` column; None when it is null.
-
-    The answer may be an index into the options or the option itself. KeyError when the cell has no
-    such question at all; ValueError when the entry is malformed."""
-    if isinstance(cell, str):
-        cell = json.loads(cell)
-    if cell is None:
-        return None
-    if not isinstance(cell, dict):
-        raise ValueError(f"expected a mapping of questions, got {str(cell)[:120]}")
-    if name not in cell:
-        raise KeyError(f"no question '{name}'; the cell has {sorted(cell)}")
-    entry = cell[name]
-    if not entry or entry.get("question") is None:
-        return None
-    question, options, answer = entry["question"], entry.get("options"), entry.get("answer")
-    if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
-        raise ValueError(f"options must be a list of at least 2 strings, got {options!r}")
-    if isinstance(answer, str) and answer in options:
-        return question, options, options.index(answer)
-    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(options):
-        return question, options, answer
-    raise ValueError(f"answer {answer!r} is neither an index into nor one of its {len(options)} options")
 
 
 def option_texts(
@@ -115,24 +92,63 @@ def chance_accuracy(options: Sequence[Sequence[str]]) -> float:
     return sum(1 / len(o) for o in options) / len(options)
 
 
-def evaluate_multiple_choice(
-    model: torch.nn.Module,
-    tokenizer: Callable,
-    loader: DataLoader,
-    questions: Sequence[str],
-    options: Sequence[Sequence[str]],
-    answers: Sequence[int],
-    device: torch.device,
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    amp_dtype: torch.dtype | None = None,
-) -> Scores:
-    """Named metrics for the images in loader (items: image, item index) and their option lists."""
-    image_feats, order = encode_images(model, loader, device, amp_dtype)
+def build(task: Task, table: Table, preprocess: Callable) -> Dataset:
+    """Items (image, item index), one per row holding the question; rows whose question is null skipped."""
+    cells, name = table.column(task, "questions_column"), task.source.question
+    rows, items, errors = [], [], []  # items: (question, options, answer index)
+    for i, cell in enumerate(cells):
+        try:
+            item = parse_question(cell, name)
+        except KeyError as exc:  # the question is not there at all: a declaration mistake, not one bad row
+            raise TaskError(
+                f"task '{task.name}': {table.where} column '{task.source.questions_column}' {table.row(i)}: "
+                f"{exc.args[0]} (source.question)"
+            ) from None
+        except ValueError as exc:
+            errors.append(f"{table.row(i)}: {exc}")
+            continue
+        if item is not None:
+            rows.append(i)
+            items.append(item)
+    if errors:
+        raise bad_cells(task, table, task.source.questions_column, errors, "question")
+    if not rows:
+        raise TaskError(f"task '{task.name}': {table.where}: no row has a '{name}' question")
+    images = table.image_column(task).select(rows)
+    questions, options, answers = zip(*items, strict=True)
+    dataset = ImageQuestionDataset(images, questions, options, answers, preprocess, task.name)
+    if len(rows) < len(cells):
+        dataset.notes["skipped"] = (
+            f"{len(cells) - len(rows)} of {len(cells)} images have a null '{name}' question"
+        )
+    return dataset
+
+
+def score(
+    task: Task, dataset: ImageQuestionDataset, encoder: Encoder, loader: DataLoader
+) -> tuple[Scores, float]:
+    """The metrics of the option each image is most similar to, and the chance of a random pick."""
+    questions, options, answers = dataset.questions, dataset.options, dataset.answers
+    image_feats, order = encoder.images(loader)
     image_feats = image_feats[order.argsort()]  # back to dataset order, whatever the loader did
     texts, index = option_texts(questions, options)
-    text_feats = encode_texts(model, tokenizer, texts, device, loader.batch_size or 256, amp_dtype)
+    text_feats = encoder.texts(texts)
     if not (torch.isfinite(image_feats).all() and torch.isfinite(text_feats).all()):
-        return Scores.undefined(metrics, NON_FINITE)
+        return Scores.undefined(task.metrics, NON_FINITE), chance_accuracy(options)
     preds = choose(image_feats, text_feats, index)
     answer_texts = [opts[a] for opts, a in zip(options, answers, strict=True)]
-    return multiple_choice_metrics(metrics, preds, torch.tensor(list(answers)), answer_texts)
+    scores = multiple_choice_metrics(task.metrics, preds, torch.tensor(list(answers)), answer_texts)
+    return scores, chance_accuracy(options)
+
+
+MULTIPLE_CHOICE = TaskType(
+    columns=("image_column", "questions_column", "question"),
+    needs_prompts=False,
+    encodings=(),
+    default_metrics=lambda task: DEFAULT_METRICS,
+    default_main_metric="accuracy",
+    check_metric=lambda name, task: check_metric(name),
+    build=build,
+    score=score,
+    needs_structured=True,
+)
