@@ -23,7 +23,7 @@ import torch
 from machine import cpu_name  # bench/machine.py: scripts run from bench/
 from PIL import Image, ImageDraw, ImageFilter
 
-from bmca_clip.data.decode import FastTrainTransform, normalize_on_device
+from bmca_clip.data.transforms import FastTrainTransform, normalize_on_device
 
 
 def make_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 from bmca_clip.data.counters import DataCounters
-from bmca_clip.data.pipeline import DataError, TrainLoader
+from bmca_clip.data.loader import TrainLoader
+from bmca_clip.errors import DataError
 
 
 class StepWindow:

@@ -19,6 +19,10 @@ from bmca_clip.rundir import atomic_write_text, unlink_symlink
 
 log = logging.getLogger(__name__)
 
+# The data counters the console line shows: samples lost and shards or requests that failed. The normal
+# flow (decoded, kept, drawn/<source>, read/<source>, shards_from_cache) goes to JSONL and wandb only.
+TROUBLE_PREFIXES = ("data/skipped/", "data/filtered/", "data/shards_failed/", "data/retries")
+
 
 class MetricLogger:
     """Console progress bar, `metrics.jsonl`, wandb and TensorBoard behind one `log(step, metrics)` call.
@@ -96,9 +100,7 @@ class MetricLogger:
         self.open()  # a logger used without `with` opens at its first line
         # The console gets the headline numbers and any data trouble; every counter goes to JSONL and wandb.
         main = {k: v for k, v in metrics.items() if "/" not in k or k.startswith("eval/")}
-        trouble = {
-            k[5:]: v for k, v in metrics.items() if k.startswith("data/") and k[5:] not in ("decoded", "kept")
-        }
+        trouble = {k[5:]: v for k, v in metrics.items() if k.startswith(TROUBLE_PREFIXES)}
         line = f"step {step}: " + "  ".join(f"{k}={_fmt(v)}" for k, v in main.items())
         if trouble:
             line += "  data: " + " ".join(f"{k}={v:g}" for k, v in trouble.items())

@@ -23,10 +23,11 @@ from bmca_clip.checkpoint import (
 )
 from bmca_clip.components import Components
 from bmca_clip.config import ConfigError, PretrainConfig
-from bmca_clip.data.decode import from_open_clip
-from bmca_clip.data.pipeline import DataError, TrainLoader, build_train_loader, http_policy
+from bmca_clip.data.loader import TrainLoader, build_train_loader, http_policy
 from bmca_clip.data.sources import Source, SourceCommitMoved, resolve_sources
+from bmca_clip.data.transforms import from_open_clip
 from bmca_clip.dist import init_distributed, shutdown
+from bmca_clip.errors import DataError
 from bmca_clip.io import library_versions
 from bmca_clip.model import build_model, start_weights
 from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm, slurm_restart

@@ -14,8 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 from bmca_clip.checkpoint import packed_rng_state, unpack_rng_state
 from bmca_clip.components import Components
 from bmca_clip.config import ConfigError, PretrainConfig
-from bmca_clip.data.decode import normalize_on_device
-from bmca_clip.data.pipeline import TrainLoader
+from bmca_clip.data.loader import TrainLoader
+from bmca_clip.data.transforms import normalize_on_device
 from bmca_clip.dist import DistInfo
 from bmca_clip.errors import TrainingDiverged
 from bmca_clip.io import autocast, autocast_dtype, weight_dtype

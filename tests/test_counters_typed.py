@@ -47,7 +47,7 @@ def _filtered_corrupt_empty_stream(tmp_path, workers: int = 0, state: dict | Non
     loader = _loader("::".join(shards), workers, **cfg)
     if state is not None:
         from bmca_clip.config import DataConfig
-        from bmca_clip.data.pipeline import build_train_loader
+        from bmca_clip.data.loader import build_train_loader
 
         loader = build_train_loader(
             DataConfig(train_shards="::".join(shards), num_workers=workers, resampled=False, **cfg),

@@ -15,8 +15,9 @@ from PIL import Image
 from test_data_faults import GOOD, _bomb_png, _jpeg, _write, deadline
 
 from bmca_clip.config import DataConfig
+from bmca_clip.data.decode import PilTransform
 from bmca_clip.data.filters import FilterConfig
-from bmca_clip.data.pipeline import PilTransform, build_train_loader
+from bmca_clip.data.loader import build_train_loader
 
 
 def _noisy_jpeg() -> bytes:

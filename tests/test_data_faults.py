@@ -26,8 +26,10 @@ from PIL import Image
 from torchvision.transforms import PILToTensor
 
 from bmca_clip.config import ConfigError, DataConfig, PretrainConfig, to_object
-from bmca_clip.data.decode import FastEvalTransform, FastTrainTransform
-from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader
+from bmca_clip.data.decode import PilTransform
+from bmca_clip.data.loader import build_train_loader
+from bmca_clip.data.transforms import FastEvalTransform, FastTrainTransform
+from bmca_clip.errors import DataError
 from bmca_clip.eval.items import to_rgb
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bmca_clip.data.decode import (
+from bmca_clip.data.transforms import (
     FastEvalTransform,
     FastTrainTransform,
     draft_size_for,

@@ -15,7 +15,7 @@ from hub_server import FakeHub
 
 from bmca_clip import train as train_mod
 from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
-from bmca_clip.data.pipeline import DataError
+from bmca_clip.errors import DataError
 
 
 @pytest.fixture

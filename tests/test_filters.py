@@ -14,16 +14,9 @@ from conftest import CONF, compose_config
 
 from bmca_clip.config import PretrainConfig, to_object
 from bmca_clip.data import biomedica as bm
-from bmca_clip.data.filters import (
-    BalanceConfig,
-    ConceptBalancer,
-    FilterConfig,
-    FilterStats,
-    MetadataFilter,
-    key_uniform,
-    parse_metadata,
-    source_probabilities,
-)
+from bmca_clip.data.filters import BalanceConfig, FilterConfig, FilterStats
+from bmca_clip.data.mixing import source_probabilities
+from bmca_clip.data.predicates import ConceptBalancer, MetadataFilter, key_uniform, parse_metadata
 from bmca_clip.data.synthetic import write_corpus
 
 PRESETS = sorted(p.stem for p in (CONF / "data").glob("biomedica*.yaml"))

@@ -21,8 +21,11 @@ from PIL import Image
 from bmca_clip import train as train_mod
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
 from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
-from bmca_clip.data.hub import HttpPolicy, discover
-from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader
+from bmca_clip.data.decode import PilTransform
+from bmca_clip.data.http import HttpPolicy
+from bmca_clip.data.hub import discover
+from bmca_clip.data.loader import build_train_loader
+from bmca_clip.errors import DataError
 
 TOKEN = "hf_TESTsecretTOKEN123"
 REPO_ID = "BIOMEDICA/biomedica_webdataset_24M"

@@ -17,8 +17,9 @@ from PIL import Image
 import bmca_clip.train as train_mod
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
 from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
+from bmca_clip.data.decode import PilTransform
 from bmca_clip.data.filters import FilterConfig
-from bmca_clip.data.pipeline import PilTransform, build_train_loader
+from bmca_clip.data.loader import build_train_loader
 
 PASS, FAIL = "a caption long enough", "x"  # data.filter.min_caption_chars=5 keeps the first only
 

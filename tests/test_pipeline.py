@@ -15,8 +15,11 @@ from conftest import REPO
 from PIL import Image
 
 from bmca_clip.config import DataConfig
+from bmca_clip.data.decode import PilTransform
 from bmca_clip.data.filters import BalanceConfig, FilterConfig
-from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader, expand_shards
+from bmca_clip.data.loader import build_train_loader
+from bmca_clip.data.sources import expand_shards
+from bmca_clip.errors import DataError
 from bmca_clip.step_metrics import checked_data_counters
 
 

@@ -16,7 +16,10 @@ import torch
 from hub_server import FakeHub
 from huggingface_hub import constants
 
-from bmca_clip.data.hub import HttpPolicy, ShardError, _auth_headers, open_shard
+from bmca_clip.data.auth import auth_headers
+from bmca_clip.data.http import HttpPolicy
+from bmca_clip.data.shards import open_shard
+from bmca_clip.errors import ShardError
 from bmca_clip.export import model_card
 from bmca_clip.resume import ResumePlan, config_history
 from bmca_clip.tracking import _start_wandb
@@ -56,7 +59,7 @@ MASK = "***"  # what a redacted secret reads as (bmca_clip.redact.MASK)
 def test_the_token_goes_only_to_the_hub_endpoint(endpoint, url, gets_token, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    sent = _auth_headers(url).get("authorization", "")
+    sent = auth_headers(url).get("authorization", "")
     if gets_token:
         assert sent == f"Bearer {TOKEN}", (endpoint, url)
     else:  # nothing, or the URL's own user:password@ as Basic auth

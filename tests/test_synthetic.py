@@ -18,6 +18,7 @@ from PIL import Image
 
 from bmca_clip.data import biomedica as bm
 from bmca_clip.data import synthetic as syn
+from bmca_clip.data.synthetic_figures import COLORS, FIGURE_TYPES
 
 # Ground truth the brief fixes for each figure type: (primary concept, secondary concept).
 EXPECTED_LABELS = {
@@ -48,7 +49,7 @@ def samples(corpus):
 
 def parse_caption(text: str):
     """(figure type, colour, count) stated by a caption, or an AssertionError saying what is missing."""
-    types = [t for t in syn.FIGURE_TYPES if t.lower() in text.lower()]
+    types = [t for t in FIGURE_TYPES if t.lower() in text.lower()]
     assert len(types) == 1, f"caption names {types} figure types: {text!r}"
     found = re.findall(r"\b([1-5]) (red|green|blue|yellow)\b", text)
     assert len(found) == 1, f"caption states no single '<count> <colour>': {text!r}"
@@ -69,7 +70,7 @@ def test_constants_match_biomedica_md():
     assert set(bm.SUBSETS) == {"commercial", "noncommercial", "other"}
     assert all(primary in bm.PRIMARY_CONCEPTS for primary, _ in EXPECTED_LABELS.values())
     assert all(secondary in bm.SECONDARY_CONCEPTS for _, secondary in EXPECTED_LABELS.values())
-    assert syn.FIGURE_TYPES == tuple(EXPECTED_LABELS) and syn.COLORS == ("red", "green", "blue", "yellow")
+    assert FIGURE_TYPES == tuple(EXPECTED_LABELS) and COLORS == ("red", "green", "blue", "yellow")
 
 
 def test_shards_follow_the_hub_layout(corpus):
@@ -117,14 +118,12 @@ def test_captions_agree_with_labels(samples):
         primary, secondary = EXPECTED_LABELS[figure_type]
         assert meta["image_primary_label"] == [primary] and meta["image_secondary_label"] == [secondary]
         seen.update([figure_type, color, count])
-    assert all(seen[name] for name in (*syn.FIGURE_TYPES, *syn.COLORS, 1, 2, 3, 4, 5)), seen
+    assert all(seen[name] for name in (*FIGURE_TYPES, *COLORS, 1, 2, 3, 4, 5)), seen
     templates = {re.sub(r"\d", "#", s["txt"].decode()).split(" ")[0] for _, s in samples}
     assert len(templates) >= 5, f"captions are not varied: {templates}"
 
 
-@pytest.mark.parametrize(
-    "name, classes", [("synthetic_modality", syn.FIGURE_TYPES), ("synthetic_color", syn.COLORS)]
-)
+@pytest.mark.parametrize("name, classes", [("synthetic_modality", FIGURE_TYPES), ("synthetic_color", COLORS)])
 def test_classification_eval_sets(corpus, name, classes):
     out, _ = corpus
     header, rows = read_csv(out / "eval" / name / "test.csv")
@@ -236,7 +235,7 @@ def _features(source, field: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "name, classes, field", [("synthetic_modality", syn.FIGURE_TYPES, 0), ("synthetic_color", syn.COLORS, 1)]
+    "name, classes, field", [("synthetic_modality", FIGURE_TYPES, 0), ("synthetic_color", COLORS, 1)]
 )
 def test_nearest_centroid_on_8px_images_beats_chance(corpus, samples, name, classes, field):
     """Learnable without a model: class centroids of the training images classify the held-out eval set."""

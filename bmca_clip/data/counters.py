@@ -6,7 +6,7 @@ skipped under a reason (health.SKIP_REASONS); `kept` counts the decoded ones han
 every snapshot kept <= decoded and decoded + skipped = drawn. `filtered` counts samples the metadata filter
 or the concept balancer dropped (as shards are read, a shuffle buffer ahead of the rest), `shards_failed`
 shards that could not be read, and `transport` what the shard reader counts (retries, shards_from_cache;
-data/hub.py counts into this dict by name).
+data/http.py and data/shards.py count into this dict by name).
 
 Counters are summed across dataloader workers with `+`. The log line's names (`as_metrics`: data/decoded,
 data/skipped/<reason>, data/drawn/<source>, ...) are the flat names of `as_flat`, which is also this object's

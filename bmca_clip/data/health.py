@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from bmca_clip.config import DataConfig
 from bmca_clip.data.counters import DataCounters
 from bmca_clip.data.decode import UnusableSample
-from bmca_clip.data.sources import DataError
+from bmca_clip.errors import DataError
 from bmca_clip.redact import redact_url
 
 log = logging.getLogger(__name__)

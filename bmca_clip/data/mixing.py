@@ -14,12 +14,17 @@ pairs. Every stream (rank x dataloader worker) keeps its own counts, counted whe
 when the shuffle buffer reads ahead), so the counts are part of the stream's position and a resumed stream
 draws exactly what the uninterrupted one would have. Estimates differ a little between streams early on;
 they all converge to the same fractions.
+
+`source_probabilities(weights)` turns `data.sources.<name>.weight` into the shares the mixer starts from.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+
+from bmca_clip.errors import ConfigError
 
 MIXINGS = ("weights", "natural")
 
@@ -64,3 +69,17 @@ class SourceMixer:
     def state(self) -> list[tuple[int, int]]:
         """(seen, kept) per source: the `counts` that continue this mixer exactly."""
         return list(zip(self.seen, self.kept, strict=True))
+
+
+def source_probabilities(weights: Mapping[str, float]) -> dict[str, float]:
+    """Mixing probability of each source: its weight over the total (a source with weight 0 gets 0: off)."""
+    for name, weight in weights.items():
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ConfigError(f"data.sources.{name}.weight={weight!r} is invalid: expected a float >= 0")
+    total = sum(weights.values())
+    if total <= 0:
+        names = ", ".join(weights) or "none configured"
+        raise ConfigError(
+            f"data.sources: no source has a weight > 0 ({names}); set data.sources.<name>.weight > 0 for one"
+        )
+    return {name: weight / total for name, weight in weights.items()}

@@ -11,9 +11,11 @@ from pathlib import Path
 import braceexpand
 
 from bmca_clip.config import DataConfig
-from bmca_clip.data.filters import source_probabilities
-from bmca_clip.data.hub import HttpPolicy, HubError, default_cache_dir, discover
-from bmca_clip.errors import DataError, SourceCommitMoved
+from bmca_clip.data.http import HttpPolicy
+from bmca_clip.data.hub import discover
+from bmca_clip.data.mixing import source_probabilities
+from bmca_clip.data.shards import default_cache_dir
+from bmca_clip.errors import DataError, HubError, SourceCommitMoved
 
 log = logging.getLogger(__name__)
 
