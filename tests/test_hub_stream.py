@@ -18,11 +18,11 @@ from hub_server import FakeHub
 from huggingface_hub import HfApi
 from PIL import Image
 
-from bmca_clip import train as train_mod
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
 from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
 from bmca_clip.data.hub import HttpPolicy, discover
 from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader
+from bmca_clip.train import run as train_mod
 
 TOKEN = "hf_TESTsecretTOKEN123"
 REPO_ID = "BIOMEDICA/biomedica_webdataset_24M"

@@ -17,7 +17,7 @@ from PIL import Image
 from bmca_clip.config import DataConfig
 from bmca_clip.data.filters import BalanceConfig, FilterConfig
 from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader, expand_shards
-from bmca_clip.step_metrics import checked_data_counters
+from bmca_clip.train.log_line import checked_data_counters
 
 
 def _jpeg() -> bytes:

@@ -45,7 +45,7 @@ from bmca_clip.data.hub import HttpPolicy, ShardCache, ShardError, default_cache
 from bmca_clip.data.mixing import SourceMixer
 from bmca_clip.data.sources import DataError, Source, check_commits, resolve_sources
 from bmca_clip.data.sources import expand_shards as expand_shards  # part of this module's interface
-from bmca_clip.preempt import shield_data_worker
+from bmca_clip.signals import shield_data_worker
 
 log = logging.getLogger(__name__)
 
