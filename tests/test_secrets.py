@@ -17,7 +17,7 @@ from hub_server import FakeHub
 from huggingface_hub import constants
 
 from bmca_clip.data.hub import HttpPolicy, ShardError, _auth_headers, open_shard
-from bmca_clip.export import model_card
+from bmca_clip.model_card import model_card
 from bmca_clip.tracking import _start_wandb
 from bmca_clip.train.resume import ResumePlan, config_history
 
