@@ -39,8 +39,9 @@ def full_batch(out: dict, cached: list[dict] | None, j: int, last: bool) -> tupl
 
 
 class TrainStep:
-    """The step half of the Trainer (bmca_clip/train/trainer.py), which builds what it uses: cfg, dist, model,
-    optimizer, trainable, scheduler, scaler, loss_fn, step and the non-finite counters."""
+    """The step half of the Trainer (bmca_clip/train/trainer.py), a mixin: these methods read and update
+    what Trainer.__init__ builds (cfg, dist, model, optimizer, trainable, scheduler, scaler, loss_fn, step,
+    the non-finite counters), so the loop and the step each read on their own."""
 
     def autocast(self):
         return autocast(self.dist.device, autocast_dtype(self.cfg.train.precision))
