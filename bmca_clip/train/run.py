@@ -12,10 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bmca_clip.checkpoint import (
-    Checkpointer,
-    restore_rank_rng,
-)
+from bmca_clip.checkpoint import Checkpointer, restore_rank_rng
 from bmca_clip.config import PretrainConfig
 from bmca_clip.data.decode import from_open_clip
 from bmca_clip.data.pipeline import TrainLoader, build_train_loader, http_policy
@@ -28,9 +25,7 @@ from bmca_clip.tracking import MetricLogger
 from bmca_clip.train.components import Components
 from bmca_clip.train.evaluation import PeriodicEval, load_eval_tasks
 from bmca_clip.train.preemption import Preempted, PreemptionHandler, requeue_if_slurm
-from bmca_clip.train.resume import (
-    log_plan,
-)
+from bmca_clip.train.resume import log_plan
 from bmca_clip.train.rundir import run_lock
 from bmca_clip.train.start import Start, checkpoint_dir, decide_start, rank_data_state
 from bmca_clip.train.trainer import Trainer
