@@ -43,7 +43,7 @@ import bmca_clip.model  # noqa: F401  registers bmca-tiny / bmca-small with open
 from bmca_clip.config import PRECISIONS, ModelConfig, PretrainConfig, TrainConfig
 from bmca_clip.dist import DistInfo
 from bmca_clip.optim import decays
-from bmca_clip.trainer import Trainer
+from bmca_clip.train.trainer import Trainer
 
 # Dense peak TFLOP/s of one GPU, from the vendors' datasheets (the "with sparsity" figures halved), keyed
 # by a substring of torch.cuda.get_device_name(); the first match wins, so the PCIe H100 comes first.

@@ -65,7 +65,7 @@ def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep_last: int) -> P
 
 def remove_stale_tmp(ckpt_dir: Path) -> list[Path]:
     """Delete half-written `.step_N.pt.tmp<pid>` files a killed run or a full disk left; call it only
-    while holding the run folder's lock (bmca_clip/rundir.py), so no live writer owns them."""
+    while holding the run folder's lock (bmca_clip/train/rundir.py), so no live writer owns them."""
     ckpt_dir = Path(ckpt_dir)
     stale = [p for p in ckpt_dir.glob(".step_*.pt.tmp*") if p.is_file()] if ckpt_dir.is_dir() else []
     for path in stale:

@@ -347,7 +347,7 @@ class PretrainConfig:
     output_dir: str = "runs/${name}"  # fixed per run name so that resume=latest finds it again
     resume: str | None = None  # null | latest | path to a checkpoint file
     # exact: a resume continues the checkpoint's data stream and refuses settings that would change it;
-    # reset: keep weights, optimizer and step, start a fresh data stream (bmca_clip/resume.py)
+    # reset: keep weights, optimizer and step, start a fresh data stream (bmca_clip/train/resume.py)
     resume_data: str = "exact"
 
     def __post_init__(self):

@@ -35,7 +35,7 @@ def lr_factor(
     """Multiplier of the peak lr at optimizer step `step` (0-based): linear warmup, then cosine or flat.
 
     `resumed_at=(s0, f0)`: a resume at step s0 changed train.steps, optim.schedule or optim.lr_min (see
-    bmca_clip/resume.py). From s0 on the factor starts at f0, the one in force there (no jump), and then
+    bmca_clip/train/resume.py). From s0 on the factor starts at f0, the one in force there (no jump), and then
     goes to lr_min/lr by a cosine half-wave ending at `total_steps` (cosine), or stays at f0 (constant).
     """
     floor = cfg.lr_min / cfg.lr

@@ -15,7 +15,7 @@ from bmca_clip.cadence import every
 from bmca_clip.config import TENSORBOARD_MISSING, ConfigError, LoggerConfig
 from bmca_clip.extras import require
 from bmca_clip.redact import redact_config, redact_url
-from bmca_clip.rundir import atomic_write_text, unlink_symlink
+from bmca_clip.train.rundir import atomic_write_text, unlink_symlink
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ import bmca_clip.model  # noqa: F401  registers bmca-tiny
 from bmca_clip.config import PretrainConfig, to_object
 from bmca_clip.dist import init_distributed, shutdown
 from bmca_clip.model import ModelConfig, build_model
-from bmca_clip.trainer import Trainer, unwrap
+from bmca_clip.train.step import unwrap
+from bmca_clip.train.trainer import Trainer
 
 
 def main(out: Path, accum: int, loss: str) -> None:

@@ -14,7 +14,7 @@ from test_data_faults import _write, deadline
 from bmca_clip.data.counters import DataCounters
 from bmca_clip.data.filters import FilterConfig
 from bmca_clip.data.sources import DataError
-from bmca_clip.step_metrics import checked_data_counters
+from bmca_clip.train.log_line import checked_data_counters
 
 # What the base (02a3987, counters as "skipped/..." strings in dicts) logged for the stream of
 # _filtered_corrupt_empty_stream after 20 batches: names and counts, taken from a run of the base.

@@ -224,7 +224,7 @@ def test_any_exception_in_one_sample_is_skipped_counted_and_logged_with_its_key(
 
 
 def test_training_runs_over_decompression_bombs(tmp_path):
-    from bmca_clip import train as train_mod
+    from bmca_clip.train import run as train_mod
 
     good = [{"jpg": _jpeg(shade), "txt": f"shade {shade}"} for shade in range(0, 250, 5)]
     bombs = [{"jpg": _bomb_png(), "txt": "huge"} for _ in range(10)]

@@ -15,7 +15,7 @@ from numeric import assert_close_scaled, max_abs
 from bmca_clip.config import PretrainConfig, to_object
 from bmca_clip.dist import DistInfo
 from bmca_clip.model import ModelConfig, build_model
-from bmca_clip.trainer import Trainer
+from bmca_clip.train.trainer import Trainer
 
 TESTS = REPO / "tests"
 

@@ -25,8 +25,8 @@ PRIVATE = {
     "bmca_clip.data.decode.UnusableSample": "a sample skipped and counted by the stream, never raised out",
     "bmca_clip.eval.weighted.UndefinedMetric": "a metric undefined for one task; reported as null",
     "bmca_clip.eval.bootstrap.UndefinedInterval": "an interval undefined for one resample; reported as null",
-    "bmca_clip.preempt.WaitInterrupted": "a BaseException that wakes the preemption wait; caught there",
-    "bmca_clip.preempt.Preempted": "a SystemExit carrying exit code 75 so Slurm requeues the job",
+    "bmca_clip.train.preemption.WaitInterrupted": "a BaseException that wakes the preemption wait; caught there",
+    "bmca_clip.train.preemption.Preempted": "a SystemExit carrying exit code 75 so Slurm requeues the job",
 }
 
 # Where each error was defined before errors.py: the old import keeps working and names the same class.
@@ -40,7 +40,7 @@ OLD_HOMES = {
     "bmca_clip.data.http": ["ShardError"],
     "bmca_clip.model": ["ModelLoadError"],
     "bmca_clip.checkpoint": ["CheckpointError"],
-    "bmca_clip.trainer": ["TrainingDiverged"],
+    "bmca_clip.train.trainer": ["TrainingDiverged"],
     "bmca_clip.eval.tasks": ["TaskError"],
 }
 RENAMED = {  # old module, old name -> the distinct name in errors.py

@@ -30,4 +30,10 @@ def test_merge_and_the_result_files_import_neither_torch_nor_pyarrow(module):
 
 @pytest.mark.parametrize("module", ["bmca_clip.eval.run", "bmca_clip.wise_ft"])
 def test_the_eval_runner_does_not_import_the_training_run(module):
-    assert _loaded_after(module, ["bmca_clip.train", "bmca_clip.trainer", "bmca_clip.data.loader", "bmca_clip.data.stream"]) == []
+    assert (
+        _loaded_after(
+            module,
+            ["bmca_clip.train", "bmca_clip.train.trainer", "bmca_clip.data.loader", "bmca_clip.data.stream"],
+        )
+        == []
+    )

@@ -13,8 +13,9 @@ from PIL import Image
 
 import bmca_clip.export as export_module
 from bmca_clip.checkpoint import CheckpointError
-from bmca_clip.export import export, main, model_card
+from bmca_clip.export import export, main
 from bmca_clip.model import build_model
+from bmca_clip.model_card import model_card
 from bmca_clip.wise_ft import trained_model_config
 
 CONFIG = {

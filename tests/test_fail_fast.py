@@ -13,9 +13,9 @@ import pytest
 from conftest import REPO, compose_config, tiny_train_overrides
 from hub_server import FakeHub
 
-from bmca_clip import train as train_mod
 from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
 from bmca_clip.errors import DataError
+from bmca_clip.train import run as train_mod
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import torch
 from conftest import compose_config, tiny_train_overrides
 from test_distributed import _torchrun
 
-from bmca_clip import trainer as trainer_mod
 from bmca_clip.config import ConfigError, PretrainConfig, TrainConfig, to_object
+from bmca_clip.train import trainer as trainer_mod
 
 
 @pytest.mark.parametrize(
@@ -95,7 +95,7 @@ def test_one_process_trains_on_contrastive_batches_of_global_batch(corpus, tmp_p
     overrides = tiny_train_overrides(
         corpus, tmp_path / "run", **{"train.global_batch": 32, "train.batch_size": 8, "train.steps": 2}
     )
-    from bmca_clip import train as train_mod
+    from bmca_clip.train import run as train_mod
 
     with caplog.at_level("INFO", logger="bmca_clip"):
         train_mod.run(to_object(compose_config("pretrain", overrides), PretrainConfig))
@@ -131,7 +131,7 @@ def test_a_resume_on_another_world_size_is_still_judged_a_data_stream_change():
 
     from omegaconf import OmegaConf
 
-    from bmca_clip.resume import plan_resume
+    from bmca_clip.train.resume import plan_resume
 
     def resolved(world: int, reset: bool = False) -> dict:
         cfg = PretrainConfig(train=TrainConfig(global_batch=32, batch_size=8))

@@ -18,7 +18,6 @@ from hub_server import FakeHub
 from huggingface_hub import HfApi
 from PIL import Image
 
-from bmca_clip import train as train_mod
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
 from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
 from bmca_clip.data.decode import PilTransform
@@ -26,6 +25,7 @@ from bmca_clip.data.http import HttpPolicy
 from bmca_clip.data.hub import discover
 from bmca_clip.data.loader import build_train_loader
 from bmca_clip.errors import DataError
+from bmca_clip.train import run as train_mod
 
 TOKEN = "hf_TESTsecretTOKEN123"
 REPO_ID = "BIOMEDICA/biomedica_webdataset_24M"

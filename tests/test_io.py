@@ -14,7 +14,7 @@ import torch
 from bmca_clip import io as bio
 from bmca_clip.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
 from bmca_clip.config import PRECISIONS, EvaluateConfig
-from bmca_clip.rundir import atomic_write_text
+from bmca_clip.train.rundir import atomic_write_text
 from bmca_clip.wise_ft import read_bmca_checkpoint
 
 

@@ -14,7 +14,7 @@ import webdataset as wds
 from conftest import compose_config, tiny_train_overrides
 from PIL import Image
 
-import bmca_clip.train as train_mod
+import bmca_clip.train.run as train_mod
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
 from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
 from bmca_clip.data.decode import PilTransform

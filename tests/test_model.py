@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from bmca_clip.config import ConfigError, ModelConfig, PretrainConfig, to_object
 from bmca_clip.dist import DistInfo
 from bmca_clip.model import ModelLoadError, build_model
-from bmca_clip.trainer import Trainer
+from bmca_clip.train.trainer import Trainer
 
 
 def _reference():

@@ -20,7 +20,7 @@ from bmca_clip.data.filters import BalanceConfig, FilterConfig
 from bmca_clip.data.loader import build_train_loader
 from bmca_clip.data.sources import expand_shards
 from bmca_clip.errors import DataError
-from bmca_clip.step_metrics import checked_data_counters
+from bmca_clip.train.log_line import checked_data_counters
 
 
 def _jpeg() -> bytes:

@@ -9,13 +9,13 @@ from conftest import compose_config, tiny_train_overrides
 from numeric import assert_close_scaled
 from torch.utils.data import DataLoader, TensorDataset
 
-from bmca_clip import train as train_mod
 from bmca_clip.config import ConfigError, ModelConfig, PretrainConfig, to_object
 from bmca_clip.dist import DistInfo
 from bmca_clip.eval.encoders import encode_images
 from bmca_clip.model import build_model, weights_sha256
 from bmca_clip.precision import stalled_weights
-from bmca_clip.trainer import Trainer
+from bmca_clip.train import run as train_mod
+from bmca_clip.train.trainer import Trainer
 
 
 def _trainer(tmp_path, precision: str, compile: bool = False) -> Trainer:

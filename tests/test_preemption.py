@@ -20,8 +20,8 @@ from hub_server import FakeHub
 
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from bmca_clip.config import LoggerConfig, WandbConfig
-from bmca_clip.preempt import REQUEUE_EXIT_CODE
 from bmca_clip.tracking import MetricLogger
+from bmca_clip.train.preemption import REQUEUE_EXIT_CODE
 
 
 def _start(corpus, out, **extra) -> subprocess.Popen:

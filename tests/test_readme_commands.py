@@ -238,11 +238,11 @@ class Workspace:
         self.done: set[str] = set()
 
     def train_tiny_run(self) -> None:
-        from bmca_clip import train
+        from bmca_clip.train.run import run
 
         out = self.root / "runs" / "demo"
         cfg = compose_config("pretrain", tiny_train_overrides(self.root / "data" / "synthetic", out))
-        train.run(to_object(cfg, PretrainConfig))
+        run(to_object(cfg, PretrainConfig))
         (self.root / "runs" / "bmca_clip").symlink_to(out)
 
     def bash(self, line: str) -> subprocess.CompletedProcess:

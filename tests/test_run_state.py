@@ -15,10 +15,10 @@ import pytest
 import torch
 from conftest import REPO, compose_config, tiny_train_overrides
 
-from bmca_clip import train as train_mod
 from bmca_clip.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from bmca_clip.config import ConfigError, PretrainConfig, to_object
-from bmca_clip.trainer import Trainer, TrainingDiverged
+from bmca_clip.train import run as train_mod
+from bmca_clip.train.trainer import Trainer, TrainingDiverged
 
 
 def _cfg(corpus, out, **extra) -> PretrainConfig:
@@ -256,7 +256,7 @@ def test_symlinked_config_and_metrics_are_not_written_through(corpus, tmp_path):
 
 
 def test_a_lock_whose_pid_was_reused_by_another_process_is_stale(tmp_path, monkeypatch):
-    from bmca_clip.rundir import _stale
+    from bmca_clip.train.rundir import _stale
 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     here = {"host": socket.gethostname(), "pid": os.getpid()}

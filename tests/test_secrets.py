@@ -20,9 +20,9 @@ from bmca_clip.data.auth import auth_headers
 from bmca_clip.data.http import HttpPolicy
 from bmca_clip.data.shards import open_shard
 from bmca_clip.errors import ShardError
-from bmca_clip.export import model_card
-from bmca_clip.resume import ResumePlan, config_history
+from bmca_clip.model_card import model_card
 from bmca_clip.tracking import _start_wandb
+from bmca_clip.train.resume import ResumePlan, config_history
 
 TOKEN = "hf_TESTsecretTOKEN123"
 REPO_ID = "BIOMEDICA/biomedica_webdataset_24M"
@@ -201,7 +201,7 @@ def test_a_checkpoint_from_before_redaction_resumes_without_a_data_change():
     from omegaconf import OmegaConf
 
     from bmca_clip.redact import redact_config
-    from bmca_clip.train import _plan
+    from bmca_clip.train.start import _plan
 
     shards = "data.train_shards='http://alice:pw9@h.example/{0..3}.tar?sig=tk9'"
     raw = OmegaConf.to_container(compose_config("pretrain", ["data=local", shards]), resolve=True)
@@ -280,10 +280,10 @@ def test_a_run_on_credentialed_shard_urls_trains_and_records_no_secret(tmp_path,
     A resume with a rotated token (a fresh signed URL for a requeued job) is no data change."""
     from conftest import REPO, compose_config
 
-    from bmca_clip import train as train_mod
     from bmca_clip.checkpoint import list_checkpoints
     from bmca_clip.config import PretrainConfig, to_object
     from bmca_clip.export import export
+    from bmca_clip.train import run as train_mod
 
     caplog.set_level(logging.INFO, logger="bmca_clip")
     out = tmp_path / "run"

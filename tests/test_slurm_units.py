@@ -15,7 +15,7 @@ from eval_fixtures import COLOR_TASK_BODY, write_task_yaml
 from bmca_clip.checkpoint import list_checkpoints
 from bmca_clip.dist import slurm_rendezvous_port, torch_env_from_slurm
 from bmca_clip.eval.tasks import TaskError, suite_from_mapping
-from bmca_clip.preempt import slurm_restart
+from bmca_clip.train.preemption import slurm_restart
 
 STEP = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "4"}
 
@@ -81,7 +81,7 @@ def test_a_new_run_never_overwrites_checkpoints_and_a_requeued_job_resumes_by_it
     import os
 
     # 3 steps stand in for a job preempted at step 3 of 6. A constant lr: a finished 3-step cosine ends at
-    # lr 0, and a resume refuses to extend it (bmca_clip/resume.py).
+    # lr 0, and a resume refuses to extend it (bmca_clip/train/resume.py).
     flat = {"optim.schedule": "constant"}
     first = _train(corpus, tmp_path, 3, **flat)
     assert first.returncode == 0, first.stderr[-2000:]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import compose_config, tiny_train_overrides
 
-from bmca_clip import train as train_mod
 from bmca_clip.checkpoint import list_checkpoints
 from bmca_clip.config import EvaluateConfig, ModelConfig, PretrainConfig, to_object
 from bmca_clip.eval import run as eval_run
 from bmca_clip.model import build_model, weights_sha256
+from bmca_clip.train import run as train_mod
 from bmca_clip.wise_ft import MergeError, blend, main
 
 

@@ -11,8 +11,8 @@ import torch
 from conftest import compose_config, tiny_train_overrides
 from numeric import assert_close_scaled
 
-from bmca_clip import train as train_mod
 from bmca_clip.config import ConfigError, PretrainConfig, to_object
+from bmca_clip.train import run as train_mod
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 

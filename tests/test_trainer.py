@@ -10,13 +10,13 @@ import torch
 from conftest import compose_config, tiny_train_overrides
 from numeric import assert_close_scaled, max_abs
 
-from bmca_clip import train as train_mod
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from bmca_clip.config import DataConfig, PretrainConfig, to_object
 from bmca_clip.data.decode import PilTransform
 from bmca_clip.data.loader import build_train_loader
 from bmca_clip.dist import DistInfo
-from bmca_clip.trainer import Trainer
+from bmca_clip.train import run as train_mod
+from bmca_clip.train.trainer import Trainer
 
 
 def _trainer(tmp_path, **overrides) -> Trainer:

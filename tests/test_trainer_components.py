@@ -16,16 +16,16 @@ import pytest
 from conftest import REPO, compose_config, global_batch, tiny_train_overrides
 
 import bmca_clip.tracking as tracking
-from bmca_clip import train as train_mod
 from bmca_clip.cadence import every
 from bmca_clip.checkpoint import Checkpointer, list_checkpoints
-from bmca_clip.components import Components
 from bmca_clip.config import LoggerConfig, PretrainConfig, TrainEvalConfig, WandbConfig, to_object
 from bmca_clip.dist import DistInfo
-from bmca_clip.preempt import PreemptionHandler
 from bmca_clip.tracking import MetricLogger
-from bmca_clip.train_eval import PeriodicEval
-from bmca_clip.trainer import Trainer
+from bmca_clip.train import run as train_mod
+from bmca_clip.train.components import Components
+from bmca_clip.train.evaluation import PeriodicEval
+from bmca_clip.train.preemption import PreemptionHandler
+from bmca_clip.train.trainer import Trainer
 
 COMPONENTS = ("checkpointer", "logger", "evaluator", "preemption")
 

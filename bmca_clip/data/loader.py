@@ -23,7 +23,7 @@ from bmca_clip.data.http import HttpPolicy
 from bmca_clip.data.sources import Source, check_commits, resolve_sources
 from bmca_clip.data.stream import SampleStream
 from bmca_clip.errors import DataError
-from bmca_clip.preempt import shield_data_worker
+from bmca_clip.signals import shield_data_worker
 
 
 class TrainStream(IterableDataset):

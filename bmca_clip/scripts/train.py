@@ -35,8 +35,9 @@ def _sweep_output_dir(cfg: DictConfig) -> DictConfig:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="pretrain", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    from bmca_clip import dist, train  # after Hydra parsed the command line: --help stays fast
+    from bmca_clip import dist  # after Hydra parsed the command line: --help stays fast
     from bmca_clip.tracking import check_wandb
+    from bmca_clip.train.run import run
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("bmca_clip").setLevel(logging.INFO)
@@ -47,7 +48,7 @@ def _main(cfg: DictConfig) -> None:
             check_group_choice("experiment")  # optional in conf/pretrain.yaml: Hydra ignores a misspelling
             check_wandb(cfg.logger)  # before a model is built or downloaded
             # .hydra/ (redacted) is written by run() once its checks pass: conf/pretrain.yaml stops Hydra's
-            train.run(to_object(cfg, PretrainConfig), hydra_files=hydra_record(cfg))
+            run(to_object(cfg, PretrainConfig), hydra_files=hydra_record(cfg))
     finally:
         dist.shutdown()
 

@@ -4,10 +4,10 @@ Under Slurm the job is requeued first, and the restarted job (SLURM_RESTART_COUN
 latest checkpoint, as `resume=latest` would.
 
 Slurm signals every process of the job, and torchrun passes a signal on to each rank's whole process group:
-the DataLoader workers get it too. `shield_data_worker` keeps them alive, so that only the main process,
-which knows the data positions, reacts. A signal that comes while the main process waits for a batch ends
-that wait at once (`PreemptionHandler.interruptible`): a stalled data source would otherwise hold it for
-data.retries x data.timeout_s."""
+the DataLoader workers get it too. `bmca_clip.signals.shield_data_worker` keeps them alive, so that only the
+main process, which knows the data positions, reacts. A signal that comes while the main process waits for a
+batch ends that wait at once (`PreemptionHandler.interruptible`): a stalled data source would otherwise hold
+it for data.retries x data.timeout_s."""
 
 from __future__ import annotations
 
@@ -16,20 +16,18 @@ import logging
 import os
 import signal
 import subprocess
-import threading
 
 import torch
 import torch.distributed as torch_dist
 
 from bmca_clip.dist import DistInfo
+from bmca_clip.signals import SIGNALS
 
 log = logging.getLogger(__name__)
 
 # sysexits.h EX_TEMPFAIL: "temporary failure, the user is invited to retry". Not 0, so that `afterok`
 # dependencies do not fire on a run that has not finished.
 REQUEUE_EXIT_CODE = 75
-# SIGUSR1: slurm/train.sbatch's --signal=USR1@120; SIGUSR2: what submitit (hydra/launcher=slurm) sends.
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Preempted(SystemExit):
@@ -92,32 +90,6 @@ class PreemptionHandler:
         previous, self._previous = self._previous, {}
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-# How often a data worker checks that its main process is still there.
-PARENT_CHECK_S = 2.0
-
-
-def shield_data_worker(_worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: the worker lives through SIGTERM/SIGUSR1/SIGUSR2 sent to the whole job.
-
-    torch installs (before this runs) a SIGTERM handler that exits quietly when the signal comes from the
-    worker's parent, as on the DataLoader's own shutdown, and otherwise dies of it, so a preempted job lost its
-    workers and then its main process with them. Here the three signals are blocked in this process's
-    threads (a forked worker has only this one yet; threads started later inherit the mask) and one thread
-    takes them with sigtimedwait, which tells who sent them: the parent's SIGTERM still ends the worker,
-    others are dropped. That thread also ends the worker once its parent is gone, even while the worker
-    is stuck in a stalled read that would keep it from torch's own check of its parent."""
-    parent = os.getppid()
-    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    threading.Thread(target=_obey_only_the_parent, args=(parent,), name="bmca-signals", daemon=True).start()
-
-
-def _obey_only_the_parent(parent: int) -> None:
-    while True:
-        info = signal.sigtimedwait(SIGNALS, PARENT_CHECK_S)
-        if os.getppid() != parent or (info and info.si_signo == signal.SIGTERM and info.si_pid == parent):
-            os._exit(0)  # what torch's handler does on its parent's SIGTERM: no cleanup owed to anyone
 
 
 def slurm_restart(environ=os.environ) -> int:

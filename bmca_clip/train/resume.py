@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.redact import redact_config
-from bmca_clip.rundir import atomic_write_text
+from bmca_clip.train.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
 

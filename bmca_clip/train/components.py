@@ -1,5 +1,5 @@
 """What a Trainer is handed at construction besides its model: the checkpointer, the metric logger, the
-evaluator and the preemption handler. bmca_clip/train.py builds them from the config; each decides itself
+evaluator and the preemption handler. bmca_clip/train/run.py builds them from the config; each decides itself
 when it acts, by one rule (bmca_clip/cadence.py): `should_save` / `should_log` / `should_eval(step, last_step)`."""
 
 from __future__ import annotations
@@ -7,11 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # annotations only: train_eval loads the eval harness, which a run without a suite skips
+if (
+    TYPE_CHECKING
+):  # annotations only: train/evaluation.py loads the eval harness, which a run without a suite skips
     from bmca_clip.checkpoint import Checkpointer
-    from bmca_clip.preempt import PreemptionHandler
     from bmca_clip.tracking import MetricLogger
-    from bmca_clip.train_eval import PeriodicEval
+    from bmca_clip.train.evaluation import PeriodicEval
+    from bmca_clip.train.preemption import PreemptionHandler
 
 
 @dataclass(frozen=True)

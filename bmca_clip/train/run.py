@@ -1,49 +1,34 @@
-"""`run(cfg)`: build everything a training run needs from its config, resume if asked, and train."""
+"""`run(cfg)`: build everything a training run needs from its config (where it starts: start.py), resume
+if asked, train, and close whatever the run opened, however it ends."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import logging
-import os
 import random
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from bmca_clip.checkpoint import (
-    Checkpointer,
-    list_checkpoints,
-    remove_stale_tmp,
-    resolve_resume,
-    restore_rank_rng,
-)
-from bmca_clip.components import Components
-from bmca_clip.config import ConfigError, PretrainConfig
+from bmca_clip.checkpoint import Checkpointer, restore_rank_rng
+from bmca_clip.config import PretrainConfig
 from bmca_clip.data.loader import TrainLoader, build_train_loader, http_policy
 from bmca_clip.data.sources import Source, SourceCommitMoved, resolve_sources
 from bmca_clip.data.transforms import from_open_clip
 from bmca_clip.dist import init_distributed, shutdown
-from bmca_clip.errors import DataError
 from bmca_clip.io import library_versions
 from bmca_clip.model import build_model, start_weights
-from bmca_clip.preempt import Preempted, PreemptionHandler, requeue_if_slurm, slurm_restart
 from bmca_clip.redact import redact_config
-from bmca_clip.resume import (
-    ResumePlan,
-    config_history,
-    log_plan,
-    plan_resume,
-    resumed_schedule,
-    write_config_files,
-)
-from bmca_clip.rundir import atomic_write_text, run_lock
 from bmca_clip.tracking import MetricLogger
-from bmca_clip.train_eval import PeriodicEval, load_eval_tasks
-from bmca_clip.trainer import Trainer
+from bmca_clip.train.components import Components
+from bmca_clip.train.evaluation import PeriodicEval, load_eval_tasks
+from bmca_clip.train.preemption import Preempted, PreemptionHandler, requeue_if_slurm
+from bmca_clip.train.resume import log_plan
+from bmca_clip.train.rundir import run_lock
+from bmca_clip.train.start import Start, checkpoint_dir, decide_start, rank_data_state
+from bmca_clip.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -67,29 +52,6 @@ def _with_accumulation(cfg: PretrainConfig, world_size: int, is_main: bool) -> P
         "derived from train.global_batch" if cfg.train.global_batch else "train.accum_freq",
     )
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, accum_freq=accum))
-
-
-def _rank_data_state(state: dict, rank: int, world_size: int) -> dict:
-    ranks = state["data"]["ranks"]
-    if len(ranks) != world_size:
-        raise DataError(
-            f"the checkpoint holds data positions for {len(ranks)} ranks and this run has {world_size}: "
-            "resume on the same number of processes to continue the data stream exactly"
-        )
-    return ranks[rank]
-
-
-def _plan(state: dict | None, resolved: dict, world_size: int) -> ResumePlan:
-    """What this (re)start changes against the checkpoint it resumes from (bmca_clip/resume.py)."""
-    if state is None:
-        return ResumePlan()
-    if not state.get("config"):
-        log.warning("the checkpoint records no config: this run's settings are not compared with it")
-        return ResumePlan()
-    old_world = len(state["data"]["ranks"]) if "data" in state else world_size
-    # Both sides redacted: a checkpoint from before redaction, or a rotated token, is no data change.
-    old = redact_config(state["config"])
-    return plan_resume(old, resolved, step=state["step"], old_world=old_world, world=world_size)
 
 
 def _loader(cfg: PretrainConfig, bundle, dist, data_state: dict | None, sources: list[Source]) -> TrainLoader:
@@ -144,50 +106,6 @@ def run(cfg: PretrainConfig, hydra_files: dict[str, str] | None = None) -> dict[
             raise
 
 
-def _ckpt_dir(cfg: PretrainConfig) -> Path:
-    return Path(cfg.checkpoint.dir or Path(cfg.output_dir) / "checkpoints")
-
-
-class _Start(NamedTuple):
-    """Where a run starts: the checkpoint it resumes (path and state, None for a fresh start), what the
-    resume changes (plan, schedule), the config history, and this run's resolved (redacted) config."""
-
-    path: Path | None
-    state: dict | None
-    plan: ResumePlan
-    schedule: tuple | None
-    history: list
-    resolved: dict
-
-
-def _start(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> _Start:
-    """Decide where the run starts, refusing what would overwrite or lose work; then record its config."""
-    out_dir, ckpt_dir = Path(cfg.output_dir), _ckpt_dir(cfg)
-    resume = cfg.resume
-    if resume is None and (restart := slurm_restart()):
-        resume = "latest"  # a requeued Slurm job carries on from its own last checkpoint
-        log.info("Slurm restart %d of job %s: resume=latest", restart, os.environ.get("SLURM_JOB_ID"))
-    if resume is None and (earlier := list_checkpoints(ckpt_dir)):
-        raise ConfigError(
-            f"{ckpt_dir} already holds checkpoints of an earlier run (newest: {earlier[-1].name}); nothing "
-            "was overwritten. Pass resume=latest to continue that run, or name=/output_dir= for a new one"
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # What the run records (config.yaml, checkpoints, wandb): credentials in shard URLs are redacted.
-    resolved = redact_config(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
-    path, state = resolve_resume(resume, ckpt_dir) or (None, None)
-    plan = _plan(state, resolved, dist.world_size)  # refuses a change a resume cannot make, before any work
-    schedule = resumed_schedule(state, plan, cfg) if state is not None else None  # may refuse too
-    history = config_history(state, resolved, plan, dist.world_size)
-    if dist.is_main:  # every check passed: from here on the run folder is this run's
-        remove_stale_tmp(ckpt_dir)
-        write_config_files(out_dir, resolved, history)
-        for name, text in hydra_files.items():
-            (out_dir / ".hydra").mkdir(exist_ok=True)
-            atomic_write_text(out_dir / ".hydra" / name, text)
-    return _Start(path, state, plan, schedule, history, resolved)
-
-
 def _build(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> tuple[Trainer, TrainLoader]:
     """The Trainer with its components, resumed if asked, and this rank's data loader; opens nothing."""
     cfg = _with_accumulation(cfg, dist.world_size, dist.is_main)
@@ -195,7 +113,7 @@ def _build(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> tuple[Trai
     # folder is written and before a model is built (a ViT-L-14 download is 1.7 GB).
     sources = resolve_sources(cfg.data, http_policy(cfg.data))
     eval_tasks = load_eval_tasks(cfg.eval)
-    start = _start(cfg, dist, hydra_files)
+    start = decide_start(cfg, dist, hydra_files)
 
     if dist.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
@@ -216,12 +134,12 @@ def _build(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> tuple[Trai
         restore_rank_rng(start.state["rng"], dist.rank, dist.world_size, dist.device)
         log_plan(start.plan, trainer.step, cfg.train.seed)
         if not start.plan.reset_data:
-            data_state = _rank_data_state(start.state, dist.rank, dist.world_size)
+            data_state = rank_data_state(start.state, dist.rank, dist.world_size)
         log.info("resumed from %s at step %d", start.path, trainer.step)
     return trainer, _loader(cfg, bundle, dist, data_state, sources)
 
 
-def _components(cfg: PretrainConfig, dist, start: _Start, weights, evaluator) -> Components:
+def _components(cfg: PretrainConfig, dist, start: Start, weights, evaluator) -> Components:
     """The checkpointer, metric logger and preemption handler of this run (none opened yet)."""
     out_dir = Path(cfg.output_dir)
     extra = {  # what every checkpoint records besides the training state
@@ -243,7 +161,7 @@ def _components(cfg: PretrainConfig, dist, start: _Start, weights, evaluator) ->
     )
     return Components(
         checkpointer=Checkpointer(
-            _ckpt_dir(cfg), every_steps=ckpt.every_steps, keep_last=ckpt.keep_last, extra=extra
+            checkpoint_dir(cfg), every_steps=ckpt.every_steps, keep_last=ckpt.keep_last, extra=extra
         ),
         logger=logger,
         evaluator=evaluator,
