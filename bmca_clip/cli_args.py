@@ -91,6 +91,9 @@ def check_group_files(repo, config_name: str, overrides: Sequence[Override], sch
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from bmca_clip.config import register_configs
+
+    register_configs()  # the primary configs' defaults start with the schemas stored in Hydra's ConfigStore
     fixed = [o for o in overrides if not o.is_sweep_override()]
     try:
         defaults = create_defaults_list(repo, config_name, fixed, prepend_hydra=True, skip_missing=True)
@@ -229,10 +232,11 @@ def check_override(override: Override, schema: type, repo) -> None:
         if not (override.is_add() or override.is_force_add()):
             _check_option(override, repo)
     elif not key.startswith("hydra.") and not key.startswith("hydra/"):
+        added = override.is_add() or override.is_force_add()  # the message quotes an addition as typed
         try:
             check_key(key, schema)
         except ArgvError as err:
-            raise ArgvError(f"{override.input_line}: {err}") if override.is_add() else err from None
+            raise ArgvError(f"{override.input_line}: {err}") if added else err from None
 
 
 def _check_option(override: Override, repo) -> None:
