@@ -192,8 +192,10 @@ class LoggerConfig:
 class TrainEvalConfig:
     """Zero-shot evaluation during training (each rank scores its share of the suite's tasks)."""
 
-    suite: str | None = None  # a suite name (conf/suite), e.g. demo; null = no evaluation during training
-    every_steps: int = 1000  # and at the last step
+    # a suite name, found as eval.py's suite=<name> is (conf/suite, then hydra.searchpath's suite/), e.g.
+    # demo; null = no evaluation during training
+    suite: str | None = None
+    every_steps: int = 1000  # evaluate every N optimizer steps, and at the last step
     data_root: str = "data"  # folder task sources are relative to
     batch_size: int = 64  # images per batch when embedding the eval sets
 
