@@ -2,34 +2,36 @@
 
 Hydra's override grammar rejects what users type most: a shard brace pattern once the shell has stripped
 its quotes (`data.train_shards=/data/{000000..000099}.tar`) and regexes in a list
-(`model.freeze=[^visual\\.conv1, logit_scale]`). Such values are quoted for Hydra here. What still does
-not parse, a misspelled key (`optim.lrr=1`) and an unknown group option (`model=ViT-L14`) end with one
-`error:` line and exit status 2, naming the closest valid keys or options, instead of Hydra's messages
-(printed inside its own error handler, exit status 1). Keys are checked against the dataclass schema of
-bmca_clip/config.py; group options against the config search path Hydra would use.
+(`model.freeze=[^visual\\.conv1, logit_scale]`). Such values are quoted for Hydra here. What still cannot
+work ends with one `error:` line and exit status 2, naming the closest valid keys or options, instead of
+Hydra's messages (printed inside its own error handler, exit status 1) or silence: a misspelled key
+(`optim.lrr=1`), an added key the schema lacks (`+suite.x=1`, which OmegaConf would drop without a word),
+an unknown group option (`model=ViT-L14`), and a misspelled key inside a group file the command line
+composes (a private `suite/mine.yaml` on hydra.searchpath). Keys are checked against the dataclass schemas
+of bmca_clip/config/ (config/keys.py); group options and files against the config search path Hydra
+would use, its defaults list included.
 
 Entry points call `prepare_argv(sys.argv, <schema>)` once, before their @hydra.main function runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import re
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import OverrideParseException
+from omegaconf import OmegaConf
 
+from bmca_clip.cli import EXIT_REFUSED
+from bmca_clip.config.checks import did_you_mean
+from bmca_clip.config.keys import check_key, check_mapping
 from bmca_clip.errors import ArgvError
 from bmca_clip.paths import CONF_DIR
 
-EXIT_REFUSED = 2  # as bmca_clip.cli.EXIT_REFUSED (not imported: that module loads the whole trainer)
 # {000000..000099} or {a,b}: shell-style brace expansion as webdataset's braceexpand reads it; ${...} is
 # an interpolation and stays as it is.
 BRACE = re.compile(r"(?<!\$)\{[^{}:]*(\.\.|,)[^{}:]*\}")
@@ -69,7 +71,51 @@ def rewrite_argv(argv: Sequence[str], schema: type, config_dir: str | Path = CON
         repo = _config_repository(config_dir, parsed, args.config_dir)
         for override in parsed:
             check_override(override, schema, repo)
+        check_group_files(repo, args.config_name or _config_name(schema), parsed, schema)
     return out
+
+
+def _config_name(schema: type) -> str:
+    """The primary config an entry point composes for its schema (PretrainConfig: pretrain)."""
+    from bmca_clip.cli_help import PROGRAMS
+
+    return next(name for name, (schema_name, *_) in PROGRAMS.items() if schema_name == schema.__name__)
+
+
+def check_group_files(repo, config_name: str, overrides: Sequence[Override], schema: type) -> None:
+    """An ArgvError naming the file, the key and the closest valid keys for a key that a group file this
+    command line composes (a private suite on hydra.searchpath, an experiment) sets but the schema lacks:
+    Hydra would stop with its own multi-line message and exit status 1. The files are the ones Hydra's
+    defaults list picks, with every option of a swept group (-m model=a,b) too."""
+    from hydra._internal.defaults_list import create_defaults_list
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bmca_clip.config import register_configs
+
+    register_configs()  # the primary configs' defaults start with the schemas stored in Hydra's ConfigStore
+    fixed = [o for o in overrides if not o.is_sweep_override()]
+    try:
+        defaults = create_defaults_list(repo, config_name, fixed, prepend_hydra=True, skip_missing=True)
+    except (HydraException, OmegaConfBaseException):
+        return  # a composition Hydra refuses anyway, with its own message
+    files = [(d.config_path, d.package) for d in defaults.defaults if d.config_path]
+    for override in overrides:
+        if override.is_sweep_override() and repo.group_exists(override.key_or_group):
+            group = override.key_or_group
+            files += [(f"{group}/{value}", None) for value in override.sweep_string_iterator()]
+    for config_path, package in files:
+        if config_path.startswith("hydra/") or not repo.config_exists(config_path):
+            continue
+        loaded = repo.load_config(config_path)
+        if loaded.is_schema_source or not loaded.path.startswith("file://"):
+            continue  # the schema itself, or a config shipped inside another package
+        if package is None:  # a swept option: its header's package, else the group's
+            header = loaded.header.get("package") or config_path.rsplit("/", 1)[0].replace("/", ".")
+            package = "" if header == "_global_" else header
+        content = OmegaConf.to_container(loaded.config, resolve=False)
+        where = f"{loaded.path.removeprefix('file://')}/{config_path}.yaml"
+        check_mapping(content, schema, package, where, schema)
 
 
 def _override_positions(argv: Sequence[str], overrides: Sequence[str]) -> list[int]:
@@ -176,14 +222,21 @@ def _config_repository(config_dir: str | Path, overrides: Sequence[Override], ex
 
 def check_override(override: Override, schema: type, repo) -> None:
     """An ArgvError if override names a key the schema lacks or a group option no config provides.
-    Additions (+key), deletions (~key), packages (group@pkg) and hydra.* keys are left to Hydra."""
+    An addition (+key=, ++key=) is checked too: Hydra adds an unknown key to a typed node and OmegaConf
+    then drops it without a word. Deletions (~key), packages (group@pkg) and hydra.* keys are left to
+    Hydra."""
     key = override.key_or_group
-    if override.package is not None or override.is_delete() or override.is_add() or override.is_force_add():
+    if override.package is not None or override.is_delete():
         return
     if repo.group_exists(key):
-        _check_option(override, repo)
+        if not (override.is_add() or override.is_force_add()):
+            _check_option(override, repo)
     elif not key.startswith("hydra.") and not key.startswith("hydra/"):
-        _check_key(key, schema)
+        added = override.is_add() or override.is_force_add()  # the message quotes an addition as typed
+        try:
+            check_key(key, schema)
+        except ArgvError as err:
+            raise ArgvError(f"{override.input_line}: {err}") if added else err from None
 
 
 def _check_option(override: Override, repo) -> None:
@@ -193,42 +246,8 @@ def _check_option(override: Override, repo) -> None:
     for value in values:
         if value is None or not isinstance(value, str) or value in options:
             continue
-        close = difflib.get_close_matches(value, options, n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(f'{group}={c}' for c in close)}? " if close else ""
+        hint = did_you_mean(value, options, prefix=f"{group}=")
         raise ArgvError(
             f"{group}={value} is not an option of {group}; {hint}(options: {', '.join(options)}; "
             f"each is a file conf/{group}/<option>.yaml)"
         )
-
-
-def _check_key(key: str, schema: type) -> None:
-    node, parts = schema, key.split(".")
-    i = 0
-    while i < len(parts):
-        if not dataclasses.is_dataclass(node):
-            return  # Any, a list, a scalar: nothing more to check here
-        names = [f.name for f in dataclasses.fields(node)]
-        if parts[i] not in names:
-            _unknown_key(parts, i, names)
-        node = _unwrap(typing.get_type_hints(node)[parts[i]])
-        i += 1
-        if typing.get_origin(node) is dict:  # a dict's keys are names the user chooses: check below them
-            node = _unwrap(typing.get_args(node)[1]) if typing.get_args(node) else None
-            i += 1
-
-
-def _unwrap(hint):
-    """X from X | None (Optional[X]); hint itself otherwise."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0] if len(args) == 1 else typing.Any
-    return hint
-
-
-def _unknown_key(parts: list[str], i: int, names: list[str]) -> None:
-    parent = ".".join(parts[:i])
-    prefix = f"{parent}." if parent else ""
-    close = difflib.get_close_matches(parts[i], names, n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(prefix + c for c in close)}? " if close else ""
-    where = parent or "the config"
-    raise ArgvError(f"{'.'.join(parts[: i + 1])} is not a key of {where}; {hint}(keys: {', '.join(names)})")

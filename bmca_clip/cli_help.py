@@ -1,7 +1,7 @@
 """`python train.py --help` and `python eval.py --help`: this entry point's config groups and every key.
 
 Each key is listed with the value this command line composes (so `experiment=demo --help` shows the
-demo's values) and its one-line description: the comment on its dataclass field in bmca_clip/config.py
+demo's values) and its one-line description: the comment on its dataclass field in bmca_clip/config/
 (and data/filters.py), read from the source with ast and tokenize when --help runs, so the help cannot
 drift from the schema. A field without a comment is a bug (tests/test_cli_help.py).
 
@@ -35,6 +35,9 @@ PROGRAMS = {  # resolver argument -> (schema name in bmca_clip.config, command, 
 KEY_WIDTH = 44  # key=value column; longer ones put their description on the next line
 # Schema name -> dataclass, handed over by config.register_configs: importing config here would close a cycle.
 _SCHEMAS: dict[str, type] = {}
+# Groups whose option is named on the command line as `key=<option>` and whose keys follow in --help (a
+# train.py model=... is listed under Config groups only, as before)
+_CHOSEN_BY_NAME = ("suite",)
 
 
 @dataclasses.dataclass
@@ -60,7 +63,16 @@ def _module_tree(path: str) -> ast.Module:
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """Field name -> its comment: the comment lines right above the field, then those on its own lines."""
+    """Field name -> its comment: the comment lines right above the field, then those on its own lines.
+    Inherited fields (eval.py's model extends ModelConfig) keep the comment of the class declaring them."""
+    out = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            out.update(_own_field_comments(base))
+    return out
+
+
+def _own_field_comments(cls: type) -> dict[str, str]:
     path = inspect.getsourcefile(cls)
     comments, lines = _comments_by_line(path), Path(path).read_text(encoding="utf-8").splitlines()
     node = next(n for n in _module_tree(path).body if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
@@ -169,10 +181,13 @@ def render(program: str, composed: dict, choices: dict) -> str:
         "Keys (key=value; the value shown is what this command line composes):",
     ]
     for key in schema_keys(_SCHEMAS[schema_name]):
-        if key.group and not key.is_map:
+        chosen = choices.get(key.name)  # a key that is a Hydra group itself (model, suite): its option
+        if key.group and not key.is_map:  # its keys follow; eval's suite=<name> is set on the command line
             lines += ["", f"{key.name}: {key.description}"]
+            if chosen is not None and key.name in _CHOSEN_BY_NAME:
+                pair = f"{key.name}={chosen}"
+                lines.append(f"  {pair:<{KEY_WIDTH}}the option chosen ({key.name}/{chosen}.yaml)")
             continue
-        chosen = choices.get(key.name)  # a key that is a group itself (eval's suite): the option's name
         pair = f"{key.name}={chosen if chosen is not None else _value(key, composed)}"
         if len(pair) < KEY_WIDTH:
             lines.append(f"  {pair:<{KEY_WIDTH}}{key.description}")

@@ -33,7 +33,7 @@ def test_defaults_compose_for_both_entry_points():
     train_cfg = to_object(compose_config("pretrain"), PretrainConfig)
     assert train_cfg.output_dir == "runs/default"
     eval_cfg = to_object(compose_config("evaluate"), EvaluateConfig)
-    assert eval_cfg.suite["name"] == "demo"
+    assert eval_cfg.suite.name == "demo"
     assert eval_cfg.checkpoints == [None]
 
 

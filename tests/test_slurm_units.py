@@ -127,5 +127,11 @@ def test_eval_finds_a_suite_through_hydra_searchpath(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     composed = yaml.safe_load(result.stdout)
-    assert composed["suite"] == {"name": "mine", "tasks": [str(path)]}
+    # typed by SuiteConfig now: the keys the file leaves out compose to their defaults
+    assert composed["suite"] == {
+        "name": "mine",
+        "tasks": [str(path)],
+        "description": "",
+        "expect_tasks": None,
+    }
     assert composed["output_dir"] == "runs/eval/mine"

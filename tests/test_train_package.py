@@ -25,7 +25,7 @@ def _loaded_after(module: str, prefix: str) -> list[str]:
 
 
 def test_the_data_loader_imports_no_training_module():
-    """Before: data/pipeline.py (now data/loader.py) imported bmca_clip.preempt (the training loop's preemption handler)."""
+    """Before: data/pipeline.py (now data/loader.py) imported bmca_clip.preempt (the preemption handler)."""
     loaded = _loaded_after("bmca_clip.data.loader", "bmca_clip.")
     training = {"bmca_clip.preempt", "bmca_clip.trainer", "bmca_clip.tracking", "bmca_clip.checkpoint"}
     assert not [m for m in loaded if m in training or m.startswith("bmca_clip.train")]

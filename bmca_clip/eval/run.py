@@ -44,7 +44,8 @@ from bmca_clip.eval.report import (
     write_task_json,
 )
 from bmca_clip.eval.shard import resolve_shard, select
-from bmca_clip.eval.tasks import Suite, Task, list_suites, load_suite, suite_from_mapping
+from bmca_clip.eval.suite import suite_from_config
+from bmca_clip.eval.tasks import Task
 from bmca_clip.io import autocast_dtype
 from bmca_clip.model import ClipBundle, build_model, load_checked, trained_name
 from bmca_clip.redact import redact_config
@@ -168,21 +169,12 @@ def _evaluate_model(
     )
 
 
-def _suite(composed: dict) -> Suite:
-    """The suite Hydra composed: from conf/suite by name, or (a suite YAML found elsewhere through
-    hydra.searchpath) from the composed content itself."""
-    name = composed["name"]
-    if name in list_suites():
-        return load_suite(name)
-    return suite_from_mapping(dict(composed), Path(f"suite={name} (hydra.searchpath)"))
-
-
 def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     print(config_header(cfg), flush=True)  # first: what a log was made with, before anything can fail
     device = pick_device(cfg.device, 0, key="device")
     out_dir = Path(cfg.output_dir)
     checkpoints = [None if c is None else resolve_checkpoint(c) for c in cfg.checkpoints]
-    suite = _suite(cfg.suite)
+    suite = suite_from_config(cfg.suite)  # as Hydra composed it, overrides included (eval/suite.py)
     shard = resolve_shard(cfg.shard)
     tasks = select(suite.tasks, shard)
     if shard is not None:

@@ -39,9 +39,9 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The bmca-eval console script (and eval.py): Hydra reads the overrides from sys.argv."""
-    prepare_argv(
-        sys.argv, EvaluateConfig
-    )  # quote brace patterns for Hydra; refuse bad keys, launchers in one line
+    # Before Hydra: quote brace patterns; refuse a misspelt key (in an override or a group file) or a
+    # missing launcher plugin in one line
+    prepare_argv(sys.argv, EvaluateConfig)
     _main()
 
 

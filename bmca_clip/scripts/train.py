@@ -55,9 +55,9 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The bmca-train console script (and train.py): Hydra reads the overrides from sys.argv."""
-    prepare_argv(
-        sys.argv, PretrainConfig
-    )  # quote brace patterns for Hydra; refuse bad keys, launchers in one line
+    # Before Hydra: quote brace patterns; refuse a misspelt key (in an override or a group file) or a
+    # missing launcher plugin in one line
+    prepare_argv(sys.argv, PretrainConfig)
     _main()
 
 

@@ -14,13 +14,14 @@ from bmca_clip.config import TrainEvalConfig
 from bmca_clip.dist import DistInfo
 from bmca_clip.eval.harness import evaluate_suite
 from bmca_clip.eval.shard import select
-from bmca_clip.eval.tasks import load_suite
+from bmca_clip.eval.suite import suite_config, suite_from_config
 
 
 def load_eval_tasks(cfg: TrainEvalConfig) -> list | None:
     """The tasks of eval.suite, or None when it is null. Called before the run opens its folder, logger
-    or model, so a misspelt suite or a bad task YAML stops the start, not the run at its first eval."""
-    return load_suite(cfg.suite).tasks if cfg.suite else None
+    or model, so a misspelt suite or a bad task YAML stops the start, not the run at its first eval.
+    The name is looked up and built as eval.py's suite=<name> is (eval/suite.py)."""
+    return suite_from_config(suite_config(cfg.suite)).tasks if cfg.suite else None
 
 
 class PeriodicEval:

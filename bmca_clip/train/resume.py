@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 OPTIMIZER_KEYS = ("optim.lr", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps")
 RESHAPING_KEYS = ("train.steps", "optim.schedule", "optim.lr_min")  # re-plan the rest of the schedule
 _NOT_COMPARED = ("name", "output_dir", "resume", "resume_data")  # how and where to start, not what runs
-_MODEL_APPLIED = ("model.cache_dir", "model.grad_checkpointing", "model.wise_ft_alpha")
+_MODEL_APPLIED = ("model.cache_dir", "model.grad_checkpointing")
 _DATA_APPLIED = (  # transport and safety nets: the samples, and their order, stay the same
     "data.max_bad_fraction",
     "data.max_bad_after",
