@@ -16,20 +16,20 @@ import time
 from pathlib import Path
 
 import pytest
-import slurm_cluster
 import torch
 import yaml
-from conftest import tiny_train_overrides
-from eval_fixtures import (
+
+from tests.helpers import slurm_cluster
+from tests.helpers.config import REPO, tiny_train_overrides
+from tests.helpers.eval_fixtures import (
     COLOR_TASK_BODY,
     RETRIEVAL_TASK_BODY,
     make_color_task_data,
     make_retrieval_data,
     write_task_yaml,
 )
-from slurm_cluster import SlurmCluster, SlurmUnavailable
+from tests.helpers.slurm_cluster import SlurmCluster, SlurmUnavailable
 
-REPO = Path(__file__).resolve().parents[1]
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
 STEPS = 60  # long enough (~0.15 s a step) to signal the job mid-run, short enough for CI
 # Two torchrun agents (as on two nodes), one process each: the multi-node path of train.sbatch.

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as torch_dist
-from conftest import compose_config, global_batch
 
 import bmca_clip.model  # noqa: F401  registers bmca-tiny
 from bmca_clip.config import PretrainConfig, to_object
 from bmca_clip.dist import init_distributed, shutdown
 from bmca_clip.model import ModelConfig, build_model
 from bmca_clip.trainer import Trainer, unwrap
+from tests.helpers.batch import global_batch
+from tests.helpers.config import compose_config
 
 
 def main(out: Path, accum: int, loss: str) -> None:

@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO, compose_config, global_batch, tiny_train_overrides
-from numeric import assert_close_scaled, max_abs
 
 from bmca_clip.config import PretrainConfig, to_object
 from bmca_clip.dist import DistInfo
 from bmca_clip.model import ModelConfig, build_model
 from bmca_clip.trainer import Trainer
-
-TESTS = REPO / "tests"
-
-
-def _torchrun(*args, timeout=240) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONPATH": f"{REPO}:{TESTS}", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        *map(str, args),
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+from tests.helpers.batch import global_batch
+from tests.helpers.config import REPO, compose_config, tiny_train_overrides
+from tests.helpers.numeric import assert_close_scaled, max_abs
+from tests.helpers.torchrun import torchrun
 
 
 def _single_process(loss: str) -> tuple[float, dict]:
@@ -49,7 +33,7 @@ def _single_process(loss: str) -> tuple[float, dict]:
 def test_two_ranks_with_batch_b_equal_one_rank_with_2b(tmp_path, accum, loss):
     """Gradients after DDP's all-reduce equal the single-process gradients of the whole batch (fp32,
     rtol 1e-4: the sums run in another order), and every rank logs the global batch's loss."""
-    proc = _torchrun(TESTS / "dist_worker.py", tmp_path, accum, loss)
+    proc = torchrun(REPO / "tests/helpers/dist_worker.py", tmp_path, accum, loss)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert all(r["world_size"] == 2 and r["probe"] == 3.0 for r in ranks)  # one group, not two lone processes
@@ -66,7 +50,7 @@ def test_torchrun_train_py_saves_every_ranks_data_position(corpus, tmp_path):
     overrides = tiny_train_overrides(
         corpus, tmp_path / "run", **{"train.steps": 4, "checkpoint.every_steps": 2}
     )
-    proc = _torchrun("train.py", *overrides)
+    proc = torchrun("train.py", *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(tmp_path / "run" / "checkpoints" / "step_00000004.pt", weights_only=True)
     assert state["step"] == 4 and state["samples_seen"] == 4 * 16 * 2
@@ -82,7 +66,7 @@ def test_periodic_eval_splits_the_suite_across_ranks_and_logs_every_task(corpus,
         tmp_path / "run",
         **{"train.steps": 2, "eval.suite": "demo", "eval.every_steps": 2, "eval.data_root": corpus.parent},
     )
-    proc = _torchrun("train.py", *overrides)
+    proc = torchrun("train.py", *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     scores = next(row for row in rows if "eval/mean" in row)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
 
 from bmca_clip.cli import disk_full_message, failed_tasks_line
 from bmca_clip.eval import merge
+from tests.helpers.config import REPO
 
 # Fault injection for the full-disk cases, loaded by every interpreter that has this folder on its path.
 # Checkpoints: torch.save fails as it does on a real full disk (an OSError ENOSPC inside the zip writer,

@@ -10,12 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, compose_config, tiny_train_overrides
-from hub_server import FakeHub
 
 from bmca_clip import train as train_mod
 from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
 from bmca_clip.data.pipeline import DataError
+from tests.helpers.config import REPO, compose_config, tiny_train_overrides
+from tests.helpers.hub import FakeHub
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import httpx
 import pytest
-from hub_server import FakeHub
 from huggingface_hub import HfApi, constants, hf_api, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -25,6 +24,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
+from tests.helpers.hub import FakeHub
 
 DATASET = "BIOMEDICA/biomedica_webdataset_24M"
 SHARD = "commercial/000000.tar"

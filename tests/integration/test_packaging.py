@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tiny_train_overrides
-from eval_fixtures import COLOR_TASK_BODY, make_color_task_data, write_task_yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from bmca_clip.config import ConfigError, LoggerConfig, WandbConfig, register_configs
 from bmca_clip.eval.tasks import TaskError, load_suite
 from bmca_clip.tracking import MetricLogger
+from tests.helpers.config import REPO, tiny_train_overrides
+from tests.helpers.eval_fixtures import COLOR_TASK_BODY, make_color_task_data, write_task_yaml
 
 SCRIPTS = ("bmca-train", "bmca-eval", "bmca-merge", "bmca-wise-ft", "bmca-export", "bmca-synthetic")
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_train_overrides
-from hub_server import FakeHub
 
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from bmca_clip.config import LoggerConfig, WandbConfig
 from bmca_clip.preempt import REQUEUE_EXIT_CODE
 from bmca_clip.tracking import MetricLogger
+from tests.helpers.config import REPO, tiny_train_overrides
+from tests.helpers.hub import FakeHub
 
 
 def _start(corpus, out, **extra) -> subprocess.Popen:

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose_config, tiny_train_overrides
 
 from bmca_clip.config import PretrainConfig, to_object
+from tests.helpers.config import REPO, compose_config, tiny_train_overrides
 
 READMES = ("README.md", "slurm/README.md")
 LAUNCHERS = ("torchrun", "sbatch")  # composed as the entry point they start:

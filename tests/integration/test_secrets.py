@@ -13,13 +13,13 @@ import sys
 
 import pytest
 import torch
-from hub_server import FakeHub
 from huggingface_hub import constants
 
 from bmca_clip.data.hub import HttpPolicy, ShardError, _auth_headers, open_shard
 from bmca_clip.export import model_card
 from bmca_clip.resume import ResumePlan, config_history
 from bmca_clip.tracking import _start_wandb
+from tests.helpers.hub import FakeHub
 
 TOKEN = "hf_TESTsecretTOKEN123"
 REPO_ID = "BIOMEDICA/biomedica_webdataset_24M"
@@ -194,11 +194,11 @@ def test_old_records_with_secrets_are_redacted_when_carried_on():
 
 def test_a_checkpoint_from_before_redaction_resumes_without_a_data_change():
     """Its config holds the raw URL and this run's is redacted: compared redacted, nothing changed."""
-    from conftest import compose_config
     from omegaconf import OmegaConf
 
     from bmca_clip.redact import redact_config
     from bmca_clip.train import _plan
+    from tests.helpers.config import compose_config
 
     shards = "data.train_shards='http://alice:pw9@h.example/{0..3}.tar?sig=tk9'"
     raw = OmegaConf.to_container(compose_config("pretrain", ["data=local", shards]), resolve=True)
@@ -275,12 +275,11 @@ def test_a_run_on_credentialed_shard_urls_trains_and_records_no_secret(tmp_path,
     the token, training runs, and neither secret is in any file the run writes (.hydra/, config.yaml,
     checkpoints as loaded, metrics, wandb's offline files), in its logs, or in an exported model card.
     A resume with a rotated token (a fresh signed URL for a requeued job) is no data change."""
-    from conftest import REPO, compose_config
-
     from bmca_clip import train as train_mod
     from bmca_clip.checkpoint import list_checkpoints
     from bmca_clip.config import PretrainConfig, to_object
     from bmca_clip.export import export
+    from tests.helpers.config import REPO, compose_config
 
     caplog.set_level(logging.INFO, logger="bmca_clip")
     out = tmp_path / "run"
@@ -324,7 +323,7 @@ def test_a_run_on_credentialed_shard_urls_trains_and_records_no_secret(tmp_path,
 @pytest.mark.slow  # a second train.py process, ~10 s
 def test_a_sweep_records_no_secret(tmp_path, corpus):
     """train.py -m: Hydra's multirun.yaml (written before any job runs) and each job's .hydra/ too."""
-    from conftest import REPO
+    from tests.helpers.config import REPO
 
     sweep = tmp_path / "sweep"
     with FakeHub(basic_auth=("alice", PASSWORD)) as hub:

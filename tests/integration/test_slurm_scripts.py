@@ -9,13 +9,13 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, tiny_train_overrides
-from eval_fixtures import COLOR_TASK_BODY, write_task_yaml
 
 from bmca_clip.checkpoint import list_checkpoints
 from bmca_clip.dist import slurm_rendezvous_port, torch_env_from_slurm
 from bmca_clip.eval.tasks import TaskError, suite_from_mapping
 from bmca_clip.preempt import slurm_restart
+from tests.helpers.config import REPO, tiny_train_overrides
+from tests.helpers.eval_fixtures import COLOR_TASK_BODY, write_task_yaml
 
 STEP = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "4"}
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, compose_config
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from bmca_clip import cli_args
@@ -15,6 +14,7 @@ from bmca_clip.cli import EXIT_REFUSED
 from bmca_clip.cli_args import prepare_argv, rewrite_argv
 from bmca_clip.config import EvaluateConfig, PretrainConfig, to_object
 from bmca_clip.model import build_model
+from tests.helpers.config import REPO, compose_config
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
 from bmca_clip.cli_help import field_comments, schema_keys
 from bmca_clip.config import EvaluateConfig, PretrainConfig, TrainConfig
 from bmca_clip.data.filters import FilterConfig
+from tests.helpers.config import REPO
 
 
 def _help(*args: str) -> subprocess.CompletedProcess:

@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONF, REPO, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from bmca_clip.config import ConfigError, EvaluateConfig, PretrainConfig, to_object
+from tests.helpers.config import CONF, REPO, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_train_overrides
 
 import bmca_clip
 from bmca_clip import errors
 from bmca_clip.cli import exit_on_user_error
+from tests.helpers.config import REPO, tiny_train_overrides
 
 # Exceptions that never reach a user as such, each kept in its module, with why.
 PRIVATE = {

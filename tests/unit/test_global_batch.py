@@ -10,11 +10,11 @@ import json
 
 import pytest
 import torch
-from conftest import compose_config, tiny_train_overrides
-from test_distributed import _torchrun
 
 from bmca_clip import trainer as trainer_mod
 from bmca_clip.config import ConfigError, PretrainConfig, TrainConfig, to_object
+from tests.helpers.config import compose_config, tiny_train_overrides
+from tests.helpers.torchrun import torchrun
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_two_ranks_derive_their_accumulation_and_train_the_global_batch(corpus, 
         tmp_path / "run",
         **{"train.global_batch": 64, "train.batch_size": 16, "train.steps": 2, "checkpoint.every_steps": 2},
     )
-    proc = _torchrun("train.py", *overrides)
+    proc = torchrun("train.py", *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "contrastive batch 64 = train.batch_size 16 x accumulation 2 x 2 processes" in proc.stderr
     state = torch.load(tmp_path / "run" / "checkpoints" / "step_00000002.pt", weights_only=True)

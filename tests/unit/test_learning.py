@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-from conftest import compose_config, tiny_train_overrides
-
 from bmca_clip import train as train_mod
 from bmca_clip.config import EvaluateConfig, PretrainConfig, to_object
 from bmca_clip.eval import run as eval_run
+from tests.helpers.config import compose_config, tiny_train_overrides
 
 
 def test_training_lowers_loss_and_raises_zero_shot_accuracy(corpus, tmp_path):

@@ -9,13 +9,14 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from conftest import compose_config, global_batch
 from safetensors.torch import save_file
 
 from bmca_clip.config import ConfigError, ModelConfig, PretrainConfig, to_object
 from bmca_clip.dist import DistInfo
 from bmca_clip.model import ModelLoadError, build_model
 from bmca_clip.trainer import Trainer
+from tests.helpers.batch import global_batch
+from tests.helpers.config import compose_config
 
 
 def _reference():

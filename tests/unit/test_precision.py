@@ -5,8 +5,6 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
-from conftest import compose_config, tiny_train_overrides
-from numeric import assert_close_scaled
 from torch.utils.data import DataLoader, TensorDataset
 
 from bmca_clip import train as train_mod
@@ -16,6 +14,8 @@ from bmca_clip.eval.zeroshot import encode_images
 from bmca_clip.model import build_model, weights_sha256
 from bmca_clip.precision import stalled_weights
 from bmca_clip.trainer import Trainer
+from tests.helpers.config import compose_config, tiny_train_overrides
+from tests.helpers.numeric import assert_close_scaled
 
 
 def _trainer(tmp_path, precision: str, compile: bool = False) -> Trainer:

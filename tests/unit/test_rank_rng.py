@@ -7,13 +7,13 @@ import logging
 
 import open_clip
 import torch
-from conftest import compose_config
 
 from bmca_clip.checkpoint import Checkpointer, load_checkpoint, restore_rank_rng, rng_state, save_checkpoint
 from bmca_clip.components import Components
 from bmca_clip.config import PretrainConfig, to_object
 from bmca_clip.dist import DistInfo
 from bmca_clip.trainer import Trainer
+from tests.helpers.config import compose_config
 
 
 class _Loader:

@@ -10,13 +10,13 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import compose_config, tiny_train_overrides
 from omegaconf import OmegaConf
 
 from bmca_clip import train as train_mod
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
 from bmca_clip.config import ConfigError, PretrainConfig, to_object
 from bmca_clip.resume import ResumePlan, plan_resume, resumed_schedule
+from tests.helpers.config import compose_config, tiny_train_overrides
 
 LR = 5e-4  # conf/optim/adamw.yaml
 WARMUP = 2  # tiny_train_overrides

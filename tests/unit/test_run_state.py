@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_config, tiny_train_overrides
 
 from bmca_clip import train as train_mod
 from bmca_clip.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from bmca_clip.config import ConfigError, PretrainConfig, to_object
 from bmca_clip.trainer import Trainer, TrainingDiverged
+from tests.helpers.config import REPO, compose_config, tiny_train_overrides
 
 
 def _cfg(corpus, out, **extra) -> PretrainConfig:

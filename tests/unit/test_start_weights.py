@@ -7,7 +7,6 @@ import logging
 
 import pytest
 import torch
-from conftest import compose_config, tiny_train_overrides
 
 from bmca_clip import train as train_mod
 from bmca_clip.checkpoint import list_checkpoints
@@ -15,6 +14,7 @@ from bmca_clip.config import EvaluateConfig, ModelConfig, PretrainConfig, to_obj
 from bmca_clip.eval import run as eval_run
 from bmca_clip.model import build_model, weights_sha256
 from bmca_clip.wise_ft import MergeError, blend, main
+from tests.helpers.config import compose_config, tiny_train_overrides
 
 
 def _seeded_state(seed: int) -> dict[str, torch.Tensor]:

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 import torch
-from conftest import compose_config, tiny_train_overrides
-from numeric import assert_close_scaled
 
 from bmca_clip import train as train_mod
 from bmca_clip.config import ConfigError, PretrainConfig, to_object
+from tests.helpers.config import compose_config, tiny_train_overrides
+from tests.helpers.numeric import assert_close_scaled
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 

@@ -7,8 +7,6 @@ import json
 import open_clip
 import pytest
 import torch
-from conftest import compose_config, tiny_train_overrides
-from numeric import assert_close_scaled, max_abs
 
 from bmca_clip import train as train_mod
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -16,6 +14,8 @@ from bmca_clip.config import DataConfig, PretrainConfig, to_object
 from bmca_clip.data.pipeline import PilTransform, build_train_loader
 from bmca_clip.dist import DistInfo
 from bmca_clip.trainer import Trainer
+from tests.helpers.config import compose_config, tiny_train_overrides
+from tests.helpers.numeric import assert_close_scaled, max_abs
 
 
 def _trainer(tmp_path, **overrides) -> Trainer:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import open_clip
 import pytest
-from conftest import REPO, compose_config, global_batch, tiny_train_overrides
 
 import bmca_clip.tracking as tracking
 from bmca_clip import train as train_mod
@@ -26,6 +25,8 @@ from bmca_clip.preempt import PreemptionHandler
 from bmca_clip.tracking import MetricLogger
 from bmca_clip.train_eval import PeriodicEval
 from bmca_clip.trainer import Trainer
+from tests.helpers.batch import global_batch
+from tests.helpers.config import REPO, compose_config, tiny_train_overrides
 
 COMPONENTS = ("checkpointer", "logger", "evaluator", "preemption")
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from numeric import assert_close_scaled
 
 from bmca_clip.config import ConfigError, ModelConfig
 from bmca_clip.model import build_model, load_model_weights
 from bmca_clip.wise_ft import MergeError, blend, blended_models, main, wise_ft
+from tests.helpers.config import REPO
+from tests.helpers.numeric import assert_close_scaled
 
 
 def tiny_state(seed: int, name: str = "bmca-tiny") -> dict[str, torch.Tensor]:
@@ -130,7 +130,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
         [sys.executable, "-m", "bmca_clip.wise_ft", "base=a", "tuned=b", "alpha=0.5", "oops=1"],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -13,8 +13,6 @@ import sys
 import open_clip
 import pytest
 import webdataset as wds
-from conftest import REPO, compose_config
-from hub_server import FakeHub
 from huggingface_hub import HfApi
 from PIL import Image
 
@@ -23,6 +21,8 @@ from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
 from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
 from bmca_clip.data.hub import HttpPolicy, discover
 from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader
+from tests.helpers.config import REPO, compose_config
+from tests.helpers.hub import FakeHub
 
 TOKEN = "hf_TESTsecretTOKEN123"
 REPO_ID = "BIOMEDICA/biomedica_webdataset_24M"

@@ -12,20 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from eval_fixtures import (
-    CHOLEC_MAP,
-    CHOLEC_MASKS,
-    COLOR_NAMES,
-    COLORS,
-    SKIN_TEST,
-    UBENCH_ROWS,
-    make_hub_repos,
-    tiny_clip,
-    write_task_yaml,
-    write_ubench_labels,
-    write_wds_repo,
-)
-from hub_server import FakeHub
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.utils import _http
 from PIL import Image
@@ -36,6 +22,17 @@ from bmca_clip.eval.loaders import Table, _split_files
 from bmca_clip.eval.multilabel import average_precision, mean_average_precision, multilabel_metrics
 from bmca_clip.eval.multiple_choice import choose, multiple_choice_metrics, option_texts
 from bmca_clip.eval.tasks import TaskError, load_task
+from tests.helpers.eval_fixtures import COLOR_NAMES, COLORS, tiny_clip, write_task_yaml
+from tests.helpers.eval_hub_repos import (
+    CHOLEC_MAP,
+    CHOLEC_MASKS,
+    SKIN_TEST,
+    UBENCH_ROWS,
+    make_hub_repos,
+    write_ubench_labels,
+    write_wds_repo,
+)
+from tests.helpers.hub import FakeHub
 
 PROMPTS = 'templates: ["a {} image."]\n'
 COLOR_CLASSES = f"classes: {COLOR_NAMES}\n" + PROMPTS

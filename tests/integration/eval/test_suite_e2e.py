@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from eval_fixtures import image_bytes, write_hf_file
-from hub_server import FakeHub
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.config import REPO
+from tests.helpers.eval_hub_repos import image_bytes, write_hf_file
+from tests.helpers.hub import FakeHub
+
 SUITE = "dermatology"
 TASKS = yaml.safe_load((REPO / f"conf/suite/{SUITE}.yaml").read_text())["tasks"]
 PER_CLASS = 2  # rows per class in each stand-in test split

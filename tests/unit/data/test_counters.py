@@ -1,20 +1,80 @@
-"""DataCounters, the typed data counters: their arithmetic across workers, the log line's metric names (the
+"""The data counters a user reads in the log, and DataCounters, the typed object that holds them.
+
+Every skipped sample has a named reason (`skipped/truncated_image`, `skipped/empty_caption`, ...; an
+unexpected error's `skipped/other` is in tests/unit/data/test_faults.py), the counts add up in every log line
+(kept <= decoded, decoded + skipped = drawn), the arithmetic across workers, the log line's metric names (the
 same as when counters were prefixed strings, so metrics.jsonl, TensorBoard and wandb keys stay), the health
 check that reads them, and a loader's data state, which holds no counters and resumes as before."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import pickle
 
+import open_clip
 import pytest
-from test_data_counters import _labelled, _loader
-from test_data_faults import _write, deadline
+from PIL import Image
 
+from bmca_clip.config import DataConfig
 from bmca_clip.data.counters import DataCounters
 from bmca_clip.data.filters import FilterConfig
+from bmca_clip.data.pipeline import PilTransform, build_train_loader
 from bmca_clip.data.sources import DataError
 from bmca_clip.step_metrics import checked_data_counters
+from tests.helpers.shards import GOOD, bomb_png, deadline, jpeg, write_shard
+
+
+def _noisy_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 60).convert("RGB").save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+TRUNCATED = _noisy_jpeg()[:700]  # header and part of the scan: Pillow says "image file is truncated"
+# (a sample, the counter it must land in)
+BAD = {
+    "truncated_image": {"jpg": TRUNCATED, "txt": "cut off"},
+    "corrupt_image": {"jpg": b"this is not an image", "txt": "garbage"},
+    "empty_caption": {"jpg": jpeg(), "txt": "   "},
+    "missing_image": {"txt": "a caption without its image"},
+    "missing_caption": {"jpg": jpeg()},
+    "caption_not_utf8": {"jpg": jpeg(), "txt": b"caf\xe9 latin-1"},
+    "decompression_bomb": {"jpg": bomb_png(), "txt": "huge"},
+}
+
+
+def _loader(shards: str, workers: int = 0, image_fn=None, batch_size: int = 4, **cfg):
+    defaults = {"shuffle_buffer": 10, "shuffle_initial": 5, "resampled": False} | cfg
+    return build_train_loader(
+        DataConfig(train_shards=shards, num_workers=workers, **defaults),
+        image_fn or PilTransform(open_clip.image_transform(32, is_train=True)),
+        open_clip.get_tokenizer("bmca-tiny"),
+        batch_size=batch_size,
+        seed=0,
+    )
+
+
+def _skipped(counters: dict) -> dict[str, int]:
+    return {k[8:]: v for k, v in counters.items() if k.startswith("skipped/")}
+
+
+def _labelled(label: str, caption: str = "a figure", jpg: bytes | None = None) -> dict:
+    sample = {"txt": caption, "json": json.dumps({"image_primary_label": [label]}).encode()}
+    return sample | ({"jpg": jpg} if jpg is not None else {"jpg": jpeg()})
+
+
+def test_every_skipped_sample_is_counted_under_a_reason_a_user_understands(tmp_path):
+    samples = [GOOD] * 10 + list(BAD.values()) + [GOOD] * 10
+    loader = _loader(write_shard(tmp_path / "000000.tar", samples))
+    with deadline(60):
+        for _ in itertools.islice(loader, 10):  # 40 good samples: the shard read twice over
+            pass
+    skipped = _skipped(loader.counters())
+    assert set(skipped) == set(BAD), skipped
+    assert all(n >= 1 for n in skipped.values())
+
 
 # What the base (02a3987, counters as "skipped/..." strings in dicts) logged for the stream of
 # _filtered_corrupt_empty_stream after 20 batches: names and counts, taken from a run of the base.
@@ -36,7 +96,7 @@ def _filtered_corrupt_empty_stream(tmp_path, workers: int = 0, state: dict | Non
     corrupt = _labelled("Microscopy", jpg=b"not an image")
     empty = _labelled("Microscopy", caption="  ")
     shards = [
-        _write(tmp_path / f"{i:06d}.tar", [good, charts, corrupt, good, empty, charts, good] * 6)
+        write_shard(tmp_path / f"{i:06d}.tar", [good, charts, corrupt, good, empty, charts, good] * 6)
         for i in range(2)
     ]
     cfg = {
@@ -46,9 +106,6 @@ def _filtered_corrupt_empty_stream(tmp_path, workers: int = 0, state: dict | Non
     }
     loader = _loader("::".join(shards), workers, **cfg)
     if state is not None:
-        from bmca_clip.config import DataConfig
-        from bmca_clip.data.pipeline import build_train_loader
-
         loader = build_train_loader(
             DataConfig(train_shards="::".join(shards), num_workers=workers, resampled=False, **cfg),
             loader.dataset.decoder.image_fn,
@@ -101,11 +158,22 @@ def test_flat_names_round_trip_and_zero_counts_are_not_listed():
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_metric_names_and_counts_equal_the_base_for_filtered_corrupt_and_empty_samples(tmp_path, workers):
+def test_kept_never_exceeds_decoded_and_the_counts_add_up_in_every_log_line(tmp_path, workers):
+    """Also: the metric names and counts equal the base's for this stream (this test and
+    test_metric_names_and_counts_equal_the_base_for_filtered_corrupt_and_empty_samples read the same
+    stream; merged, every assertion of both kept)."""
     loader = _filtered_corrupt_empty_stream(tmp_path, workers)
+    handed_out = 0
     with deadline(120):
-        for _ in itertools.islice(loader, 20):
-            pass
+        for batch in itertools.islice(loader, 20):
+            handed_out += len(batch["keys"])
+            counters = loader.counters()
+            drawn = sum(n for k, n in counters.items() if k.startswith("drawn/"))
+            skipped = _skipped(counters)
+            assert counters["kept"] <= counters["decoded"], counters
+            assert counters["decoded"] + sum(skipped.values()) == drawn, counters
+            assert counters["kept"] == handed_out, counters
+    assert set(skipped) == {"corrupt_image", "empty_caption"} and counters["filtered/primary_label"] > 0
     counters = loader.counters()
     assert isinstance(counters, DataCounters)
     metrics = checked_data_counters(loader, max_bad_fraction=0.9)

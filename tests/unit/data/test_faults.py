@@ -7,21 +7,15 @@ subprocess.run's timeout), so a hang fails the test instead of the suite.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import logging
-import signal
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import open_clip
 import pytest
-import webdataset as wds
-from conftest import REPO, compose_config, tiny_train_overrides
 from PIL import Image
 from torchvision.transforms import PILToTensor
 
@@ -29,52 +23,8 @@ from bmca_clip.config import ConfigError, DataConfig, PretrainConfig, to_object
 from bmca_clip.data.decode import FastEvalTransform, FastTrainTransform
 from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader
 from bmca_clip.eval.datasets import to_rgb
-
-
-class Spinning(BaseException):
-    """Not an Exception: no per-sample catch-all can swallow it (a TimeoutError is an OSError, which the
-    decoder skips as a corrupt image, so the stream would go on spinning)."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: int):
-    """Fail, instead of hanging, when the block runs longer than `seconds` (main thread only)."""
-
-    def expired(signum, frame):
-        raise Spinning(f"still running after {seconds} s: the stream spins instead of stopping")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def _jpeg(shade: int = 200) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (40, 40), (shade, 30, 30)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def _bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
-    """A 1x1 PNG whose header claims width x height (> Pillow's 179 MP limit): a few dozen bytes."""
-    buf = io.BytesIO()
-    Image.new("L", (1, 1)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = data.index(b"IHDR")
-    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
-    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
-    return bytes(data)
-
-
-def _write(path, samples: list[dict]) -> str:
-    with wds.TarWriter(str(path)) as sink:
-        for i, sample in enumerate(samples):
-            sink.write({"__key__": f"s{i:05d}", **sample})
-    return str(path)
+from tests.helpers.config import REPO, compose_config, tiny_train_overrides
+from tests.helpers.shards import GOOD, bomb_png, deadline, jpeg, write_shard
 
 
 def _loader(shards: str, workers: int, image_fn=None, batch_size: int = 4, **cfg):
@@ -95,7 +45,6 @@ def _first_error(loader, batches: int = 1000) -> str:
     return str(caught.value)
 
 
-GOOD = {"jpg": _jpeg(), "txt": "a red square", "json": b"{}"}
 CAUSES = {
     # (samples in the shard, config, what the one-line message must say)
     "wrong image_key": (
@@ -113,9 +62,9 @@ CAUSES = {
         {},
         ["had no `jpg` member", "the shards hold `json`, `txt`", "no image member"],
     ),
-    "empty captions": ([{"jpg": _jpeg(), "txt": "  "}] * 50, {}, ["every caption was empty"]),
+    "empty captions": ([{"jpg": jpeg(), "txt": "  "}] * 50, {}, ["every caption was empty"]),
     "corrupt images": (
-        [{"jpg": _jpeg()[:200], "txt": "truncated"}] * 50,
+        [{"jpg": jpeg()[:200], "txt": "truncated"}] * 50,
         {},
         ["every image failed to decode (first error: OSError", "sample s000"],
     ),
@@ -126,7 +75,7 @@ CAUSES = {
 @pytest.mark.parametrize("cause", list(CAUSES))
 def test_data_that_never_decodes_stops_with_one_line_naming_the_cause(tmp_path, cause, workers):
     samples, cfg, expected = CAUSES[cause]
-    loader = _loader(_write(tmp_path / "000000.tar", samples), workers, **cfg)
+    loader = _loader(write_shard(tmp_path / "000000.tar", samples), workers, **cfg)
     message = _first_error(loader)
     assert "\n" not in message and "Traceback" not in message and "DataLoader worker" not in message
     assert "500 of the first 500 samples" in message, message
@@ -135,11 +84,11 @@ def test_data_that_never_decodes_stops_with_one_line_naming_the_cause(tmp_path, 
 
 
 def test_a_mostly_bad_stream_stops_but_a_tolerable_share_trains(tmp_path):
-    bad = {"jpg": _jpeg()[:200], "txt": "truncated"}
-    mostly_bad = _write(tmp_path / "a.tar", [bad] * 7 + [GOOD] * 3)
+    bad = {"jpg": jpeg()[:200], "txt": "truncated"}
+    mostly_bad = write_shard(tmp_path / "a.tar", [bad] * 7 + [GOOD] * 3)
     message = _first_error(_loader(mostly_bad, 0, max_bad_after=100))
     assert "could not be used" in message and "data.max_bad_fraction=0.5" in message, message
-    tolerable = _write(tmp_path / "b.tar", [bad] * 3 + [GOOD] * 7)
+    tolerable = write_shard(tmp_path / "b.tar", [bad] * 3 + [GOOD] * 7)
     loader = _loader(tolerable, 0, max_bad_after=100)
     with deadline(60):
         for n, _ in enumerate(loader):
@@ -160,7 +109,7 @@ def test_max_bad_after_must_be_positive():
 
 
 def test_train_py_with_a_wrong_image_key_exits_2_with_one_line(tmp_path):
-    shards = _write(tmp_path / "000000.tar", [GOOD] * 50)
+    shards = write_shard(tmp_path / "000000.tar", [GOOD] * 50)
     proc = subprocess.run(
         [
             sys.executable,
@@ -191,8 +140,8 @@ def test_train_py_with_a_wrong_image_key_exits_2_with_one_line(tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_decompression_bomb_is_skipped_and_counted(tmp_path, workers):
     limit = Image.MAX_IMAGE_PIXELS
-    samples = [GOOD] * 10 + [{"jpg": _bomb_png(), "txt": "huge"}] * 2 + [GOOD] * 10
-    loader = _loader(_write(tmp_path / "000000.tar", samples), workers, resampled=False)
+    samples = [GOOD] * 10 + [{"jpg": bomb_png(), "txt": "huge"}] * 2 + [GOOD] * 10
+    loader = _loader(write_shard(tmp_path / "000000.tar", samples), workers, resampled=False)
     keys = []
     with deadline(60):
         for batch in itertools.islice(loader, 12):  # 48 samples: every one read at least twice
@@ -203,30 +152,41 @@ def test_a_decompression_bomb_is_skipped_and_counted(tmp_path, workers):
 
 
 def test_any_exception_in_one_sample_is_skipped_counted_and_logged_with_its_key(tmp_path, caplog):
+    """Also the counters' "other" case (merged from test_data_counters.py's
+    test_an_unexpected_error_is_skipped_as_other_with_its_class_in_one_warning, which built the same stream
+    with three odd samples; every assertion of both kept): counted as exactly `skipped/other`, one warning
+    per exception class and stream."""
     transform = PilTransform(open_clip.image_transform(32, is_train=True))
-    odd = _jpeg(shade=17)
+    odd = jpeg(shade=17)
 
     def image_fn(data: bytes):
         if data == odd:
             raise KeyError("a bug that only this image triggers")
         return transform(data)
 
-    shards = _write(tmp_path / "000000.tar", [GOOD] * 5 + [{"jpg": odd, "txt": "odd"}] + [GOOD] * 5)
+    shards = write_shard(tmp_path / "000000.tar", [GOOD] * 5 + [{"jpg": odd, "txt": "odd"}] * 3 + [GOOD] * 5)
     loader = _loader(shards, 0, image_fn=image_fn, resampled=False)
-    with caplog.at_level(logging.WARNING, logger="bmca_clip"), deadline(60):
-        # 12 good samples: the first pass over the shard, with the odd one, is complete
-        keys = [k for batch in itertools.islice(loader, 3) for k in batch["keys"]]
-    assert "s00005" not in keys and loader.counters()["skipped/other"] >= 1
-    lines = [r.getMessage() for r in caplog.records if "s00005" in r.getMessage()]
+    odd_keys = {"s00005", "s00006", "s00007"}
+    with caplog.at_level(logging.DEBUG, logger="bmca_clip"), deadline(60):
+        # 12 good samples: the first pass over the shard, with the odd ones, is complete
+        batches = iter(loader)
+        keys = [k for batch in itertools.islice(batches, 3) for k in batch["keys"]]
+        assert not odd_keys & set(keys) and loader.counters()["skipped/other"] >= 1
+        for _ in itertools.islice(batches, 5):  # 32 good samples in all: three passes, 9 odd ones
+            pass
+    assert {k[8:]: v for k, v in loader.counters().items() if k.startswith("skipped/")} == {"other": 9}
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    lines = [m for m in warned if any(key in m for key in odd_keys)]  # the first odd one the shuffle met
     assert len(lines) == 1 and shards in lines[0] and "KeyError" in lines[0], lines
+    assert len(warned) == 1 and "KeyError" in warned[0] and "skipped/other" in warned[0], warned
 
 
 def test_training_runs_over_decompression_bombs(tmp_path):
     from bmca_clip import train as train_mod
 
-    good = [{"jpg": _jpeg(shade), "txt": f"shade {shade}"} for shade in range(0, 250, 5)]
-    bombs = [{"jpg": _bomb_png(), "txt": "huge"} for _ in range(10)]
-    shards = _write(tmp_path / "000000.tar", good + bombs + good)
+    good = [{"jpg": jpeg(shade), "txt": f"shade {shade}"} for shade in range(0, 250, 5)]
+    bombs = [{"jpg": bomb_png(), "txt": "huge"} for _ in range(10)]
+    shards = write_shard(tmp_path / "000000.tar", good + bombs + good)
     overrides = tiny_train_overrides(
         tmp_path, tmp_path / "run", **{"data.train_shards": shards, "train.steps": 4, "train.batch_size": 8}
     )

@@ -10,7 +10,6 @@ import braceexpand
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import CONF, compose_config
 
 from bmca_clip.config import PretrainConfig, to_object
 from bmca_clip.data import biomedica as bm
@@ -25,6 +24,7 @@ from bmca_clip.data.filters import (
     source_probabilities,
 )
 from bmca_clip.data.synthetic import write_corpus
+from tests.helpers.config import CONF, compose_config
 
 PRESETS = sorted(p.stem for p in (CONF / "data").glob("biomedica*.yaml"))
 CAPTION = "Representative fluorescence micrograph showing 3 green-stained cells."

@@ -11,7 +11,6 @@ import math
 import open_clip
 import torch
 import webdataset as wds
-from conftest import compose_config, tiny_train_overrides
 from PIL import Image
 
 import bmca_clip.train as train_mod
@@ -19,6 +18,7 @@ from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
 from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
 from bmca_clip.data.filters import FilterConfig
 from bmca_clip.data.pipeline import PilTransform, build_train_loader
+from tests.helpers.config import compose_config, tiny_train_overrides
 
 PASS, FAIL = "a caption long enough", "x"  # data.filter.min_caption_chars=5 keeps the first only
 

@@ -11,13 +11,13 @@ import sys
 import open_clip
 import pytest
 import webdataset as wds
-from conftest import REPO
 from PIL import Image
 
 from bmca_clip.config import DataConfig
 from bmca_clip.data.filters import BalanceConfig, FilterConfig
 from bmca_clip.data.pipeline import DataError, PilTransform, build_train_loader, expand_shards
 from bmca_clip.step_metrics import checked_data_counters
+from tests.helpers.config import REPO
 
 
 def _jpeg() -> bytes:

@@ -5,14 +5,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from eval_fixtures import (
-    COLOR_TASK_BODY,
-    RETRIEVAL_TASK_BODY,
-    make_color_task_data,
-    tiny_clip,
-    write_task_yaml,
-)
-from numeric import assert_close_scaled
 
 from bmca_clip.eval.bootstrap import Clusters, cluster_counts
 from bmca_clip.eval.datasets import BUILDERS, build_dataset
@@ -21,6 +13,14 @@ from bmca_clip.eval.loaders import Table, file_images
 from bmca_clip.eval.metrics import bootstrap_ci, compute_classification_metrics
 from bmca_clip.eval.retrieval import recall_intervals
 from bmca_clip.eval.tasks import TaskError, load_task
+from tests.helpers.eval_fixtures import (
+    COLOR_TASK_BODY,
+    RETRIEVAL_TASK_BODY,
+    make_color_task_data,
+    tiny_clip,
+    write_task_yaml,
+)
+from tests.helpers.numeric import assert_close_scaled
 
 NAMES = ["accuracy", "balanced_accuracy", "macro_f1", "top2_accuracy"]
 

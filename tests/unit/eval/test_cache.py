@@ -9,8 +9,14 @@ import logging
 import open_clip
 import pytest
 import torch
-from conftest import compose_config
-from eval_fixtures import (
+
+from bmca_clip.config import EvaluateConfig, to_object
+from bmca_clip.eval import run as eval_run
+from bmca_clip.eval.cache import EmbeddingCache, dataset_fingerprint, describe_transform, state_dict_sha256
+from bmca_clip.eval.datasets import build_dataset
+from bmca_clip.eval.tasks import load_task
+from tests.helpers.config import compose_config
+from tests.helpers.eval_fixtures import (
     COLOR_TASK_BODY,
     make_color_task_data,
     tiny_clip,
@@ -18,12 +24,6 @@ from eval_fixtures import (
     write_image,
     write_task_yaml,
 )
-
-from bmca_clip.config import EvaluateConfig, to_object
-from bmca_clip.eval import run as eval_run
-from bmca_clip.eval.cache import EmbeddingCache, dataset_fingerprint, describe_transform, state_dict_sha256
-from bmca_clip.eval.datasets import build_dataset
-from bmca_clip.eval.tasks import load_task
 
 
 @pytest.fixture

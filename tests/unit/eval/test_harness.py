@@ -7,7 +7,13 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from eval_fixtures import (
+
+from bmca_clip.eval.datasets import build_dataset
+from bmca_clip.eval.harness import evaluate_suite, evaluate_task
+from bmca_clip.eval.report import format_table, make_provenance, write_summary, write_task_json
+from bmca_clip.eval.tasks import TaskError, load_suite, load_task
+from bmca_clip.eval.zeroshot import zero_shot_classifier
+from tests.helpers.eval_fixtures import (
     COLOR_TASK_BODY,
     COLORS,
     RETRIEVAL_TASK_BODY,
@@ -18,13 +24,7 @@ from eval_fixtures import (
     write_image,
     write_task_yaml,
 )
-from numeric import assert_close_scaled
-
-from bmca_clip.eval.datasets import build_dataset
-from bmca_clip.eval.harness import evaluate_suite, evaluate_task
-from bmca_clip.eval.report import format_table, make_provenance, write_summary, write_task_json
-from bmca_clip.eval.tasks import TaskError, load_suite, load_task
-from bmca_clip.eval.zeroshot import zero_shot_classifier
+from tests.helpers.numeric import assert_close_scaled
 
 TEMPLATES = ["a {}.", "a figure showing a {}.", "an image of a {}."]
 CLASSES = ["chest x-ray", "H&E histology slide", "bar chart"]

@@ -4,11 +4,10 @@ test process has imported everything already."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.config import REPO
 
 
 def _loaded_after(module: str, names: list[str]) -> list[str]:

@@ -7,10 +7,9 @@ import logging
 import re
 import sys
 
-from conftest import compose_config
-
 from bmca_clip.config import EvaluateConfig, to_object
 from bmca_clip.eval import run as eval_run
+from tests.helpers.config import compose_config
 
 DEMO_TASKS = ("synthetic_modality", "synthetic_color", "synthetic_retrieval")
 

@@ -6,7 +6,6 @@ import hashlib
 import json
 
 import pytest
-from eval_fixtures import COLOR_TASK_BODY, write_task_yaml
 from PIL import Image
 
 from bmca_clip.eval.harness import TaskResult
@@ -14,6 +13,7 @@ from bmca_clip.eval.records import SCHEMA_VERSION, config_hash, read_task_json, 
 from bmca_clip.eval.report import cached_result, result_config, result_from_record
 from bmca_clip.eval.summary import CSV_COLUMNS, format_domain_table, format_table, summarize, write_summary
 from bmca_clip.eval.tasks import load_task
+from tests.helpers.eval_fixtures import COLOR_TASK_BODY, write_task_yaml
 
 
 def _result(task, domain, status="ok", value=None, chance=None, ci=None):

@@ -10,21 +10,21 @@ import re
 
 import open_clip
 import torch
-from conftest import compose_config
-from eval_fixtures import (
-    COLOR_NAMES,
-    COLOR_TASK_BODY,
-    make_color_task_data,
-    make_hub_repos,
-    write_csv,
-    write_task_yaml,
-)
-from hub_server import FakeHub
 from huggingface_hub.utils import _http
 
 from bmca_clip.config import EvaluateConfig, to_object
 from bmca_clip.eval import run as eval_run
 from bmca_clip.model import ModelConfig, build_model
+from tests.helpers.config import compose_config
+from tests.helpers.eval_fixtures import (
+    COLOR_NAMES,
+    COLOR_TASK_BODY,
+    make_color_task_data,
+    write_csv,
+    write_task_yaml,
+)
+from tests.helpers.eval_hub_repos import make_hub_repos
+from tests.helpers.hub import FakeHub
 
 
 def _evaluate(corpus, tmp_path, *overrides, cache_dir="cache"):

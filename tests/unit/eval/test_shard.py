@@ -8,7 +8,6 @@ import random
 from types import SimpleNamespace
 
 import pytest
-from conftest import compose_config
 
 from bmca_clip.config import ConfigError, EvaluateConfig, to_object
 from bmca_clip.eval import merge
@@ -16,6 +15,7 @@ from bmca_clip.eval import run as eval_run
 from bmca_clip.eval.harness import TaskResult
 from bmca_clip.eval.report import write_task_json
 from bmca_clip.eval.shard import DEFAULT_COST, assign, parse_shard, resolve_shard, select, shard_from_env
+from tests.helpers.config import compose_config
 
 
 def _loads(costs, shards):

@@ -3,7 +3,6 @@
 import re
 
 import pytest
-from eval_fixtures import COLOR_TASK_BODY, RETRIEVAL_TASK_BODY, write_task_yaml
 
 from bmca_clip.eval.harness import EVALUATORS
 from bmca_clip.eval.tasks import (
@@ -15,6 +14,7 @@ from bmca_clip.eval.tasks import (
     load_suite,
     load_task,
 )
+from tests.helpers.eval_fixtures import COLOR_TASK_BODY, RETRIEVAL_TASK_BODY, write_task_yaml
 
 
 def test_demo_suite_loads_its_three_tasks():

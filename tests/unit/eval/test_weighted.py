@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from numeric import assert_close_scaled
+
+from tests.helpers.numeric import assert_close_scaled
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
