@@ -1,6 +1,6 @@
 """slurm/*.sbatch and the submitit sweep launcher, run on a real single-node Slurm cluster (CPU, gloo).
 
-tests/slurm_cluster.py starts slurmctld and slurmd (Debian's slurm-wlm, installed when missing only with
+tests/helpers/slurm_cluster.py starts slurmctld and slurmd (Debian's slurm-wlm, installed when missing only with
 BMCA_INSTALL_SLURM=1 or BMCA_REQUIRE_SLURM=1) with 2 CPUs and 2 device-less GPUs. Without Slurm these tests skip with the reason, unless BMCA_REQUIRE_SLURM=1 (set by
 .ci/run), where they fail instead. Every job writes under the test's temporary folder.
 """

@@ -69,7 +69,7 @@ DEMO_EVAL = "python eval.py suite=demo model=bmca-small checkpoint=runs/demo"
 TINY_EVAL = {"model=bmca-small": "model=bmca-tiny"}  # runs/demo here is a bmca-tiny run
 STEP_CKPTS = {"step_00026367.pt": "step_00000006.pt"}
 
-PIP = "installs into the environment running the tests; tests/test_packaging.py builds the wheel and installs it into a fresh venv"
+PIP = "installs into the environment running the tests; tests/integration/test_packaging.py builds the wheel and installs it into a fresh venv"
 MY_EXPERIMENT = r"""printf '# @package _global_\ndefaults:\n - override /data: synthetic\nname: mine\ntrain: {steps: 20, batch_size: 32, device: cpu}\n' > my_conf/experiment/mine.yaml"""
 
 COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {

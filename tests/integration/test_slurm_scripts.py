@@ -1,6 +1,6 @@
 """The Slurm-facing pieces that need no cluster: the process group from srun's variables, the restart
 count, resuming a requeued job by itself, refusing to overwrite an earlier run, and suites kept outside the
-repository (tests/test_slurm.py runs the whole scripts on a real cluster)."""
+repository (tests/cluster/test_slurm.py runs the whole scripts on a real cluster)."""
 
 from __future__ import annotations
 

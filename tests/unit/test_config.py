@@ -94,7 +94,7 @@ def test_cli_misspelled_key_names_it():
 def test_bmca_clip_recipe_keeps_the_8192_contrastive_batch_on_1_4_and_8_gpus():
     for experiment, gpus in (("bmca_clip_1gpu", 1), ("bmca_clip", 4), ("bmca_clip_8gpu", 8)):
         cfg = to_object(compose_config("pretrain", [f"experiment={experiment}"]), PretrainConfig)
-        # accum_freq is derived from train.global_batch and the world size (tests/test_global_batch.py)
+        # accum_freq is derived from train.global_batch and the world size (tests/unit/test_global_batch.py)
         assert cfg.train.batch_size * cfg.train.accumulation(gpus) * gpus == 8192, experiment
         assert cfg.model.name == "ViT-L-14" and cfg.model.pretrained == "commonpool_xl_clip_s13b_b90k"
         assert (cfg.optim.lr, cfg.optim.beta2, cfg.optim.warmup_steps) == (1e-6, 0.95, 1000)

@@ -1,5 +1,5 @@
 """Every rank's RNG state is saved, and each rank resumes with its own (one process plays both ranks of a
-2-rank run through a fake all_gather_object; tests/test_distributed.py covers the real collective)."""
+2-rank run through a fake all_gather_object; tests/integration/test_distributed.py covers the real collective)."""
 
 from __future__ import annotations
 

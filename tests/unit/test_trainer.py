@@ -46,7 +46,7 @@ def test_feature_cache_accumulation_equals_one_big_batch(tmp_path):
     loss_big = big.train_step([batch])["loss"]
     loss_acc = accum.train_step(_split(batch, 4))["loss"]
     assert loss_acc.item() == pytest.approx(loss_big.item(), rel=1e-5)
-    # Tolerances scale with the largest gradient / weight of the model (tests/numeric.py).
+    # Tolerances scale with the largest gradient / weight of the model (tests/helpers/numeric.py).
     grad_scale = max_abs(p.grad for p in big.model.parameters())
     weight_scale = max_abs(big.model.parameters())
     for (name, p_big), (_, p_acc) in zip(

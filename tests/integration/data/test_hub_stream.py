@@ -1,4 +1,4 @@
-"""Streaming from the hub, against a local server that speaks its HTTP API (tests/hub_server.py).
+"""Streaming from the hub, against a local server that speaks its HTTP API (tests/helpers/hub/).
 
 Discovery and its fallbacks, the token's path (sent to the hub, never logged or saved), every fault kind
 survived with the right counters, equal batches per rank with scarce shards, and train.py end to end.

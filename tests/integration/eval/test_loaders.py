@@ -1,5 +1,5 @@
 """Hub loaders, label encodings and the multiple_choice / multilabel types on stand-in repos served by
-FakeHub (tests/hub_server.py), written by eval_fixtures.make_hub_repos in the layouts the real ones use."""
+FakeHub (tests/helpers/hub/), written by eval_fixtures.make_hub_repos in the layouts the real ones use."""
 
 from __future__ import annotations
 
