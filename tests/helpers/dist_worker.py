@@ -1,5 +1,6 @@
-"""Run by tests/integration/test_distributed.py under `torchrun --nproc_per_node=2`: one DDP train step on this rank's
-half of a fixed global batch; rank 0 writes what the test compares with a single-process big batch."""
+"""Run by tests/integration/test_distributed.py under `torchrun --nproc_per_node=2`: one DDP train step on
+this rank's half of a fixed global batch; rank 0 writes what the test compares with a single-process big
+batch."""
 
 import sys
 from pathlib import Path
