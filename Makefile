@@ -32,9 +32,11 @@ test: install
 BOUNDS := .venv-bounds
 FLOORS := webdataset==0.2.86 open_clip_torch==3.1.0 huggingface_hub==1.23.0 pyarrow==21.0.0 \
 	hydra-core==1.3.2 omegaconf==2.3.0 accelerate==0.33.0 datasets==5.0.0
-BOUNDS_TESTS := tests/test_pipeline.py tests/test_data_faults.py tests/test_hub_stream.py tests/test_hub_server.py \
-	tests/test_mixing.py tests/test_model.py tests/test_export.py tests/test_start_weights.py \
-	tests/test_eval_loaders.py tests/test_config.py tests/test_trainer.py
+BOUNDS_TESTS := tests/unit/data/test_pipeline.py tests/unit/data/test_faults.py \
+	tests/unit/data/test_mixing.py tests/unit/test_model.py tests/unit/test_export.py \
+	tests/unit/test_start_weights.py tests/unit/test_config.py tests/unit/test_trainer.py \
+	tests/integration/data/test_hub_stream.py tests/integration/test_fake_hub.py \
+	tests/integration/eval/test_loaders.py
 test-bounds: install
 	rm -rf $(BOUNDS)
 	$(PY) -m pip install --quiet --no-deps --target $(BOUNDS) $(FLOORS)

@@ -1,0 +1,341 @@
+"""Every shell command in README.md and slurm/README.md, run as printed, so the README cannot drift.
+
+Commands come from the ```bash blocks (backslash continuations joined, comments dropped). A line indented
+under a comment such as "same command plus" (`    resume=latest`) is a documented variant: it is the
+previous command with those arguments appended. COVERAGE says how each command is checked, keyed by its
+exact text; a command with no entry fails ("README command not covered: ..."), and so does an entry whose
+command left the README. Adding a command is one line there:
+
+    Compose()  needs GPUs, torchrun on 8 GPUs, sbatch, the hub or ViT-L-14 weights: `python <entry point>
+               <the same overrides> --cfg job` (the overrides after train.py / eval.py / the .sbatch script)
+               must exit 0: Hydra composes and types the config exactly as the real run would;
+    Run(...)   runs for real through bash, with tiny settings substituted (a model, a path), in a
+               workspace folder: data/synthetic (a small synthetic corpus), runs/demo (a tiny trained run,
+               also reachable as runs/bmca_clip), and symlinks to train.py, eval.py and conf/;
+    Shell()    runs as printed (e.g. an `export`);
+    Exclude(reason)  not run, with the reason.
+
+Each command runs in a fresh interpreter through bash, so the shell's own quoting is part of the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bmca_clip.config import PretrainConfig, to_object
+from tests.helpers.config import REPO, compose_config, tiny_train_overrides
+
+READMES = ("README.md", "slurm/README.md")
+LAUNCHERS = ("torchrun", "sbatch")  # composed as the entry point they start:
+SCRIPTS = {"train.py": "train.py", "eval.py": "eval.py", "slurm/train.sbatch": "train.py"}
+SCRIPTS["slurm/eval_array.sbatch"] = "eval.py"
+TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Compose:
+    """Compose the command's config with Hydra (`--cfg job`) instead of running it."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run for real in the workspace: `replace` substitutes tiny settings; `needs` names workspace steps
+    that must have run first ("eval": the README's demo eval, or a README command); `creates`: files the command must write."""
+
+    replace: dict[str, str] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+    creates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Shell:
+    """Run as printed."""
+
+
+@dataclass(frozen=True)
+class Exclude:
+    reason: str
+
+
+DEMO_EVAL = "python eval.py suite=demo model=bmca-small checkpoint=runs/demo"
+TINY_EVAL = {"model=bmca-small": "model=bmca-tiny"}  # runs/demo here is a bmca-tiny run
+STEP_CKPTS = {"step_00026367.pt": "step_00000006.pt"}
+
+PIP = "installs into the environment running the tests; tests/integration/test_packaging.py builds the wheel and installs it into a fresh venv"
+MY_EXPERIMENT = r"""printf '# @package _global_\ndefaults:\n - override /data: synthetic\nname: mine\ntrain: {steps: 20, batch_size: 32, device: cpu}\n' > my_conf/experiment/mine.yaml"""
+
+COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
+    # README.md: Two commands
+    "make demo": Exclude("installs .venv and trains 300 steps (minutes); its eval command runs below, tiny"),
+    "make test": Exclude("it is this test suite"),
+    # Install as a library
+    "pip install .": Exclude(PIP),
+    "pip install '.[slurm,wandb,tensorboard]'": Exclude(PIP),
+    "bmca-synthetic --out data/synthetic": Run(
+        {"--out data/synthetic": "--out data/synthetic-cli --train-samples 64 --eval-samples 16"},
+        creates=("data/synthetic-cli/train/commercial/000000.tar",),
+    ),
+    "bmca-train experiment=demo": Compose(),
+    "bmca-eval suite=demo model=bmca-small checkpoint=runs/demo": Run(TINY_EVAL, creates=("runs/eval/demo/summary.md",)),
+    "bmca-merge runs/eval/demo": Run(needs=("eval",), creates=("runs/eval/demo/summary.csv",)),
+    "bmca-wise-ft base=runs/demo/checkpoints/step_00000200.pt tuned=runs/demo/checkpoints/step_00000300.pt alpha=0.5 out=runs/demo/wise_0.5.pt model=bmca-small any_base=true": Run(
+        {"step_00000200.pt": "step_00000003.pt", "step_00000300.pt": "step_00000006.pt", **TINY_EVAL},
+        creates=("runs/demo/wise_0.5.pt",),
+    ),
+    "bmca-export checkpoint=runs/demo out=exported/ results=runs/eval/demo": Run(
+        {"out=exported/": "out=exported-cli/"}, needs=("eval",), creates=("exported-cli/open_clip_model.safetensors",)
+    ),
+    "mkdir -p my_conf/experiment": Shell(),
+    MY_EXPERIMENT: Shell(),
+    'bmca-train "hydra.searchpath=[file://$PWD/my_conf]" experiment=mine': Run(
+        needs=("mkdir -p my_conf/experiment", MY_EXPERIMENT), creates=("runs/mine/config.yaml",)
+    ),
+    # Real use
+    "export HF_TOKEN=hf_...": Shell(),
+    "torchrun --nproc_per_node=8 train.py model=ViT-L-14 model.pretrained=commonpool_xl_clip_s13b_b90k data=biomedica_concept_filtered train.batch_size=1024 train.precision=amp_bf16 optim.lr=1e-6": Compose(),
+    "python train.py data=local data.train_shards='/data/shards/{000000..000099}.tar'": Compose(),
+    "python train.py data=local data.train_shards='/data/shards/{000000..000099}.tar' resume=latest": Compose(),
+    DEMO_EVAL: Run(TINY_EVAL, creates=("runs/eval/demo/summary.md",)),
+    # Multi-GPU training and the BMCA-CLIP recipe
+    "torchrun --nproc_per_node=4 train.py experiment=bmca_clip": Compose(),
+    "python train.py experiment=bmca_clip_1gpu": Compose(),
+    "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HEAD:29500 train.py experiment=bmca_clip": Compose(),
+    # Slurm (README.md and slurm/README.md)
+    "sbatch slurm/train.sbatch experiment=bmca_clip model=ViT-L-14": Compose(),
+    "sbatch slurm/eval_array.sbatch suite=all model=ViT-L-14 checkpoint=runs/bmca_clip": Compose(),
+    "python train.py -m optim.lr=1e-6,5e-6 hydra/launcher=slurm": Compose(),
+    "sbatch --nodes=4 slurm/train.sbatch experiment=bmca_clip train.batch_size=256 name=vitl-4nodes": Compose(),
+    # WiSE-FT and export: the tiny run stands in for runs/bmca_clip; its first checkpoint for the base tag
+    "python -m bmca_clip.wise_ft base=commonpool_xl_clip_s13b_b90k tuned=runs/bmca_clip/checkpoints/step_00026367.pt alpha=0.5 out=runs/bmca_clip/wise_0.5.pt": Run(
+        {"base=commonpool_xl_clip_s13b_b90k": "base=runs/bmca_clip/checkpoints/step_00000003.pt any_base=true", **STEP_CKPTS},
+        creates=("runs/bmca_clip/wise_0.5.pt",),
+    ),
+    "python eval.py suite=demo model=ViT-L-14 model.pretrained=commonpool_xl_clip_s13b_b90k checkpoint=runs/bmca_clip 'model.wise_ft_alpha=[0.25,0.5,0.75,1.0]'": Compose(),
+    "python -m bmca_clip.export checkpoint=runs/bmca_clip out=exported/ results=runs/eval/demo [push_to_hub=org/name]": Run(
+        {" [push_to_hub=org/name]": ""}, needs=("eval",), creates=("exported/open_clip_model.safetensors",)
+    ),
+    # Zero-shot evaluation: the 40-task benchmark
+    "python eval.py suite=dermatology model=ViT-L-14 checkpoint=runs/bmca_clip": Compose(),
+    "python eval.py suite=all model=ViT-L-14 model.pretrained=commonpool_xl_clip_s13b_b90k 'checkpoint=[null,runs/bmca_clip]'": Compose(),
+    "python eval.py suite=all shard=2/4 ...": Compose(),
+    "python -m bmca_clip.eval.merge runs/eval/all": Run({"runs/eval/all": "runs/eval/demo"}, needs=("eval",)),
+}  # fmt: skip
+
+
+def readme_commands(text: str) -> list[str]:
+    """The commands of a README's ```bash blocks, one string each, whitespace normalised."""
+    commands: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        pending, last_was_comment = "", False
+        for raw in block.splitlines():
+            line = _strip_comment(raw)
+            if not line.strip():
+                last_was_comment = last_was_comment or raw.strip().startswith("#")
+                continue
+            if pending:
+                pending += " " + line.strip()
+            elif raw[:1].isspace() and commands and last_was_comment:
+                # "same command plus" under a comment: a documented variant of the command above it
+                commands.append(f"{commands[-1]} {line.strip()}")
+                last_was_comment = False
+                continue
+            else:
+                pending = line.strip()
+            if pending.endswith("\\"):
+                pending = pending[:-1].rstrip()
+                continue
+            commands.append(" ".join(pending.split()))
+            pending, last_was_comment = "", False
+    return commands
+
+
+def _strip_comment(line: str) -> str:
+    """line without a trailing `# comment` (a # outside quotes, at the start or after a space)."""
+    quote = ""
+    for i, char in enumerate(line):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip()
+    return line.rstrip()
+
+
+def all_commands() -> list[tuple[str, str]]:
+    """(README names, command) for each distinct command: one printed in both READMEs runs once."""
+    found: dict[str, list[str]] = {}
+    for name in READMES:
+        for cmd in readme_commands((REPO / name).read_text()):
+            found.setdefault(cmd, []).append(name)
+    return [(" and ".join(dict.fromkeys(names)), cmd) for cmd, names in found.items()]
+
+
+COMMANDS = all_commands()
+
+
+def compose_line(command: str) -> str:
+    """The command's entry point with its overrides and `--cfg job`, the overrides quoted as the README
+    quotes them: `python train.py ...` and console scripts as printed; torchrun and sbatch lines as
+    `python train.py` / `python eval.py` with the overrides after the script. A sweep (-m a=x,y) composes
+    its first value; `...` ("and the rest as above") is dropped."""
+    words = command.split()
+    if words[0] in LAUNCHERS:
+        script = next((w for w in words if w in SCRIPTS), None)
+        assert script, f"README command {command!r}: no train.py, eval.py or .sbatch script to compose"
+        program, rest = f"python {SCRIPTS[script]}", words[words.index(script) + 1 :]
+    else:
+        n = 2 if words[0] == "python" and words[1] != "-m" else 3 if words[0] == "python" else 1
+        program, rest = " ".join(words[:n]), words[n:]
+    if "-m" in rest:
+        rest = [_first_sweep_value(arg) for arg in rest if arg != "-m"]
+    rest = [arg for arg in rest if arg != "..."]
+    return " ".join([program, *rest, "--cfg", "job"])
+
+
+def _first_sweep_value(arg: str) -> str:
+    key, sep, value = arg.partition("=")
+    if not sep or value[:1] in "[{'\"":
+        return arg
+    return f"{key}={value.split(',')[0]}"
+
+
+class Workspace:
+    """A folder laid out like the repository in use: train.py, eval.py and conf/ (symlinks), the
+    synthetic corpus in data/synthetic, a tiny trained run in runs/demo (= runs/bmca_clip)."""
+
+    def __init__(self, root: Path, corpus: Path):
+        self.root = root
+        for name in ("train.py", "eval.py", "conf"):
+            (root / name).symlink_to(REPO / name)
+        (root / "data").mkdir()
+        (root / "data" / "synthetic").symlink_to(corpus)
+        (root / "home").mkdir()
+        bin_dir = root / "bin"
+        bin_dir.mkdir()
+        # a wrapper, not a symlink: a symlinked venv python would not find its pyvenv.cfg
+        (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        (bin_dir / "python").chmod(0o755)
+        self.env = {
+            **os.environ,
+            # python -> this interpreter; console scripts (bmca-*) from its environment
+            "PATH": os.pathsep.join(
+                [str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+            ),
+            "PYTHONPATH": str(REPO),
+            "HOME": str(root / "home"),  # caches (eval embeddings, hub) stay in the workspace
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+        self.done: set[str] = set()
+
+    def train_tiny_run(self) -> None:
+        from bmca_clip.train.run import run
+
+        out = self.root / "runs" / "demo"
+        cfg = compose_config("pretrain", tiny_train_overrides(self.root / "data" / "synthetic", out))
+        run(to_object(cfg, PretrainConfig))
+        (self.root / "runs" / "bmca_clip").symlink_to(out)
+
+    def bash(self, line: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "-c", line],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+
+    def need(self, step: str) -> None:
+        if step in self.done:
+            return
+        # "eval": the README's demo eval, tiny; any other step is a README command run as printed
+        result = self.bash(substitute(DEMO_EVAL, TINY_EVAL) if step == "eval" else step)
+        assert result.returncode == 0, result.stderr[-3000:]
+        self.done.add(step)
+
+
+def substitute(command: str, replace: dict[str, str]) -> str:
+    for old, new in replace.items():
+        assert old in command, f"Run.replace: {old!r} is not in {command!r}"
+        command = command.replace(old, new)
+    return command
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, corpus):
+    ws = Workspace(tmp_path_factory.mktemp("readme"), corpus)
+    ws.train_tiny_run()
+    return ws
+
+
+def test_every_readme_command_is_covered_and_every_entry_is_in_a_readme():
+    texts = {cmd for _, cmd in COMMANDS}
+    missing = [f"README command not covered: {cmd} ({name})" for name, cmd in COMMANDS if cmd not in COVERAGE]
+    stale = [f"COVERAGE entry no README holds any more: {cmd}" for cmd in COVERAGE if cmd not in texts]
+    assert not missing + stale, "\n".join(missing + stale)
+
+
+@pytest.mark.parametrize(
+    "readme, command", COMMANDS, ids=[f"{i:02d}-{c[:50]}" for i, (_, c) in enumerate(COMMANDS)]
+)
+def test_readme_command(readme, command, workspace):
+    plan = COVERAGE.get(command)
+    assert plan is not None, f"README command not covered: {command} ({readme})"
+    if isinstance(plan, Exclude):
+        pytest.skip(f"not run: {plan.reason}")
+    if isinstance(plan, Compose):
+        line = compose_line(command)
+    elif isinstance(plan, Run):
+        for step in plan.needs:
+            workspace.need(step)
+        line = substitute(command, plan.replace)
+    else:
+        line = command
+    result = workspace.bash(line)
+    assert result.returncode == 0, f"{line}\nexit {result.returncode}\n{result.stderr[-3000:]}"
+    for path in getattr(plan, "creates", ()):
+        assert (workspace.root / path).is_file(), f"{line} did not write {path}"
+    if command == DEMO_EVAL:
+        workspace.done.add("eval")
+
+
+def test_config_table_names_only_groups_and_options_that_exist():
+    """README's configuration table: each group is a folder of conf/ holding each option it lists;
+    a `name.*` row is a key of the schema that has no group."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Configuration", 1)[1].split("\n\n| group |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines()[2:]]
+    assert rows, "no configuration table in README.md"
+    for group_cell, options_cell in rows:
+        group = re.findall(r"`([^`]+)`", group_cell)[0]
+        if group.endswith(".*"):
+            key = group[:-2]
+            assert key in PretrainConfig.__dataclass_fields__, group
+            assert not (REPO / "conf" / key).is_dir(), f"{group}: conf/{key}/ exists, so it is a group"
+            continue
+        assert (REPO / "conf" / group).is_dir(), f"README lists the group {group}: there is no conf/{group}/"
+        for option in re.findall(r"`([^`/]+)`", options_cell):
+            assert (REPO / "conf" / group / f"{option}.yaml").is_file(), f"{group}={option}: no such option"
+
+
+def test_extraction_joins_continuations_drops_comments_and_reads_variants():
+    text = (
+        "```bash\n# a comment\nexport A=1   # why\npython train.py a=1 \\\n    'b=[x, y]'  # note\n\n"
+        "# Resume: same command plus\n    resume=latest\n```\n```python\nimport x\n```\n"
+    )
+    assert readme_commands(text) == [
+        "export A=1",
+        "python train.py a=1 'b=[x, y]'",
+        "python train.py a=1 'b=[x, y]' resume=latest",
+    ]
+    assert compose_line("sbatch --nodes=4 slurm/train.sbatch -m a=1,2 ...") == "python train.py a=1 --cfg job"
