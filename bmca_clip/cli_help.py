@@ -3,7 +3,7 @@
 Each key is listed with the value this command line composes (so `experiment=demo --help` shows the
 demo's values) and its one-line description: the comment on its dataclass field in bmca_clip/config/
 (and data/filters.py), read from the source with ast and tokenize when --help runs, so the help cannot
-drift from the schema. A field without a comment is a bug (tests/test_cli_help.py).
+drift from the schema. A field without a comment is a bug (tests/unit/test_cli_help.py).
 
 Hydra prints this text as its `hydra.help.template`, which conf/pretrain.yaml and conf/evaluate.yaml set
 to `${bmca_help:<schema>}`, this module's resolver (registered by config.register_configs). Why a template

@@ -74,7 +74,7 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
 
     accelerate's PartialState reads the launcher's environment, picks the backend (NCCL on GPUs, gloo on
     CPUs) and the device. Without CUDA it must be told cpu=True: otherwise each process silently runs
-    alone (tests/test_distributed.py proves the processes form one group).
+    alone (tests/integration/test_distributed.py proves the processes form one group).
     """
     os.environ.update(torch_env_from_slurm())
     use_cpu = device_preference == "cpu" or not torch.cuda.is_available()

@@ -8,7 +8,7 @@ against the old class still catches it. The old modules re-export their names (e
 
 This is a leaf: it imports nothing from bmca_clip at module level, so any module can import it without
 forming a cycle. Errors that never reach a user (a sample skipped while decoding, a metric undefined for
-one resample) stay private to their modules; tests/test_errors.py lists them.
+one resample) stay private to their modules; tests/unit/test_errors.py lists them.
 """
 
 from __future__ import annotations

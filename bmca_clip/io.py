@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 # --- atomic writes -------------------------------------------------------------------------------------
 
@@ -61,6 +64,18 @@ def atomic_write(path: str | Path, data: bytes | str, *, fsync: bool = False) ->
 
 
 # --- hashing ------------------------------------------------------------------------------------------
+
+
+def unlink_symlink(path: Path) -> None:
+    """Turn a symlink at `path` into a regular file holding a copy of its target (so an appended history
+    goes on), leaving the target untouched: it belongs to whatever the link pointed at."""
+    path = Path(path)
+    if path.is_symlink():
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        log.warning(
+            "%s is a symlink to %s: replaced by a copy, the target is left as it is", path, path.resolve()
+        )
+        atomic_write(path, text)
 
 
 def canonical_json(value: Any) -> bytes:

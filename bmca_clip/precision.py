@@ -6,7 +6,7 @@ step moves a weight by at most about lr (m/sqrt(v) is ~1 at most), so a weight w
 lr < half the gap below |w|: 2^(e-9) for |w| = m * 2^e with 0.5 < m < 1, and half that at exact powers
 of two (LayerNorm gains start at 1.0). That is |w| * 2^-9 at a power of two and up to twice it elsewhere.
 
-Measured on bmca-tiny at lr 1e-6 (tests/test_precision.py): the share below is 98% of the weights, and 5
+Measured on bmca-tiny at lr 1e-6 (tests/unit/test_precision.py): the share below is 98% of the weights, and 5
 pure_bf16 steps change about 1% of the weights that fp32 changes. The share is a lower bound: Adam's step
 is often well below lr (eps, noisy gradients), so even more weights stay put; at lr 1e-4 it says 15% where
 5 steps leave ~69% of the weights that have a gradient unchanged. amp_bf16 (bf16 compute, fp32 weights) has no such floor, and is the fix.

@@ -14,8 +14,8 @@ from tqdm import tqdm
 from bmca_clip.cadence import every
 from bmca_clip.config import TENSORBOARD_MISSING, ConfigError, LoggerConfig
 from bmca_clip.extras import require
+from bmca_clip.io import atomic_write, unlink_symlink
 from bmca_clip.redact import redact_config, redact_url
-from bmca_clip.train.rundir import atomic_write_text, unlink_symlink
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _start_wandb(cfg: LoggerConfig, out_dir: Path, run_name: str, config: dict):
     # The run id is stored beside the run, so a restarted job continues the same wandb run.
     id_file = Path(out_dir) / "wandb_run_id.txt"
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
-    atomic_write_text(id_file, run_id)
+    atomic_write(id_file, run_id)
     with _redacted_argv():  # wandb projects are often shared: never credentials in shard URLs
         return wandb.init(
             project=cfg.wandb.project,

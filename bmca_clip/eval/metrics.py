@@ -5,7 +5,7 @@ Every metric follows weighted.py's convention: without weights it is the plain m
 resample, which is how the bootstrap scores its resamples. `compute_classification_metrics` turns an
 undefined metric into a value of None plus a note, so a result never holds NaN. Each metric equals
 scikit-learn's, with and without sample_weight, tied scores and classes missing from the labels
-included (tests/test_eval_sklearn.py, tests/test_eval_weighted_metrics.py; the decisions are in each
+included (tests/unit/eval/test_sklearn.py, tests/unit/eval/test_weighted.py; the decisions are in each
 docstring). Values are fractions in [0, 1]; report tables convert them to percent.
 
 Confidence intervals (bootstrap.py): `bootstrap_ci` and `compute_classification_metrics` give a seeded
@@ -237,7 +237,7 @@ def _categories(names: Sequence[str], logits: Tensor, labels: Tensor) -> tuple[T
     """(a representative item of each category, each item's category) for the named classification
     metrics: items with the same label, prediction, top-k hits and AUROC score, which every metric
     weighs alike, so the metric of the items under any weights is that of the representatives under
-    the weights summed per category (tests/test_eval_weighted_metrics.py)."""
+    the weights summed per category (tests/unit/eval/test_weighted.py)."""
     keys = [labels, logits.argmax(dim=1)]
     keys += [top_k_hits(logits, labels, k) for k in map(top_k_of, names) if k]
     if "auroc" in names:

@@ -3,7 +3,7 @@
 Each task gets one INFO line when its data is loaded ("task 2 of 40: pcam, 32768 images"), which is what
 a Slurm log keeps. On a terminal, the task's image batches also drive a tqdm bar on stderr; a bar is
 drawn only when stderr is a TTY (and `progress_bar` is on), because a bar redrawn in a log file is one
-line per refresh. The harness hands its evaluators a `ProgressLoader`, so no evaluator knows about bars,
+line per refresh. The harness hands each task type's scorer a `ProgressLoader`, so no scorer knows about bars,
 and a cached task (no batch runs) draws none.
 """
 

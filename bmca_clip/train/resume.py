@@ -30,8 +30,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from bmca_clip.config import ConfigError, PretrainConfig
+from bmca_clip.io import atomic_write
 from bmca_clip.redact import redact_config
-from bmca_clip.train.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -204,5 +204,5 @@ def config_history(state: dict | None, config: dict, plan: ResumePlan, world: in
 def write_config_files(out_dir: Path, config: dict, history: list[dict]) -> None:
     """output_dir/config.yaml: the config in force now; config_history.yaml: one entry per (re)start."""
     # Whole files, replacing a symlink rather than writing through it into another run's folder.
-    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
-    atomic_write_text(out_dir / "config_history.yaml", OmegaConf.to_yaml(history))
+    atomic_write(out_dir / "config.yaml", OmegaConf.to_yaml(config))
+    atomic_write(out_dir / "config_history.yaml", OmegaConf.to_yaml(history))

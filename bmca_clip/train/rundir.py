@@ -29,29 +29,10 @@ import torch.distributed as torch_dist
 
 from bmca_clip.config import ConfigError
 from bmca_clip.dist import DistInfo
-from bmca_clip.io import atomic_write
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `path` whole, through a temporary file in the same folder and os.replace: a reader never sees
-    half a file, and a symlink at `path` is replaced by the file instead of having its target written."""
-    atomic_write(path, text)
-
-
-def unlink_symlink(path: Path) -> None:
-    """Turn a symlink at `path` into a regular file holding a copy of its target (so an appended history
-    goes on), leaving the target untouched: it belongs to whatever the link pointed at."""
-    path = Path(path)
-    if path.is_symlink():
-        text = path.read_text(encoding="utf-8") if path.exists() else ""
-        log.warning(
-            "%s is a symlink to %s: replaced by a copy, the target is left as it is", path, path.resolve()
-        )
-        atomic_write_text(path, text)
 
 
 def _proc_start(pid: int) -> str | None:

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from bmca_clip.checkpoint import list_checkpoints, remove_stale_tmp, resolve_resume
 from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.errors import DataError
+from bmca_clip.io import atomic_write
 from bmca_clip.redact import redact_config
 from bmca_clip.train.preemption import slurm_restart
 from bmca_clip.train.resume import (
@@ -23,7 +24,6 @@ from bmca_clip.train.resume import (
     resumed_schedule,
     write_config_files,
 )
-from bmca_clip.train.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -93,5 +93,5 @@ def decide_start(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> Star
         write_config_files(out_dir, resolved, history)
         for name, text in hydra_files.items():
             (out_dir / ".hydra").mkdir(exist_ok=True)
-            atomic_write_text(out_dir / ".hydra" / name, text)
+            atomic_write(out_dir / ".hydra" / name, text)
     return Start(path, state, plan, schedule, history, resolved)

@@ -14,7 +14,6 @@ import torch
 from bmca_clip import io as bio
 from bmca_clip.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
 from bmca_clip.config import PRECISIONS, EvaluateConfig
-from bmca_clip.train.rundir import atomic_write_text
 from bmca_clip.wise_ft import read_bmca_checkpoint
 
 
@@ -27,7 +26,7 @@ def test_atomic_write_replaces_the_whole_file(tmp_path):
     bio.atomic_write(path, "old\n")
     bio.atomic_write(path, b"new bytes")
     assert path.read_bytes() == b"new bytes"
-    atomic_write_text(path, "text ü\n")
+    bio.atomic_write(path, "text ü\n")
     assert path.read_text(encoding="utf-8") == "text ü\n"
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 

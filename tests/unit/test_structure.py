@@ -141,3 +141,50 @@ def test_no_long_module_no_long_function_and_no_import_cycle_in_the_package():
 def test_the_test_helpers_keep_the_same_module_ceiling():
     offenders = long_modules(REPO / "tests" / "helpers")
     assert not offenders, "split these test helpers:\n" + "\n".join(offenders)
+
+
+# docs/architecture.md's layers, top (0) to bottom: a module imports its own layer or those above it.
+LAYERS = {
+    "leaf": ["", "errors", "io", "paths", "cadence", "signals", "redact"],
+    "config": ["config", "cli", "cli_args", "cli_help", "extras"],
+    "data": ["data"],
+    "model": [
+        "model",
+        "model_configs",
+        "loss",
+        "optim",
+        "precision",
+        "checkpoint",
+        "dist",
+        "tracking",
+        "wise_ft",
+    ],
+    "evaluation": ["eval"],
+    "training": ["train"],
+    "entry points": ["scripts", "export", "model_card"],
+}
+# The schemas of a few groups live beside the code that reads them (documented in docs/architecture.md).
+UPWARD_ALLOWED = {
+    ("bmca_clip.config.data", "bmca_clip.data.filters"),
+    ("bmca_clip.config.data", "bmca_clip.data.mixing"),
+    ("bmca_clip.config.evaluate", "bmca_clip.eval.shard"),
+}
+
+
+def _layer(module: str) -> tuple[int, str]:
+    top = module.split(".")[1] if "." in module else ""
+    for rank, (layer, tops) in enumerate(LAYERS.items()):
+        if top in tops:
+            return rank, layer
+    raise AssertionError(f"{module}: in no layer of LAYERS (tests/unit/test_structure.py); add it")
+
+
+def test_each_module_imports_only_its_own_layer_or_those_above():
+    graph = import_graph(REPO / "bmca_clip")
+    wrong = [
+        f"{a} ({_layer(a)[1]}) imports {b} ({_layer(b)[1]})"
+        for a, targets in sorted(graph.items())
+        for b in sorted(targets)
+        if _layer(b)[0] > _layer(a)[0] and (a, b) not in UPWARD_ALLOWED
+    ]
+    assert not wrong, "imports against docs/architecture.md's layers:\n" + "\n".join(wrong)
