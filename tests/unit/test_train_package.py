@@ -4,7 +4,6 @@ importing a leaf of the package does not load the run, and each module stays sma
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -40,25 +39,3 @@ def test_a_leaf_of_the_training_package_does_not_load_the_run(leaf):
     preemption handler can be imported without the Trainer, the model or the data pipeline."""
     loaded = _loaded_after(leaf, "bmca_clip.")
     assert not {"bmca_clip.train.run", "bmca_clip.train.trainer", "bmca_clip.model"} & set(loaded)
-
-
-def test_every_training_module_is_under_320_lines_and_every_function_under_60():
-    too_long = []
-    for path in sorted(TRAIN.glob("*.py")):
-        text = path.read_text()
-        if len(text.splitlines()) > 320:
-            too_long.append(f"{path.name}: {len(text.splitlines())} lines")
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                length = node.end_lineno - node.lineno + 1
-                if length > 60:
-                    too_long.append(f"{path.name}:{node.lineno} {node.name}: {length} lines")
-    assert not too_long
-    assert {p.stem for p in TRAIN.glob("*.py")} >= {
-        "run",
-        "trainer",
-        "step",
-        "evaluation",
-        "preemption",
-        "resume",
-    }

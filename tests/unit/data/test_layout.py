@@ -1,6 +1,6 @@
 """The data package in layers (issue 13: "data/: sources, stream, loader and http apart"): each module
 imports only data modules of a lower layer, so HTTP knows nothing of listing, listing nothing of streams,
-a stream nothing of torch's DataLoader; and every data module stays small."""
+a stream nothing of torch's DataLoader. Sizes and cycles: tests/unit/test_structure.py."""
 
 from __future__ import annotations
 
@@ -71,17 +71,3 @@ def test_only_the_loader_uses_torchs_dataloader_and_only_hub_lists_the_hub():
         text = path.read_text()
         assert ("torch.utils.data" in text) == (name == "loader"), name
         assert ("HfApi" in text) == (name == "hub"), name
-
-
-def test_data_modules_and_functions_stay_small():
-    too_long = []
-    for name, path in _modules().items():
-        tree = ast.parse(path.read_text())
-        lines = len(path.read_text().splitlines())
-        if lines > 320:
-            too_long.append(f"{name}.py: {lines} lines")
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                if node.end_lineno - node.lineno + 1 > 60:
-                    too_long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
-    assert too_long == []

@@ -1,5 +1,6 @@
-"""The shape of bmca_clip/eval (issue 13): no import cycle, function-level imports included; loaders that
-import only the task spec and the errors; scorers that never see the embedding cache; small modules."""
+"""The shape of bmca_clip/eval (issue 13): loaders that import only the task spec and the errors, scorers
+that never see the embedding cache. The package-wide rules (no cycle, module and function sizes) are in
+tests/unit/test_structure.py."""
 
 from __future__ import annotations
 
@@ -44,24 +45,6 @@ def _imports(path: Path) -> set[str]:
 GRAPH = {name: _imports(path) & set(MODULES) - {name} for name, path in MODULES.items()}
 
 
-def _cycle_from(start: str) -> list[str] | None:
-    stack, seen = [(start, [start])], set()
-    while stack:
-        node, trail = stack.pop()
-        for nxt in GRAPH[node]:
-            if nxt == start:
-                return [*trail, start]
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append((nxt, [*trail, nxt]))
-    return None
-
-
-def test_no_import_cycle_in_eval_counting_function_level_imports():
-    cycles = [cycle for name in GRAPH if (cycle := _cycle_from(name))]
-    assert cycles == [], f"import cycles: {cycles[:3]}"
-
-
 @pytest.mark.parametrize("name", [n for n in MODULES if n.startswith("bmca_clip.eval.loaders")])
 def test_loaders_import_only_the_spec_the_errors_and_each_other(name):
     allowed = {"bmca_clip.errors", "bmca_clip.eval.spec"}
@@ -78,13 +61,3 @@ def test_task_types_score_through_the_encoder_interface_and_never_see_the_cache(
     assert not [
         word for word in ("Cach", "import open_clip", "encode_image", "encode_text") if word in source
     ]
-
-
-@pytest.mark.parametrize("name", list(MODULES))
-def test_eval_modules_and_functions_stay_small(name):
-    text = MODULES[name].read_text()
-    assert len(text.splitlines()) <= 320, f"{name}: {len(text.splitlines())} lines"
-    for node in ast.walk(ast.parse(text)):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            length = node.end_lineno - node.lineno + 1
-            assert length <= 60, f"{name}.{node.name}: {length} lines"
