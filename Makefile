@@ -35,8 +35,9 @@ FLOORS := webdataset==0.2.86 open_clip_torch==3.1.0 huggingface_hub==1.23.0 pyar
 BOUNDS_TESTS := tests/unit/data/test_pipeline.py tests/unit/data/test_faults.py \
 	tests/unit/data/test_mixing.py tests/unit/test_model.py tests/unit/test_export.py \
 	tests/unit/test_start_weights.py tests/unit/test_config.py tests/unit/test_trainer.py \
-	tests/integration/data/test_hub_stream.py tests/integration/test_fake_hub.py \
-	tests/integration/eval/test_loaders.py
+	tests/integration/data/test_hub_stream.py tests/integration/data/test_hub_commits.py \
+	tests/integration/fake_hub tests/integration/eval/test_loader_*.py \
+	tests/integration/eval/test_shipped_tasks.py tests/unit/eval/test_items.py tests/unit/eval/test_type_scores.py
 test-bounds: install
 	rm -rf $(BOUNDS)
 	$(PY) -m pip install --quiet --no-deps --target $(BOUNDS) $(FLOORS)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.helpers.eval_fixtures import COLOR_NAMES, COLORS
 
-# Stand-in hub repos, in the layouts the hub loaders read (tests/integration/eval/test_loaders.py serves them).
+# Stand-in hub repos, in the layouts the hub loaders read (served by tests/integration/eval/test_loader_*.py).
 SKIN_TEST = [0, 1, 2, 3, 0, 1, 2, 3]  # class index of each test row of org/skin
 SKIN_DX = ["Red_Square", "green-square", "BLUE  square", "yellow_square"]  # string labels, by class
 UBENCH_ROWS = [  # dataset, stain, label_name, modality answer, stain question present

@@ -21,7 +21,6 @@ Each command runs in a fresh interpreter through bash, so the shell's own quotin
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -32,11 +31,8 @@ import pytest
 
 from bmca_clip.config import PretrainConfig, to_object
 from tests.helpers.config import REPO, compose_config, tiny_train_overrides
+from tests.helpers.readme import all_commands, compose_line
 
-READMES = ("README.md", "slurm/README.md")
-LAUNCHERS = ("torchrun", "sbatch")  # composed as the entry point they start:
-SCRIPTS = {"train.py": "train.py", "eval.py": "eval.py", "slurm/train.sbatch": "train.py"}
-SCRIPTS["slurm/eval_array.sbatch"] = "eval.py"
 TIMEOUT_S = 300
 
 
@@ -130,82 +126,7 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
 }  # fmt: skip
 
 
-def readme_commands(text: str) -> list[str]:
-    """The commands of a README's ```bash blocks, one string each, whitespace normalised."""
-    commands: list[str] = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        pending, last_was_comment = "", False
-        for raw in block.splitlines():
-            line = _strip_comment(raw)
-            if not line.strip():
-                last_was_comment = last_was_comment or raw.strip().startswith("#")
-                continue
-            if pending:
-                pending += " " + line.strip()
-            elif raw[:1].isspace() and commands and last_was_comment:
-                # "same command plus" under a comment: a documented variant of the command above it
-                commands.append(f"{commands[-1]} {line.strip()}")
-                last_was_comment = False
-                continue
-            else:
-                pending = line.strip()
-            if pending.endswith("\\"):
-                pending = pending[:-1].rstrip()
-                continue
-            commands.append(" ".join(pending.split()))
-            pending, last_was_comment = "", False
-    return commands
-
-
-def _strip_comment(line: str) -> str:
-    """line without a trailing `# comment` (a # outside quotes, at the start or after a space)."""
-    quote = ""
-    for i, char in enumerate(line):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i].rstrip()
-    return line.rstrip()
-
-
-def all_commands() -> list[tuple[str, str]]:
-    """(README names, command) for each distinct command: one printed in both READMEs runs once."""
-    found: dict[str, list[str]] = {}
-    for name in READMES:
-        for cmd in readme_commands((REPO / name).read_text()):
-            found.setdefault(cmd, []).append(name)
-    return [(" and ".join(dict.fromkeys(names)), cmd) for cmd, names in found.items()]
-
-
 COMMANDS = all_commands()
-
-
-def compose_line(command: str) -> str:
-    """The command's entry point with its overrides and `--cfg job`, the overrides quoted as the README
-    quotes them: `python train.py ...` and console scripts as printed; torchrun and sbatch lines as
-    `python train.py` / `python eval.py` with the overrides after the script. A sweep (-m a=x,y) composes
-    its first value; `...` ("and the rest as above") is dropped."""
-    words = command.split()
-    if words[0] in LAUNCHERS:
-        script = next((w for w in words if w in SCRIPTS), None)
-        assert script, f"README command {command!r}: no train.py, eval.py or .sbatch script to compose"
-        program, rest = f"python {SCRIPTS[script]}", words[words.index(script) + 1 :]
-    else:
-        n = 2 if words[0] == "python" and words[1] != "-m" else 3 if words[0] == "python" else 1
-        program, rest = " ".join(words[:n]), words[n:]
-    if "-m" in rest:
-        rest = [_first_sweep_value(arg) for arg in rest if arg != "-m"]
-    rest = [arg for arg in rest if arg != "..."]
-    return " ".join([program, *rest, "--cfg", "job"])
-
-
-def _first_sweep_value(arg: str) -> str:
-    key, sep, value = arg.partition("=")
-    if not sep or value[:1] in "[{'\"":
-        return arg
-    return f"{key}={value.split(',')[0]}"
 
 
 class Workspace:
@@ -307,35 +228,3 @@ def test_readme_command(readme, command, workspace):
         assert (workspace.root / path).is_file(), f"{line} did not write {path}"
     if command == DEMO_EVAL:
         workspace.done.add("eval")
-
-
-def test_config_table_names_only_groups_and_options_that_exist():
-    """README's configuration table: each group is a folder of conf/ holding each option it lists;
-    a `name.*` row is a key of the schema that has no group."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("### Configuration", 1)[1].split("\n\n| group |", 1)[1].split("\n\n", 1)[0]
-    rows = [line.split("|")[1:3] for line in section.splitlines()[2:]]
-    assert rows, "no configuration table in README.md"
-    for group_cell, options_cell in rows:
-        group = re.findall(r"`([^`]+)`", group_cell)[0]
-        if group.endswith(".*"):
-            key = group[:-2]
-            assert key in PretrainConfig.__dataclass_fields__, group
-            assert not (REPO / "conf" / key).is_dir(), f"{group}: conf/{key}/ exists, so it is a group"
-            continue
-        assert (REPO / "conf" / group).is_dir(), f"README lists the group {group}: there is no conf/{group}/"
-        for option in re.findall(r"`([^`/]+)`", options_cell):
-            assert (REPO / "conf" / group / f"{option}.yaml").is_file(), f"{group}={option}: no such option"
-
-
-def test_extraction_joins_continuations_drops_comments_and_reads_variants():
-    text = (
-        "```bash\n# a comment\nexport A=1   # why\npython train.py a=1 \\\n    'b=[x, y]'  # note\n\n"
-        "# Resume: same command plus\n    resume=latest\n```\n```python\nimport x\n```\n"
-    )
-    assert readme_commands(text) == [
-        "export A=1",
-        "python train.py a=1 'b=[x, y]'",
-        "python train.py a=1 'b=[x, y]' resume=latest",
-    ]
-    assert compose_line("sbatch --nodes=4 slurm/train.sbatch -m a=1,2 ...") == "python train.py a=1 --cfg job"

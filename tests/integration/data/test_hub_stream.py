@@ -1,75 +1,29 @@
 """Streaming from the hub, against a local server that speaks its HTTP API (tests/helpers/hub/).
 
 Discovery and its fallbacks, the token's path (sent to the hub, never logged or saved), every fault kind
-survived with the right counters, equal batches per rank with scarce shards, and train.py end to end.
+survived with the right counters, equal batches per rank with scarce shards, the local shard cache, and
+train.py end to end.
 """
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 
 import open_clip
 import pytest
-import webdataset as wds
 from huggingface_hub import HfApi
-from PIL import Image
 
-from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
-from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
+from bmca_clip.config import DataConfig
 from bmca_clip.data.decode import PilTransform
 from bmca_clip.data.http import HttpPolicy
 from bmca_clip.data.hub import discover
 from bmca_clip.data.loader import build_train_loader
 from bmca_clip.errors import DataError
-from bmca_clip.train import run as train_mod
-from tests.helpers.config import REPO, compose_config
-from tests.helpers.hub import FakeHub
-
-TOKEN = "hf_TESTsecretTOKEN123"
-REPO_ID = "BIOMEDICA/biomedica_webdataset_24M"
-
-
-def _jpeg(shade: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (40, 40), (shade, 80, 160)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def write_repo(folder, shards: dict[str, int]) -> dict[str, list[str]]:
-    """Tar shards {relative path: n samples} with keys naming their shard; returns keys per shard."""
-    keys = {}
-    for rel, n in shards.items():
-        path = folder / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        stem = rel.replace("/", "_").removesuffix(".tar")
-        keys[rel] = [f"{stem}_{i:03d}" for i in range(n)]
-        with wds.TarWriter(str(path)) as sink:
-            for i, key in enumerate(keys[rel]):
-                sink.write({"__key__": key, "jpg": _jpeg(i % 255), "txt": f"caption {key}", "json": b"{}"})
-    return keys
-
-
-@pytest.fixture
-def hub(tmp_path):
-    with FakeHub(token=TOKEN) as server, server.use(token=TOKEN):
-        yield server
-
-
-def _cfg(tmp_path, sources: dict[str, SourceConfig], **kw) -> DataConfig:
-    values = dict(
-        num_workers=0,
-        shuffle_buffer=8,
-        shuffle_initial=4,
-        resampled=False,
-        cache_dir=str(tmp_path / "cache"),
-        retries=4,
-        timeout_s=1.0,
-        retry_backoff_s=0.01,
-    )
-    values.update(kw)
-    return DataConfig(sources=sources, **values)
+from tests.helpers.biomedica_hub import REPO_ID, TOKEN, write_repo
+from tests.helpers.biomedica_hub import hub_source as _source
+from tests.helpers.biomedica_hub import stream_config as _cfg
+from tests.helpers.config import REPO
 
 
 def _read(cfg: DataConfig, n_batches: int, batch_size: int = 10, **kw):
@@ -86,10 +40,6 @@ def _read(cfg: DataConfig, n_batches: int, batch_size: int = 10, **kw):
         keys += batch["keys"]
         if len(keys) >= n_batches * batch_size:
             return keys, loader.counters()
-
-
-def _source(subset="commercial", **kw) -> SourceConfig:
-    return SourceConfig(repo_id=REPO_ID, subset=subset, **kw)
 
 
 def test_discovery_lists_once_caches_a_manifest_and_falls_back(hub, tmp_path, monkeypatch):
@@ -254,79 +204,3 @@ def test_local_shard_cache_serves_repeated_epochs_within_its_size_limit(hub, tmp
     )
     _read(small, 3)
     assert len(list((tmp_path / "small" / "shards").glob("*.tar"))) == 1  # the limit holds one shard
-
-
-def test_a_resume_onto_another_hub_commit_is_refused_unless_pinned(hub, tmp_path):
-    """The checkpoint records each source's commit; when the branch has moved, the resume names both
-    commits and the two ways on, and pinning the old commit continues the stream exactly."""
-    write_repo(tmp_path / "v1", {f"commercial/{i:06d}.tar": 20 for i in range(2)})
-    old = hub.add_dataset(REPO_ID, tmp_path / "v1", revision="v1")
-    hub.add_dataset(REPO_ID, tmp_path / "v1")  # main at the same commit
-    cfg = _cfg(tmp_path, {"commercial": _source()})
-    full, _ = _read_state(cfg, 4)
-    first, state = _read_state(cfg, 2)
-    assert state["commits"] == {"commercial": old}
-
-    write_repo(tmp_path / "v2", {f"commercial/{i:06d}.tar": 20 for i in range(3)})
-    new = hub.add_dataset(REPO_ID, tmp_path / "v2")  # main moves on
-    assert new != old
-    with pytest.raises(DataError) as err:
-        _read_state(cfg, 1, state=state)
-    message = str(err.value)
-    assert "\n" not in message and "data.sources.commercial" in message and old in message and new in message
-    assert "resume_data=reset" in message and f"data.sources.commercial.revision={old}" in message
-
-    pinned = _cfg(tmp_path, {"commercial": _source(revision=old)})
-    rest, _ = _read_state(pinned, 2, state=state)
-    assert first + rest == full
-
-
-def _read_state(cfg: DataConfig, n_batches: int, state=None):
-    """The keys of n batches of 10, and the loader's state after them."""
-    loader = build_train_loader(
-        cfg,
-        PilTransform(open_clip.image_transform(32, is_train=True)),
-        open_clip.get_tokenizer("bmca-tiny"),
-        batch_size=10,
-        seed=0,
-        state=state,
-    )
-    keys = []
-    for batch in loader:
-        keys += batch["keys"]
-        if len(keys) == n_batches * 10:
-            return keys, loader.state_dict()
-
-
-def test_resume_data_reset_passes_a_moved_commit_each_time_it_is_asked(hub, tmp_path, corpus):
-    """train.py: a moved commit refuses a plain resume; resume_data=reset starts a fresh stream on it, and
-    the same reset command line (what a requeued job repeats) also passes the next move."""
-
-    def train(steps: int, *extra: str) -> dict:
-        values = {
-            "data": "biomedica",
-            "model": "bmca-tiny",
-            "train.steps": steps,
-            "train.batch_size": 8,
-            "train.device": "cpu",
-            "data.num_workers": 0,
-            "data.shuffle_buffer": 16,
-            "data.shuffle_initial": 4,
-            "data.cache_dir": str(tmp_path / "cache"),
-            "logger.progress_bar": "false",
-            "output_dir": str(tmp_path / "run"),
-        }
-        overrides = [f"{k}={v}" for k, v in values.items()] + list(extra)
-        train_mod.run(to_object(compose_config("pretrain", overrides), PretrainConfig))
-        return load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
-
-    hub.add_dataset(REPO_ID, corpus / "train", commit="1" * 40)
-    assert set(train(2)["data"]["ranks"][0]["commits"].values()) == {"1" * 40}
-    hub.add_dataset(REPO_ID, corpus / "train", commit="2" * 40)
-    with pytest.raises(DataError, match="resume_data=reset"):
-        train(4, "resume=latest")
-    state = train(4, "resume=latest", "resume_data=reset")
-    assert state["step"] == 4 and set(state["data"]["ranks"][0]["commits"].values()) == {"2" * 40}
-    hub.add_dataset(REPO_ID, corpus / "train", commit="3" * 40)
-    state = train(6, "resume=latest", "resume_data=reset")
-    assert state["step"] == 6 and set(state["data"]["ranks"][0]["commits"].values()) == {"3" * 40}
