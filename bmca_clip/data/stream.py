@@ -1,4 +1,4 @@
-"""One training stream: sources of tar shards -> filter and balance -> seeded shuffle -> mix -> decode.
+"""One training stream: sources of tar shards (or parquet files, CSV chunks: tables.py) -> filter and balance -> seeded shuffle -> mix -> decode.
 
 A stream reads every source shard by shard; the shard sequence of (stream, source) and the shuffle buffer
 inside each shard are seeded from (seed, stream, source, shard number), and the source of each sample is
@@ -34,6 +34,7 @@ from bmca_clip.data.mixing import SourceMixer
 from bmca_clip.data.predicates import ConceptBalancer, MetadataFilter, key_uniform, parse_metadata
 from bmca_clip.data.shards import ShardCache, default_cache_dir, open_shard
 from bmca_clip.data.sources import Source
+from bmca_clip.data.tables import Members, table_samples
 from bmca_clip.errors import DataError, ShardError
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,12 @@ class SourceReader:
         return wds.shuffle(c.cfg.shuffle_buffer, c.cfg.shuffle_initial, rng=rng)(kept)
 
     def _samples_of(self, url: str, part: int, parts: int) -> Iterator[dict]:
+        if self.source.table is not None:  # a parquet file or a CSV chunk (tables.py)
+            c = self.ctx
+            members = Members(c.cfg.image_key, c.cfg.caption_key, c.keep.needs_metadata or c.balance.active)
+            rows = table_samples(self.source.table, url, members, c.policy, c.counters.transport)
+            yield from (sample for n, sample in enumerate(rows) if n % parts == part)
+            return
         with open_shard(url, self.ctx.policy, self.ctx.counters.transport, self.ctx.cache) as stream:
             files = wds.tariterators.tar_file_iterator(stream, handler=_raise)
             try:
