@@ -14,9 +14,10 @@ from bmca_clip.data.filters import FilterConfig
 from bmca_clip.data.hub import discover
 from bmca_clip.data.loader import build_train_loader
 from bmca_clip.errors import DataError
-from tests.helpers.biomedica_hub import REPO_ID, write_repo
+from tests.helpers.biomedica_hub import REPO_ID, TOKEN, write_repo
 from tests.helpers.biomedica_hub import hub_source as _biomedica
 from tests.helpers.biomedica_hub import stream_config as _cfg
+from tests.helpers.hub import FakeHub
 from tests.helpers.parquet_hub import PARQUET_REPO_ID, write_parquet_repo
 
 
@@ -107,3 +108,16 @@ def test_a_repo_without_parquet_files_is_one_line(hub, tmp_path):
     message = str(err.value)
     assert "\n" not in message and message.startswith("data.sources.pmc_oa: ")
     assert "no .parquet files of split 'train'" in message and PARQUET_REPO_ID in message
+
+
+def test_parquet_ranges_follow_the_hub_s_redirect_to_its_cdn(tmp_path):
+    """On the real hub a parquet file's resolve URL answers 302 to a CDN: the Range header follows the
+    redirect, the token does not."""
+    write_parquet_repo(tmp_path / "pq", [12])
+    with FakeHub(token=TOKEN, cdn_redirect=True) as hub, hub.use(token=TOKEN):
+        hub.add_dataset(PARQUET_REPO_ID, tmp_path / "pq")
+        batches, _, counters = _read(_cfg(tmp_path, {"pmc_oa": _parquet()}), 2)
+    assert len({k for batch in batches for k in batch}) == 12 and counters["decoded"] == 12
+    cdn = [r for r in hub.requests if r["path"].startswith("/cdn-lfs/")]
+    assert any("Range" in r["headers"] for r in cdn)  # the first request, from byte 0, needs none
+    assert cdn and not any("Authorization" in r["headers"] for r in cdn)
