@@ -26,6 +26,7 @@ class SourceConfig:
     image_column: str = "image"  # parquet: image bytes or {bytes, path} struct; csv: image path (from table)
     caption_column: str = "caption"  # parquet and csv: the caption column
     separator: str | None = None  # csv: the column separator; null = a tab for .tsv/.tab files, else a comma
+    use_filters: bool = True  # false: data.filter and data.balance pass this source's samples untouched
 
     def __post_init__(self):
         check(self.weight >= 0, "data.sources.<name>.weight", self.weight, "a float >= 0")

@@ -54,6 +54,7 @@ class Source:
     probability: float
     commit: str | None = None  # the hub commit the URLs name; None for local shards
     table: TableSpec | None = None  # how to read a parquet or csv source; None for tar shards
+    filtered: bool = True  # data.filter and data.balance apply (data.sources.<name>.use_filters)
 
 
 def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
@@ -80,7 +81,8 @@ def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
                     urls = [u for u in urls if in_split("/".join(u.split("/")[-2:]), src.split)]
         except HubError as err:
             raise DataError(f"data.sources.{name}: {err}") from None
-        sources.append(Source(name, urls, probs[name], manifest.commit if manifest else None, table))
+        commit = manifest.commit if manifest else None
+        sources.append(Source(name, urls, probs[name], commit, table, src.use_filters))
         what = "share of pairs before filters" if cfg.mixing == "natural" else "sampling probability"
         unit = {"csv": "chunks", "parquet": "parquet files"}.get(src.format, "shards")
         log.info("source %s: %d %s, %s %.3f", name, len(urls), unit, what, probs[name])

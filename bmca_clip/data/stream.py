@@ -126,7 +126,8 @@ class SourceReader:
     def _samples_of(self, url: str, part: int, parts: int) -> Iterator[dict]:
         if self.source.table is not None:  # a parquet file or a CSV chunk (tables.py)
             c = self.ctx
-            members = Members(c.cfg.image_key, c.cfg.caption_key, c.keep.needs_metadata or c.balance.active)
+            metadata = self.source.filtered and (c.keep.needs_metadata or c.balance.active)
+            members = Members(c.cfg.image_key, c.cfg.caption_key, metadata)
             rows = table_samples(self.source.table, url, members, c.policy, c.counters.transport)
             yield from (sample for n, sample in enumerate(rows) if n % parts == part)
             return
@@ -149,8 +150,9 @@ class SourceReader:
         c, cfg = self.ctx, self.ctx.cfg
         wanted = (cfg.image_key, cfg.caption_key, "__key__", "__url__")
         needs_meta = c.keep.needs_metadata or c.balance.active
+        filtered = self.source.filtered and (c.keep.active or c.balance.active)
         for n, sample in enumerate(samples):
-            if c.keep.active or c.balance.active:
+            if filtered:
                 try:
                     meta = parse_metadata(sample.get("json", b"{}")) if needs_meta else {}
                 except ValueError:

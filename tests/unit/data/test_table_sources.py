@@ -10,6 +10,7 @@ import pytest
 from bmca_clip.config import DataConfig, SourceConfig
 from bmca_clip.data import tables
 from bmca_clip.data.decode import PilTransform
+from bmca_clip.data.filters import FilterConfig
 from bmca_clip.data.loader import build_train_loader
 from bmca_clip.errors import ConfigError, DataError
 from tests.helpers.parquet_hub import jpeg, write_csv_table, write_parquet_repo
@@ -108,3 +109,14 @@ def test_a_parquet_row_without_image_bytes_is_a_missing_image(tmp_path):
     source = SourceConfig(shards=str(tmp_path), format="parquet", split="train")
     batches, _, counters = _read({"pq": source}, 1, batch_size=1)
     assert batches == [["train-00000-of-00001:0000002"]] and counters["skipped/missing_image"] == 2
+
+
+def test_a_source_with_use_filters_false_passes_a_concept_filter_untouched(tmp_path):
+    """A table has no BIOMEDICA labels: under data.filter.include_primary its rows would all be dropped as
+    missing_metadata, unless the source opts out."""
+    table = write_csv_table(tmp_path, [(f"images/{i}.jpg", f"figure {i}") for i in range(6)])
+    keep = FilterConfig(include_primary=["Microscopy"])
+    batches, _, counters = _read({"t": _csv(table, use_filters=False)}, 1, batch_size=6, filter=keep)
+    assert len(batches[0]) == 6 and "filtered/missing_metadata" not in counters
+    with pytest.raises(DataError, match="gave no usable sample"):
+        _read({"t": _csv(table)}, 1, batch_size=6, filter=keep, max_empty_shards=2)
