@@ -8,7 +8,9 @@ filters, the mixer, the decoder and the resume position (file number, rows taken
   RangeReader (footer first, then only the columns asked for), with its retries, auth and counters, so no
   file is ever downloaded whole before its first row is used. The image column holds bytes, or the struct
   {bytes, path} that Hugging Face `datasets` writes for an Image feature; a row without image bytes (a
-  null, or only a path, which names a file on the uploader's machine) counts as missing_image.
+  null, or only a path, which names a file on the uploader's machine) counts as missing_image. Parquet
+  files are not kept by data.cache_limit_gb's shard cache (its copies are written while a shard streams
+  front to back; a parquet file is read footer first).
 - **csv**: a table with an image path column (relative to the table's folder, or absolute) and a caption
   column, as open_clip_train's `--dataset-type csv` reads. `index_table` scans it once into chunks of
   ROWS_PER_CHUNK rows, each a "shard" `<table>#rows=<first>:bytes=<start>-<end>`, so a stream reads its

@@ -101,9 +101,9 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
     "python train.py data=local data.train_shards='/data/shards/{000000..000099}.tar' resume=latest": Compose(),
     # Parquet and CSV training data (the hub for the first three: tests/integration/data/test_hub_parquet*.py
     # run them against the test hub; the CSV source: tests/unit/data/test_table_sources.py)
-    "python train.py data=biomedica_roco": Compose(),
-    "python train.py data=biomedica_roco data.sources.roco.weight=2400000": Compose(),
-    "python train.py data=biomedica_roco data.sources.roco.repo_id=me/figure_captions data.sources.roco.caption_column=text": Compose(),
+    "python train.py data=mixed_roco": Compose(),
+    "python train.py data=mixed_roco data.sources.roco.weight=2400000": Compose(),
+    "python train.py data=mixed_roco data.sources.roco.repo_id=me/figure_captions data.sources.roco.caption_column=text": Compose(),
     "python train.py data=csv data.sources.table.shards=/data/roco/train.tsv": Compose(),
     DEMO_EVAL: Run(TINY_EVAL, creates=("runs/eval/demo/summary.md",)),
     # Multi-GPU training and the BMCA-CLIP recipe

@@ -1,4 +1,4 @@
-"""train.py end to end on data=biomedica_roco (BIOMEDICA's three subsets mixed with a parquet hub dataset,
+"""train.py end to end on data=mixed_roco (BIOMEDICA's three subsets mixed with a parquet hub dataset,
 both served by the test hub): a run that loses its last checkpoint and resumes ends with the weights and
 data position of the uninterrupted run."""
 
@@ -19,7 +19,7 @@ def test_train_py_on_biomedica_and_parquet_resumes_to_the_same_weights(hub, tmp_
     write_parquet_repo(tmp_path / "roco", [30, 25], row_group_size=10)
     hub.add_dataset("eltorio/ROCO-radiology", tmp_path / "roco")
     extra = {
-        "data": "biomedica_roco",
+        "data": "mixed_roco",
         "data.train_shards": "null",
         "data.sources.roco.weight": 20_000_000,  # about half of the draws: both sources in every batch
         "data.shuffle_buffer": 16,
