@@ -186,3 +186,9 @@ class RangeReader(ShardReader):
         if self.length is not None and self.pos >= self.length:
             return 0  # a Range request at the end would be answered 416
         return super().readinto(buffer)
+
+    def _accept(self, resp) -> None:
+        super()._accept(resp)
+        total = (resp.headers.get("Content-Range") or "").rpartition("/")[2]
+        if resp.status == 206 and total.isdigit():  # the file's size, whatever this part's length says
+            self.length = int(total)

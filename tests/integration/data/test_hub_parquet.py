@@ -121,3 +121,18 @@ def test_parquet_ranges_follow_the_hub_s_redirect_to_its_cdn(tmp_path):
     cdn = [r for r in hub.requests if r["path"].startswith("/cdn-lfs/")]
     assert any("Range" in r["headers"] for r in cdn)  # the first request, from byte 0, needs none
     assert cdn and not any("Authorization" in r["headers"] for r in cdn)
+
+
+def test_parquet_reads_survive_transient_faults_and_skip_a_missing_file(hub, tmp_path):
+    """A 429, a reset and an early end of the body on one file are retried (and resumed from the byte
+    where they stopped); a 404 on another skips that file, counted, and the stream goes on to the next."""
+    _serve_both(hub, tmp_path)
+    hub.fail("data/train-00000-*", "429")
+    hub.fail("data/train-00000-*", "reset")
+    hub.fail("data/train-00000-*", "stall", seconds=0)
+    hub.fail("data/train-00001-*", "404", times=100)  # gone for good
+    batches, _, counters = _read(_cfg(tmp_path, {"pmc_oa": _parquet()}), 2, batch_size=29)  # two epochs
+    expected = {f"train-00000-of-00003:{i:07d}" for i in range(20)}
+    expected |= {f"train-00002-of-00003:{i:07d}" for i in range(9)}
+    assert set(batches[0]) == set(batches[1]) == expected
+    assert set(counters.shards_failed) == {"http_404"} and counters["retries"] >= 3  # file 0 never failed
