@@ -120,3 +120,26 @@ def test_a_source_with_use_filters_false_passes_a_concept_filter_untouched(tmp_p
     assert len(batches[0]) == 6 and "filtered/missing_metadata" not in counters
     with pytest.raises(DataError, match="gave no usable sample"):
         _read({"t": _csv(table)}, 1, batch_size=6, filter=keep, max_empty_shards=2)
+
+
+def test_one_parquet_file_shared_by_four_streams_splits_its_rows_without_overlap(tmp_path):
+    """Fewer files than streams (2 ranks x 2 workers, one file): each stream takes every 4th row, so the
+    ranks get equal batches of disjoint rows, as with scarce tar shards."""
+    write_parquet_repo(tmp_path, [24])
+    source = {"pq": SourceConfig(shards=str(tmp_path), format="parquet", split="train")}
+    cfg = DataConfig(sources=source, num_workers=2, shuffle_buffer=4, shuffle_initial=2, resampled=False)
+    per_rank = []
+    for rank in (0, 1):
+        loader = build_train_loader(
+            cfg,
+            PilTransform(open_clip.image_transform(32, is_train=False)),
+            open_clip.get_tokenizer("bmca-tiny"),
+            batch_size=3,
+            seed=0,
+            rank=rank,
+            world_size=2,
+        )
+        batches = iter(loader)
+        per_rank.append([k for _ in range(4) for k in next(batches)["keys"]])
+    assert len(per_rank[0]) == len(per_rank[1]) == 12
+    assert sorted(per_rank[0] + per_rank[1]) == [f"train-00000-of-00001:{i:07d}" for i in range(24)]
