@@ -167,7 +167,9 @@ class SourceReader:
                     self._dropped += 1
                     continue
             slim = {k: sample[k] for k in wanted if k in sample}
-            if len(slim) < len(wanted):  # what the shards hold instead, for the error a wrong key gets
+            if "__image_ref__" in sample:  # a table row without its image: where it was looked for
+                slim["__image_ref__"] = sample["__image_ref__"]
+            elif len(slim) < len(wanted):  # what the shards hold instead, for the error a wrong key gets
                 slim["__members__"] = tuple(k for k in sample if not k.startswith("__"))
             slim["__seen__"], self._dropped = self._dropped + 1, 0
             yield slim

@@ -73,12 +73,15 @@ def _missing_column(spec: TableSpec, where: str, names: list[str]) -> None:
             )
 
 
-def _sample(key: str, url: str, image, caption, meta: dict | None, members: Members) -> dict:
+def _sample(key: str, url: str, image, caption, meta: dict | None, members: Members, ref: str) -> dict:
+    """One row as a sample; `ref` says where its image was looked for, for the missing_image message."""
     sample = {"__key__": key, "__url__": url}
     if isinstance(image, dict):  # datasets' Image feature: {bytes, path}
         image = image.get("bytes")
     if isinstance(image, (bytes, bytearray)):
         sample[members.image] = bytes(image)
+    else:
+        sample["__image_ref__"] = ref
     if caption is not None:
         sample[members.caption] = (caption if isinstance(caption, str) else str(caption)).encode()
     if meta is not None:
@@ -124,7 +127,8 @@ def parquet_samples(spec: TableSpec, url: str, members: Members, policy: HttpPol
             metas = table.drop_columns([spec.image_column]).to_pylist() if members.metadata else None
             for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
                 meta = metas[i] if metas is not None else None
-                yield _sample(f"{stem}:{row:07d}", url, image, caption, meta, members)
+                ref = f"no image bytes in column {spec.image_column!r}"
+                yield _sample(f"{stem}:{row:07d}", url, image, caption, meta, members, ref)
                 row += 1
 
 
@@ -191,9 +195,11 @@ def csv_samples(spec: TableSpec, url: str, members: Members) -> Iterator[dict]:
     lines = io.BytesIO(body)
     for row, values in enumerate(csv.reader(_Lines(lines), delimiter=spec.separator), start=first):
         values += [""] * (len(names) - len(values))  # a short row: its missing cells are empty
-        image = _image_bytes(folder, values[image_at].strip())
+        relative = values[image_at].strip()
         meta = dict(zip(names, values, strict=False)) if members.metadata else None
-        yield _sample(f"{stem}:{row:07d}", url, image, values[caption_at], meta, members)
+        ref = f"no image file {folder / relative}" if relative else f"an empty {spec.image_column!r}"
+        image = _image_bytes(folder, relative)
+        yield _sample(f"{stem}:{row:07d}", url, image, values[caption_at], meta, members, ref)
 
 
 def _image_bytes(folder: Path, relative: str) -> bytes | None:

@@ -143,3 +143,13 @@ def test_one_parquet_file_shared_by_four_streams_splits_its_rows_without_overlap
         per_rank.append([k for _ in range(4) for k in next(batches)["keys"]])
     assert len(per_rank[0]) == len(per_rank[1]) == 12
     assert sorted(per_rank[0] + per_rank[1]) == [f"train-00000-of-00001:{i:07d}" for i in range(24)]
+
+
+def test_a_table_whose_images_are_all_missing_stops_naming_where_they_were_looked_for(tmp_path):
+    rows = [(None, f"figure {i}") for i in range(30)]  # the paths name files that were never copied
+    table = write_csv_table(tmp_path, rows)
+    with pytest.raises(DataError) as err:
+        _read({"roco": _csv(table)}, 1, max_bad_after=20)
+    message = str(err.value)
+    assert "\n" not in message and "rows had no image (first: UnusableSample: no image file" in message
+    assert str(tmp_path / "images" / "missing_") in message and "image_column" in message
