@@ -8,20 +8,35 @@ from bmca_clip.config.checks import check, one_of
 from bmca_clip.data.filters import BalanceConfig, FilterConfig
 from bmca_clip.data.mixing import MIXINGS
 
+SOURCE_FORMATS = ("webdataset", "parquet", "csv")
+
 
 @dataclass
 class SourceConfig:
-    """One place shards come from: a hub dataset repo (optionally one folder of it), or explicit shards."""
+    """One place samples come from: a hub dataset repo (optionally one folder of it), or explicit files."""
 
     repo_id: str | None = None  # hub dataset repo, e.g. BIOMEDICA/biomedica_webdataset_24M
     revision: str = "main"  # branch, tag or commit; resolved to a commit once and recorded in the manifest
-    subset: str | None = None  # folder inside the repo, e.g. commercial; null = every .tar in the repo
+    subset: str | None = None  # folder inside the repo (commercial; a parquet config's folder); null = all
     pattern: str | None = None  # brace pattern inside the repo, used when listing the repo is impossible
-    shards: str | None = None  # instead of a repo: a folder, file, brace pattern or URL; '::' joins several
+    shards: str | None = None  # instead of a repo: a folder, file, brace pattern or URL; csv: the table file
     weight: float = 1.0  # data.mixing=weights: share of the samples drawn; natural: raw pair count; 0 = off
+    format: str = "webdataset"  # webdataset (tar shards), parquet (image bytes + caption columns) or csv/tsv
+    split: str | None = None  # parquet: only files of this split (train-*.parquet, train/...); null = all
+    image_column: str = "image"  # parquet: image bytes or {bytes, path} struct; csv: image path (from table)
+    caption_column: str = "caption"  # parquet and csv: the caption column
+    separator: str | None = None  # csv: the column separator; null = a tab for .tsv/.tab files, else a comma
+    use_filters: bool = True  # false: data.filter and data.balance pass this source's samples untouched
 
     def __post_init__(self):
         check(self.weight >= 0, "data.sources.<name>.weight", self.weight, "a float >= 0")
+        one_of("data.sources.<name>.format", self.format, SOURCE_FORMATS)
+        check(
+            not (self.format == "csv" and self.repo_id),
+            "data.sources.<name>.repo_id",
+            self.repo_id,
+            "null for format=csv (set shards to the table's path)",
+        )
         check(
             (self.repo_id is None) != (self.shards is None),
             "data.sources.<name>",

@@ -58,7 +58,8 @@ class SampleDecoder:
 
     def __call__(self, sample: dict, aug_seed: int) -> tuple[torch.Tensor, str]:
         if self.image_key not in sample:
-            raise UnusableSample("missing_image", f"no {self.image_key!r} member")
+            where = sample.get("__image_ref__")  # a table row (tables.py): the file or column looked at
+            raise UnusableSample("missing_image", where or f"no {self.image_key!r} member")
         if self.caption_key not in sample:
             raise UnusableSample("missing_caption", f"no {self.caption_key!r} member")
         try:

@@ -131,6 +131,11 @@ class StreamHealth:
 
     def _cause(self, reason: str, n: int) -> str:
         cfg, every = self.cfg, n == self.counters.seen
+        if reason == "missing_image" and not self.members:  # table rows (parquet, csv): no members
+            return (
+                f"{n} rows had no image (first: {self.first[reason]}); check the source's image_column "
+                "and, for a CSV, that its image paths are relative to the table's folder"
+            )
         if reason == "missing_image":
             return f"{n} had no `{cfg.image_key}` member{self._hint('image_key', IMAGE_MEMBERS)}"
         if reason == "missing_caption":

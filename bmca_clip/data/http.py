@@ -146,3 +146,49 @@ def _discard(resp, n: int) -> None:
         if not chunk:
             raise http.client.IncompleteRead(b"", n)
         n -= len(chunk)
+
+
+class RangeReader(ShardReader):
+    """A seekable ShardReader, for files read out of order (a parquet file: footer first, then its row
+    groups): a seek past the open response's position reopens with a Range request, except a short jump
+    forward, which reads through. The size comes from the first response (Content-Length / Content-Range)."""
+
+    SKIP_BYTES = 1 << 16  # jumps forward up to this far read through rather than cost a request
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def size(self) -> int:
+        if self.length is None:
+            if self._resp is None:
+                self._open()
+            if self.length is None:
+                raise ShardError(self.url, "no_length", "the server sent no Content-Length")
+        return self.length
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: None}[whence]
+        target = (self.size() if target is None else target) + offset
+        gap = target - self.pos
+        if self._resp is not None and 0 < gap <= self.SKIP_BYTES:
+            scratch = bytearray(gap)
+            while gap > 0 and (n := self.readinto(memoryview(scratch)[:gap])):
+                gap -= n
+        elif gap:
+            self._drop()
+            self.pos = target
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        if self.length is not None and self.pos >= self.length:
+            return 0  # a Range request at the end would be answered 416
+        return super().readinto(buffer)
+
+    def _accept(self, resp) -> None:
+        super()._accept(resp)
+        total = (resp.headers.get("Content-Range") or "").rpartition("/")[2]
+        if resp.status == 206 and total.isdigit():  # the file's size, whatever this part's length says
+            self.length = int(total)

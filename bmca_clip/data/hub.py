@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,9 +57,29 @@ def _hash_files(files) -> str:
     return hashlib.sha256(json.dumps(sorted(files)).encode()).hexdigest()
 
 
+def _suffix(source: SourceConfig) -> str:
+    """The files a source reads: .tar shards, or a hub dataset's .parquet files."""
+    return ".parquet" if source.format == "parquet" else ".tar"
+
+
+def in_split(path: str, split: str | None) -> bool:
+    """Is `path` one of `split`'s files, as the hub's dataset viewer names them: a folder named after the
+    split (`default/train/0000.parquet`) or a file name with it as a word (`data/train-00000-of-00004.parquet`,
+    `pmc_oa_train.parquet`)? No split: every file."""
+    if split is None:
+        return True
+    *folders, name = path.split("/")
+    stem = name.rsplit(".", 1)[0]
+    return split in folders or re.search(rf"(^|[-_.]){re.escape(split)}($|[-_.])", stem) is not None
+
+
 def _manifest_file(cache: Path, source: SourceConfig) -> Path:
-    name = f"{source.repo_id.replace('/', '--')}@{source.revision.replace('/', '--')}@{source.subset or 'all'}.json"
-    return cache / "manifests" / name
+    name = (
+        f"{source.repo_id.replace('/', '--')}@{source.revision.replace('/', '--')}@{source.subset or 'all'}"
+    )
+    if source.format == "parquet":  # another listing of the same repo: another manifest
+        name += f"@parquet@{source.split or 'all'}"
+    return cache / "manifests" / f"{name}.json"
 
 
 def _load_manifest(path: Path) -> Manifest | None:
@@ -92,7 +113,11 @@ def _list_repo(source: SourceConfig, policy: HttpPolicy) -> Manifest:
                 revision=commit,
             )
             files = sorted(
-                (e.path, e.size) for e in entries if isinstance(e, RepoFile) and e.path.endswith(".tar")
+                (e.path, e.size)
+                for e in entries
+                if isinstance(e, RepoFile)
+                and e.path.endswith(_suffix(source))
+                and (source.format != "parquet" or in_split(e.path, source.split))
             )
             break
         except (RepositoryNotFoundError, GatedRepoError):
@@ -107,8 +132,11 @@ def _list_repo(source: SourceConfig, policy: HttpPolicy) -> Manifest:
             retry_after = response.headers.get("Retry-After") if response is not None else None
             time.sleep(policy.delay(attempt, retry_after_s(retry_after), rng))
     if not files:
+        split = f" of split {source.split!r}" if source.format == "parquet" and source.split else ""
         raise HubError(
-            f"{source.repo_id}@{source.revision}: no .tar shards under {source.subset or 'the repo root'!r}"
+            f"{source.repo_id}@{source.revision}: no {_suffix(source)} files{split} under "
+            f"{source.subset or 'the repo root'!r}; check the repo, subset and format"
+            + (" and split" if split else "")
         )
     return Manifest(source.repo_id, source.revision, commit, source.subset, files, _hash_files(files))
 
@@ -136,6 +164,10 @@ def discover(source: SourceConfig, cache_dir: Path, policy: HttpPolicy = _DEFAUL
         raise HubError(
             f"{source.repo_id}@{source.revision}: no such dataset repo or revision (or no access)"
         ) from None
+    except HubError as err:  # listed, and nothing to read: tar sources fall back to their brace pattern
+        if source.format == "parquet":  # a parquet repo has no pattern: a fallback would only hide it
+            raise
+        reason = f"HubError: {err}"
     except Exception as err:  # listing failed for good: fall back below, saying why
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     if (cached := _load_manifest(path)) is not None:

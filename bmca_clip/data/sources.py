@@ -1,5 +1,6 @@
-"""Where the training shards come from: named sources (hub repos or local/URL shards), each with its shard
-URLs, sampling probability and, for a hub source, the commit its URLs name (checked again on resume)."""
+"""Where the training shards come from: named sources (hub repos or local/URL shards, tar or parquet; CSV
+tables cut into chunks), each with its shard URLs, sampling probability, how to read a table-shaped one
+(tables.py) and, for a hub source, the commit its URLs name (checked again on resume)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ import braceexpand
 
 from bmca_clip.config import DataConfig
 from bmca_clip.data.http import HttpPolicy
-from bmca_clip.data.hub import discover
+from bmca_clip.data.hub import discover, in_split
 from bmca_clip.data.mixing import source_probabilities
 from bmca_clip.data.shards import default_cache_dir
+from bmca_clip.data.tables import TableSpec, index_table
 from bmca_clip.errors import DataError, HubError, SourceCommitMoved
 
 log = logging.getLogger(__name__)
 
 
-def expand_shards(spec: str) -> list[str]:
-    """Shard URLs from 'a/{000..009}.tar', a folder (its *.tar, recursively), a file or URL; '::' joins."""
+def expand_shards(spec: str, suffix: str = ".tar") -> list[str]:
+    """Shard URLs from 'a/{000..009}.tar', a folder (its *<suffix>, recursively), a file or URL; '::' joins."""
     urls: list[str] = []
     for part in filter(None, (p.strip() for p in spec.split("::"))):
         for item in braceexpand.braceexpand(part):
@@ -29,9 +31,9 @@ def expand_shards(spec: str) -> list[str]:
             if "://" in item:
                 urls.append(item)
             elif path.is_dir():
-                found = sorted(str(p) for p in path.rglob("*.tar"))
+                found = sorted(str(p) for p in path.rglob(f"*{suffix}"))
                 if not found:
-                    raise DataError(f"data.train_shards: folder {item} holds no .tar shards")
+                    raise DataError(f"data.train_shards: folder {item} holds no {suffix} files")
                 urls.extend(found)
             elif path.is_file():
                 urls.append(str(path))
@@ -51,6 +53,8 @@ class Source:
     urls: list[str]
     probability: float
     commit: str | None = None  # the hub commit the URLs name; None for local shards
+    table: TableSpec | None = None  # how to read a parquet or csv source; None for tar shards
+    filtered: bool = True  # data.filter and data.balance apply (data.sources.<name>.use_filters)
 
 
 def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
@@ -64,15 +68,35 @@ def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
     for name, src in cfg.sources.items():
         if probs[name] == 0:
             continue
+        table = _table_spec(name, src)
         try:
             manifest = discover(src, default_cache_dir(cfg.cache_dir), policy) if src.repo_id else None
-            urls = manifest.urls() if manifest else expand_shards(src.shards)
+            if manifest:
+                urls = manifest.urls()
+            elif src.format == "csv":
+                urls = index_table(src.shards, table)
+            else:
+                urls = expand_shards(src.shards, ".parquet" if table else ".tar")
+                if table:  # a local copy of a hub dataset: the same split rule as its listing
+                    urls = [u for u in urls if in_split("/".join(u.split("/")[-2:]), src.split)]
         except HubError as err:
             raise DataError(f"data.sources.{name}: {err}") from None
-        sources.append(Source(name, urls, probs[name], manifest.commit if manifest else None))
+        commit = manifest.commit if manifest else None
+        sources.append(Source(name, urls, probs[name], commit, table, src.use_filters))
         what = "share of pairs before filters" if cfg.mixing == "natural" else "sampling probability"
-        log.info("source %s: %d shards, %s %.3f", name, len(urls), what, probs[name])
+        unit = {"csv": "chunks", "parquet": "parquet files"}.get(src.format, "shards")
+        log.info("source %s: %d %s, %s %.3f", name, len(urls), unit, what, probs[name])
     return sources
+
+
+def _table_spec(name: str, src) -> TableSpec | None:
+    """How to read a parquet or csv source (a tab separates a .tsv/.tab table's columns unless set)."""
+    if src.format == "webdataset":
+        return None
+    separator = src.separator
+    if separator is None:
+        separator = "\t" if str(src.shards or "").lower().endswith((".tsv", ".tab")) else ","
+    return TableSpec(name, src.format, src.image_column, src.caption_column, separator)
 
 
 def check_commits(saved: dict, sources: list[Source]) -> None:

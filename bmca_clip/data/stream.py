@@ -1,4 +1,4 @@
-"""One training stream: sources of tar shards -> filter and balance -> seeded shuffle -> mix -> decode.
+"""One training stream: sources of tar shards (or parquet files, CSV chunks: tables.py) -> filter and balance -> seeded shuffle -> mix -> decode.
 
 A stream reads every source shard by shard; the shard sequence of (stream, source) and the shuffle buffer
 inside each shard are seeded from (seed, stream, source, shard number), and the source of each sample is
@@ -34,6 +34,7 @@ from bmca_clip.data.mixing import SourceMixer
 from bmca_clip.data.predicates import ConceptBalancer, MetadataFilter, key_uniform, parse_metadata
 from bmca_clip.data.shards import ShardCache, default_cache_dir, open_shard
 from bmca_clip.data.sources import Source
+from bmca_clip.data.tables import Members, table_samples
 from bmca_clip.errors import DataError, ShardError
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,13 @@ class SourceReader:
         return wds.shuffle(c.cfg.shuffle_buffer, c.cfg.shuffle_initial, rng=rng)(kept)
 
     def _samples_of(self, url: str, part: int, parts: int) -> Iterator[dict]:
+        if self.source.table is not None:  # a parquet file or a CSV chunk (tables.py)
+            c = self.ctx
+            metadata = self.source.filtered and (c.keep.needs_metadata or c.balance.active)
+            members = Members(c.cfg.image_key, c.cfg.caption_key, metadata)
+            rows = table_samples(self.source.table, url, members, c.policy, c.counters.transport)
+            yield from (sample for n, sample in enumerate(rows) if n % parts == part)
+            return
         with open_shard(url, self.ctx.policy, self.ctx.counters.transport, self.ctx.cache) as stream:
             files = wds.tariterators.tar_file_iterator(stream, handler=_raise)
             try:
@@ -142,8 +150,9 @@ class SourceReader:
         c, cfg = self.ctx, self.ctx.cfg
         wanted = (cfg.image_key, cfg.caption_key, "__key__", "__url__")
         needs_meta = c.keep.needs_metadata or c.balance.active
+        filtered = self.source.filtered and (c.keep.active or c.balance.active)
         for n, sample in enumerate(samples):
-            if c.keep.active or c.balance.active:
+            if filtered:
                 try:
                     meta = parse_metadata(sample.get("json", b"{}")) if needs_meta else {}
                 except ValueError:
@@ -158,7 +167,9 @@ class SourceReader:
                     self._dropped += 1
                     continue
             slim = {k: sample[k] for k in wanted if k in sample}
-            if len(slim) < len(wanted):  # what the shards hold instead, for the error a wrong key gets
+            if "__image_ref__" in sample:  # a table row without its image: where it was looked for
+                slim["__image_ref__"] = sample["__image_ref__"]
+            elif len(slim) < len(wanted):  # what the shards hold instead, for the error a wrong key gets
                 slim["__members__"] = tuple(k for k in sample if not k.startswith("__"))
             slim["__seen__"], self._dropped = self._dropped + 1, 0
             yield slim

@@ -99,6 +99,12 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
     "torchrun --nproc_per_node=8 train.py model=ViT-L-14 model.pretrained=commonpool_xl_clip_s13b_b90k data=biomedica_concept_filtered train.batch_size=1024 train.precision=amp_bf16 optim.lr=1e-6": Compose(),
     "python train.py data=local data.train_shards='/data/shards/{000000..000099}.tar'": Compose(),
     "python train.py data=local data.train_shards='/data/shards/{000000..000099}.tar' resume=latest": Compose(),
+    # Parquet and CSV training data (the hub for the first three: tests/integration/data/test_hub_parquet*.py
+    # run them against the test hub; the CSV source: tests/unit/data/test_table_sources.py)
+    "python train.py data=mixed_roco": Compose(),
+    "python train.py data=mixed_roco data.sources.roco.weight=2400000": Compose(),
+    "python train.py data=mixed_roco data.sources.roco.repo_id=me/figure_captions data.sources.roco.caption_column=text": Compose(),
+    "python train.py data=csv data.sources.table.shards=/data/roco/train.tsv": Compose(),
     DEMO_EVAL: Run(TINY_EVAL, creates=("runs/eval/demo/summary.md",)),
     # Multi-GPU training and the BMCA-CLIP recipe
     "torchrun --nproc_per_node=4 train.py experiment=bmca_clip": Compose(),

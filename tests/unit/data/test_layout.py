@@ -28,6 +28,7 @@ LAYERS = {
     "synthetic_eval": 1,  # its eval sets
     "hub": 2,  # listing and manifests
     "shards": 2,  # a shard's bytes: file, cache or HTTP
+    "tables": 2,  # parquet files and CSV chunks as samples
     "sources": 3,  # named sources -> shard URLs and probabilities
     "stream": 4,  # one stream: read, filter, shuffle, mix, decode
     "loader": 5,  # batches, workers, resume state
