@@ -26,6 +26,7 @@ from open_clip.pretrained import download_pretrained_from_hf
 
 from bmca_clip.config import ModelConfig
 from bmca_clip.errors import ModelLoadError
+from bmca_clip.extras import installed, require
 from bmca_clip.io import is_bmca_checkpoint
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBun
     # A local file (ours, open_clip's, safetensors, DDP-prefixed) is loaded after building: open_clip
     # cannot read our trainer checkpoints, and load_model_weights handles every form with one message.
     weights_file = pretrained if pretrained and Path(pretrained).is_file() else None
+    require_hf_text_tower(name)
     preprocess: dict = {}
     if pretrained and pretrained.startswith(HF_HUB_PREFIX):  # open_clip reads hf-hub: only as a name
         weights_file, preprocess = hub_weights(pretrained[len(HF_HUB_PREFIX) :], cfg.cache_dir)
@@ -81,6 +83,27 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBun
         model.set_grad_checkpointing(True)
     freeze(model, cfg)
     return ClipBundle(model, preprocess_train, preprocess_eval, open_clip.get_tokenizer(name))
+
+
+def hf_text_tower(name: str) -> str | None:
+    """The Hugging Face model a text tower is built from (text_cfg.hf_model_name: BiomedCLIP's PubMedBERT),
+    or None for a native tower; for an hf-hub: id this reads the repo's open_clip_config.json (open_clip
+    reads it next anyway); a config that cannot be read is left for open_clip to explain."""
+    try:
+        model_cfg = open_clip.get_model_config(name.replace("/", "-") if ":" not in name else name)
+    except Exception:  # offline and not cached, a missing local-dir: open_clip's own error follows
+        return None
+    return ((model_cfg or {}).get("text_cfg") or {}).get("hf_model_name")
+
+
+def require_hf_text_tower(name: str) -> None:
+    """A model whose text tower is a Hugging Face model needs transformers (the `biomedclip` extra): one
+    line naming it, instead of open_clip's RuntimeError deep inside model construction."""
+    if installed("transformers"):
+        return
+    tower = hf_text_tower(name)
+    if tower:
+        require("transformers", f"model.name={name} (text tower {tower})", "transformers", "biomedclip")
 
 
 def hub_weights(hub_id: str, cache_dir: str | None = None) -> tuple[str, dict]:
