@@ -26,7 +26,7 @@ from open_clip.pretrained import download_pretrained_from_hf
 
 from bmca_clip.config import ModelConfig
 from bmca_clip.errors import ModelLoadError
-from bmca_clip.extras import installed, require
+from bmca_clip.hf_tower import is_hf_text, lock_hf_text, require_hf_text_tower
 from bmca_clip.io import is_bmca_checkpoint
 
 log = logging.getLogger(__name__)
@@ -85,27 +85,6 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBun
     return ClipBundle(model, preprocess_train, preprocess_eval, open_clip.get_tokenizer(name))
 
 
-def hf_text_tower(name: str) -> str | None:
-    """The Hugging Face model a text tower is built from (text_cfg.hf_model_name: BiomedCLIP's PubMedBERT),
-    or None for a native tower; for an hf-hub: id this reads the repo's open_clip_config.json (open_clip
-    reads it next anyway); a config that cannot be read is left for open_clip to explain."""
-    try:
-        model_cfg = open_clip.get_model_config(name.replace("/", "-") if ":" not in name else name)
-    except Exception:  # offline and not cached, a missing local-dir: open_clip's own error follows
-        return None
-    return ((model_cfg or {}).get("text_cfg") or {}).get("hf_model_name")
-
-
-def require_hf_text_tower(name: str) -> None:
-    """A model whose text tower is a Hugging Face model needs transformers (the `biomedclip` extra): one
-    line naming it, instead of open_clip's RuntimeError deep inside model construction."""
-    if installed("transformers"):
-        return
-    tower = hf_text_tower(name)
-    if tower:
-        require("transformers", f"model.name={name} (text tower {tower})", "transformers", "biomedclip")
-
-
 def hub_weights(hub_id: str, cache_dir: str | None = None) -> tuple[str, dict]:
     """The weights file of the open_clip model repo `hub_id` on the Hugging Face hub (from its cache when
     there), and its preprocessing as create_model_and_transforms keywords (image_mean, image_std, ...):
@@ -155,7 +134,9 @@ def freeze(model: torch.nn.Module, cfg: ModelConfig) -> list[str]:
     """Freeze what `cfg` asks for; returns the names of the frozen parameters (logged, and tested)."""
     if cfg.lock_image:
         model.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_groups)
-    if cfg.lock_text:
+    if cfg.lock_text and is_hf_text(getattr(model, "text", None)):  # BiomedCLIP's: hf_tower.py
+        lock_hf_text(model.text, cfg.lock_text_unlocked_layers)
+    elif cfg.lock_text:
         # open_clip asserts on freeze_layer_norm=False for native text towers (its LayerNorms are frozen
         # with the rest), so only the supported form is ever passed.
         model.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)

@@ -11,7 +11,9 @@ pooling override and a linear projection; a BERT text tower with an "mlp" projec
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import string
 from pathlib import Path
 
@@ -118,3 +120,17 @@ def serve_tiny_biomedclip(hub, root: Path) -> str:
     hub.add_model(BERT_REPO, bert)
     hub.add_model(OPEN_CLIP_REPO, write_open_clip_repo(root / "open_clip", bert))
     return NAME
+
+
+@contextlib.contextmanager
+def hub_with_tiny_biomedclip(root: Path):
+    """A FakeHub serving both repos (written under root/repos); `hub.env` is the environment of a
+    subprocess that downloads from it (HF_ENDPOINT at it, HF_HOME in root/hf_home, one thread)."""
+    from tests.helpers.hub import FakeHub
+    from tests.helpers.hub.env import hub_env
+
+    with FakeHub() as hub:
+        serve_tiny_biomedclip(hub, root / "repos")
+        env = os.environ | {"OMP_NUM_THREADS": "1"} | hub_env(hub.url, root / "hf_home", None)
+        hub.env = {k: v for k, v in env.items() if v is not None}
+        yield hub

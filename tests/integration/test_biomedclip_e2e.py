@@ -7,7 +7,6 @@ hf-hub: with the same tokens and embeddings."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -18,10 +17,8 @@ from bmca_clip.checkpoint import load_checkpoint
 from bmca_clip.config import ModelConfig
 from bmca_clip.model import build_model
 from tests.helpers.config import REPO, tiny_train_overrides
-from tests.helpers.hub import FakeHub
-from tests.helpers.hub.env import hub_env
 from tests.helpers.numeric import assert_close_scaled
-from tests.helpers.tiny_biomedclip import BERT_REPO, CONTEXT, NAME, OPEN_CLIP_REPO, serve_tiny_biomedclip
+from tests.helpers.tiny_biomedclip import BERT_REPO, CONTEXT, NAME, OPEN_CLIP_REPO, hub_with_tiny_biomedclip
 
 pytestmark = pytest.mark.slow
 CAPTIONS = ["this is an image of lung adenocarcinoma", "a photo of benign colon tissue", "chest x ray"]
@@ -29,11 +26,7 @@ CAPTIONS = ["this is an image of lung adenocarcinoma", "a photo of benign colon 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    with FakeHub() as hub:
-        serve_tiny_biomedclip(hub, tmp_path_factory.mktemp("repos"))
-        home = tmp_path_factory.mktemp("hf_home")
-        env = os.environ | {"OMP_NUM_THREADS": "1"}
-        hub.env = {k: v for k, v in (env | hub_env(hub.url, home, None)).items() if v is not None}
+    with hub_with_tiny_biomedclip(tmp_path_factory.mktemp("hub")) as hub:
         yield hub
 
 
