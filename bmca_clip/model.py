@@ -26,6 +26,7 @@ from open_clip.pretrained import download_pretrained_from_hf
 
 from bmca_clip.config import ModelConfig
 from bmca_clip.errors import ModelLoadError
+from bmca_clip.hf_tower import is_hf_text, lock_hf_text, require_hf_text_tower
 from bmca_clip.io import is_bmca_checkpoint
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> ClipBun
     # A local file (ours, open_clip's, safetensors, DDP-prefixed) is loaded after building: open_clip
     # cannot read our trainer checkpoints, and load_model_weights handles every form with one message.
     weights_file = pretrained if pretrained and Path(pretrained).is_file() else None
+    require_hf_text_tower(name)
     preprocess: dict = {}
     if pretrained and pretrained.startswith(HF_HUB_PREFIX):  # open_clip reads hf-hub: only as a name
         weights_file, preprocess = hub_weights(pretrained[len(HF_HUB_PREFIX) :], cfg.cache_dir)
@@ -132,7 +134,9 @@ def freeze(model: torch.nn.Module, cfg: ModelConfig) -> list[str]:
     """Freeze what `cfg` asks for; returns the names of the frozen parameters (logged, and tested)."""
     if cfg.lock_image:
         model.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_groups)
-    if cfg.lock_text:
+    if cfg.lock_text and is_hf_text(getattr(model, "text", None)):  # BiomedCLIP's: hf_tower.py
+        lock_hf_text(model.text, cfg.lock_text_unlocked_layers)
+    elif cfg.lock_text:
         # open_clip asserts on freeze_layer_norm=False for native text towers (its LayerNorms are frozen
         # with the rest), so only the supported form is ever passed.
         model.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers, freeze_layer_norm=True)

@@ -112,6 +112,9 @@ class TrainLoader:
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if self.num_workers else None,
             worker_init_fn=shield_data_worker,  # a signal to the whole job is for the main process only
+            # Its base seed drawn from a generator of its own, not the global RNG: a resumed run creates
+            # its DataLoader after restoring that RNG, so a draw from it would shift dropout's stream.
+            generator=torch.Generator().manual_seed(self.dataset.seed),
         )
         for batch in loader:
             if "data_error" in batch:  # a worker's DataError (TrainStream.__iter__)

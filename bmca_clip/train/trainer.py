@@ -17,6 +17,7 @@ from bmca_clip.config import ConfigError, PretrainConfig
 from bmca_clip.data.loader import TrainLoader
 from bmca_clip.dist import DistInfo
 from bmca_clip.errors import TrainingDiverged
+from bmca_clip.hf_tower import needs_find_unused_parameters
 from bmca_clip.loss import build_loss
 from bmca_clip.optim import build_optimizer, build_scheduler
 from bmca_clip.precision import check_pure_bf16
@@ -55,7 +56,9 @@ class Trainer(TrainStep):
             model = torch.compile(model)
         if dist.world_size > 1:
             ids = [dist.device.index] if dist.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
+            # Decided from the model (hf_tower.py): only an unread HF pooler leaves parameters without grads.
+            unused = needs_find_unused_parameters(model)
+            model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
         self.model = model
         self.optimizer = build_optimizer(unwrap(model), cfg.optim)
         # Built once: rebuilding it every step costs ~4 ms of host time for ViT-L-14 (bench/train_throughput.py).

@@ -121,6 +121,15 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
         creates=("runs/bmca_clip/wise_0.5.pt",),
     ),
     "python eval.py suite=demo model=ViT-L-14 model.pretrained=commonpool_xl_clip_s13b_b90k checkpoint=runs/bmca_clip 'model.wise_ft_alpha=[0.25,0.5,0.75,1.0]'": Compose(),
+    # Continual pretraining from BiomedCLIP (the real hub id: composed; tests/integration/test_biomedclip_*.py
+    # run the same commands on a tiny model of its shape from a local hub)
+    "pip install '.[biomedclip]'": Exclude(PIP),
+    "python train.py model=biomedclip data=biomedica_concept_filtered train.precision=amp_bf16 optim.lr=1e-6": Compose(),
+    "python train.py model=biomedclip model.lock_text=true model.lock_text_unlocked_layers=2 model.grad_checkpointing=true": Compose(),
+    "python -m bmca_clip.wise_ft base=hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 tuned=runs/bmca_clip/checkpoints/step_00026367.pt alpha=0.5 out=runs/bmca_clip/wise_0.5.pt": Exclude(
+        "downloads BiomedCLIP from the hub; tests/integration/test_biomedclip_e2e.py runs this command on a tiny model of its shape"
+    ),
+    "python eval.py suite=biomedclip5 model=biomedclip": Compose(),
     "python -m bmca_clip.export checkpoint=runs/bmca_clip out=exported/ results=runs/eval/demo [push_to_hub=org/name]": Run(
         {" [push_to_hub=org/name]": ""}, needs=("eval",), creates=("exported/open_clip_model.safetensors",)
     ),

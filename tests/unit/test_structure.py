@@ -151,6 +151,7 @@ LAYERS = {
     "data": ["data"],
     "model": [
         "model",
+        "hf_tower",
         "model_configs",
         "loss",
         "optim",

@@ -1,4 +1,4 @@
-"""A local stand-in for huggingface.co: serves dataset repos from folders over HTTP, with fault injection.
+"""A local stand-in for huggingface.co: serves dataset and model repos from folders over HTTP, with faults.
 
 Tests register folders as dataset repos on a `FakeHub`, start it on 127.0.0.1 and point huggingface_hub at it
 with `hub.use()`. Routes, query parameters and headers follow what huggingface_hub 2.4 sends and reads (checked
@@ -9,6 +9,9 @@ against its hf_api.py, file_download.py and utils/_http.py):
     POST     /api/datasets/{repo}/paths-info/{rev}       form body with repeated `paths` (JSON accepted too)
     GET|HEAD /datasets/{repo}/resolve/{rev}/{path}       file bytes (hf_hub_url, hf_hub_download), Range
     GET|HEAD /cdn-lfs/{sha256}/{path}                    only with cdn_redirect=True: the "CDN" leg of a redirect
+
+Model repos (`add_model`: what open_clip's hf-hub: ids and transformers' from_pretrained read) answer the same
+routes under /api/models/{repo}/... and /{repo}/resolve/{rev}/{path}.
 
 huggingface_hub percent-encodes revisions with safe="" (`refs%2Fconvert%2Fparquet`), so a revision is always one
 path segment. Errors carry `X-Error-Code` (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo), which is

@@ -70,29 +70,30 @@ class Handler(BaseHTTPRequestHandler):
         if segs[:1] == ["cdn-lfs"] and len(segs) >= 2 and self.command in ("GET", "HEAD"):
             return self._cdn(segs[1], unquote("/".join(segs[2:])))  # signed-URL leg: no token, like a CDN
         self.hub._check_auth(self.headers.get("Authorization"))
-        if segs[:2] == ["api", "datasets"] and len(segs) > 2:
-            return self._api(segs[2:], query)
-        if segs[:1] == ["datasets"] and self.command in ("GET", "HEAD"):
-            repo_id, rest = self.hub._split_repo(segs[1:])
+        if segs[:2] in (["api", "datasets"], ["api", "models"]) and len(segs) > 2:
+            return self._api(segs[2:], query, models=segs[1] == "models")
+        models = segs[:1] != ["datasets"]  # a model repo's files are at /{repo}/resolve/...
+        if self.command in ("GET", "HEAD") and segs:
+            repo_id, rest = self.hub._split_repo(segs[0 if models else 1 :], models)
             if len(rest) >= 3 and rest[0] == "resolve":
-                snap = self.hub._snapshot(repo_id, unquote(rest[1]))
+                snap = self.hub._snapshot(repo_id, unquote(rest[1]), models)
                 return self._resolve(snap, unquote("/".join(rest[2:])))
         raise HubError(404, "Not Found")
 
-    def _api(self, segs: list[str], query: dict[str, list[str]]) -> None:
-        repo_id, rest = self.hub._split_repo(segs)
+    def _api(self, segs: list[str], query: dict[str, list[str]], models: bool = False) -> None:
+        repo_id, rest = self.hub._split_repo(segs, models)
         action = rest[0] if rest else "revision"
         if action == "revision" and self.command == "GET":
-            snap = self.hub._snapshot(repo_id, unquote("/".join(rest[1:])) if rest else None)
+            snap = self.hub._snapshot(repo_id, unquote("/".join(rest[1:])) if rest else None, models)
             info = snap.info(flag(query, "blobs"), "auto" if self.hub.token else False)
             if query.get("expand"):  # only the listed properties, as the hub does
                 info = {k: v for k, v in info.items() if k in {"_id", "id", *query["expand"]}}
             return self._send_json(info)
         if action == "tree" and len(rest) >= 2 and self.command == "GET":
-            snap = self.hub._snapshot(repo_id, unquote(rest[1]))
+            snap = self.hub._snapshot(repo_id, unquote(rest[1]), models)
             return self._tree(snap, unquote("/".join(rest[2:])).strip("/"), query)
         if action == "paths-info" and len(rest) == 2 and self.command == "POST":
-            snap = self.hub._snapshot(repo_id, unquote(rest[1]))
+            snap = self.hub._snapshot(repo_id, unquote(rest[1]), models)
             return self._paths_info(snap)
         raise HubError(404, "Not Found")
 

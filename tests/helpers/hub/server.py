@@ -63,7 +63,8 @@ class FakeHub:
         # method, path (as sent, still %-encoded), query (parse_qs), headers (Canonical-Case names), status
         self.requests: list[dict] = []
         self._port = port
-        self._repos: dict[str, dict[str, Snapshot]] = {}
+        self._repos: dict[str, dict[str, Snapshot]] = {}  # dataset repos
+        self._models: dict[str, dict[str, Snapshot]] = {}  # model repos
         self._blobs: dict[str, File] = {}  # by sha256, for the CDN leg
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -87,6 +88,14 @@ class FakeHub:
         Files are hashed now and read at request time, so do not change them afterwards. Returns the commit
         sha, which requests may use instead of the branch name; without `commit` it is derived from content.
         """
+        return self._add("datasets", repo_id, folder, revision, commit)
+
+    def add_model(self, repo_id: str, folder: Path, revision: str = "main", commit: str | None = None) -> str:
+        """As add_dataset, for a model repo (/api/models/..., /{repo}/resolve/...): what open_clip's hf-hub:
+        ids and transformers' from_pretrained download from."""
+        return self._add("models", repo_id, folder, revision, commit)
+
+    def _add(self, kind: str, repo_id: str, folder: Path, revision: str, commit: str | None) -> str:
         folder = Path(folder)
         if not folder.is_dir():
             raise ValueError(f"FakeHub.add_dataset({repo_id!r}): {folder} is not a directory")
@@ -96,7 +105,8 @@ class FakeHub:
         if commit is None:
             commit = sha1("".join(f"{f.path}\0{f.git_oid}\n" for f in files.values()).encode())
         with self._lock:
-            self._repos.setdefault(repo_id, {})[revision] = Snapshot(repo_id, revision, commit, files)
+            repos = self._repos if kind == "datasets" else self._models
+            repos.setdefault(repo_id, {})[revision] = Snapshot(repo_id, revision, commit, files)
             for file in files.values():
                 if file.sha256:
                     self._blobs.setdefault(file.sha256, file)
@@ -206,20 +216,21 @@ class FakeHub:
         if not hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode()):
             raise HubError(401, "Invalid credentials in Authorization header")
 
-    def _split_repo(self, segments: list[str]) -> tuple[str, list[str]]:
+    def _split_repo(self, segments: list[str], models: bool = False) -> tuple[str, list[str]]:
         """Split raw path segments into (repo_id, rest); ids are usually `namespace/name`, but may be one part."""
         parts = [unquote(s) for s in segments]
-        if len(parts) >= 2 and f"{parts[0]}/{parts[1]}" in self._repos:
+        repos = self._models if models else self._repos
+        if len(parts) >= 2 and f"{parts[0]}/{parts[1]}" in repos:
             return f"{parts[0]}/{parts[1]}", segments[2:]
-        if parts and parts[0] in self._repos:
+        if parts and parts[0] in repos:
             return parts[0], segments[1:]
         if len(parts) < 2:
             raise HubError(404, "Repository not found", "RepoNotFound")
         return f"{parts[0]}/{parts[1]}", segments[2:]
 
-    def _snapshot(self, repo_id: str, revision: str | None) -> Snapshot:
+    def _snapshot(self, repo_id: str, revision: str | None, models: bool = False) -> Snapshot:
         with self._lock:
-            revisions = dict(self._repos.get(repo_id, {}))
+            revisions = dict((self._models if models else self._repos).get(repo_id, {}))
         if not revisions:
             raise HubError(404, "Repository not found", "RepoNotFound")
         if revision is None:
