@@ -22,6 +22,7 @@ unreadable file is a ShardError (counted, the stream goes on with the next one).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -99,36 +100,41 @@ def _open_file(url: str, policy: HttpPolicy, stats: dict):
         raise ShardError(url, "missing", "no such file") from None
 
 
-def parquet_samples(spec: TableSpec, url: str, members: Members, policy: HttpPolicy, stats: dict):
+@contextlib.contextmanager
+def _unreadable_as_shard_error(url: str):
+    """pyarrow's errors on a file that is not (or no longer) parquet: a ShardError, counted, the stream goes
+    on; a ShardError from the RangeReader underneath passes through as it is."""
     import pyarrow as pa
+
+    try:
+        yield
+    except ShardError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise ShardError(url, "unreadable_parquet", f"{type(err).__name__}: {err}") from None
+
+
+def parquet_samples(spec: TableSpec, url: str, members: Members, policy: HttpPolicy, stats: dict):
     import pyarrow.parquet as pq
 
     with _open_file(url, policy, stats) as handle:
-        try:
+        with _unreadable_as_shard_error(url):
             parquet = pq.ParquetFile(handle, pre_buffer=False)
-        except (pa.ArrowException, OSError, ValueError) as err:
-            if isinstance(err, ShardError):
-                raise
-            raise ShardError(url, "unreadable_parquet", f"{type(err).__name__}: {err}") from None
         names = parquet.schema_arrow.names
         _missing_column(spec, f"parquet file {url}", names)
         columns = names if members.metadata else [spec.image_column, spec.caption_column]
         stem = url.rsplit("/", 1)[-1].removesuffix(".parquet")
+        no_bytes = f"no image bytes in column {spec.image_column!r}"  # where a missing image was looked for
         row = 0
         for group in range(parquet.num_row_groups):
-            try:
+            with _unreadable_as_shard_error(url):
                 table = parquet.read_row_group(group, columns=columns, use_threads=False)
-            except (pa.ArrowException, OSError, ValueError) as err:
-                if isinstance(err, ShardError):
-                    raise
-                raise ShardError(url, "unreadable_parquet", f"{type(err).__name__}: {err}") from None
             images = table.column(spec.image_column).to_pylist()
             captions = table.column(spec.caption_column).to_pylist()
             metas = table.drop_columns([spec.image_column]).to_pylist() if members.metadata else None
             for i, (image, caption) in enumerate(zip(images, captions, strict=True)):
                 meta = metas[i] if metas is not None else None
-                ref = f"no image bytes in column {spec.image_column!r}"
-                yield _sample(f"{stem}:{row:07d}", url, image, caption, meta, members, ref)
+                yield _sample(f"{stem}:{row:07d}", url, image, caption, meta, members, no_bytes)
                 row += 1
 
 
@@ -197,16 +203,17 @@ def csv_samples(spec: TableSpec, url: str, members: Members) -> Iterator[dict]:
         values += [""] * (len(names) - len(values))  # a short row: its missing cells are empty
         relative = values[image_at].strip()
         meta = dict(zip(names, values, strict=False)) if members.metadata else None
-        ref = f"no image file {folder / relative}" if relative else f"an empty {spec.image_column!r}"
-        image = _image_bytes(folder, relative)
+        image_path = folder / relative if relative else None
+        ref = f"no image file {image_path}" if image_path else f"an empty {spec.image_column!r}"
+        image = _image_bytes(image_path)
         yield _sample(f"{stem}:{row:07d}", url, image, values[caption_at], meta, members, ref)
 
 
-def _image_bytes(folder: Path, relative: str) -> bytes | None:
-    """The image file's bytes (a path relative to the table's folder, or absolute); None when missing."""
-    if not relative:
+def _image_bytes(path: Path | None) -> bytes | None:
+    """The image file's bytes (relative to the table's folder, or absolute); None when empty or missing."""
+    if path is None:
         return None
     try:
-        return (folder / relative).read_bytes()
+        return path.read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
