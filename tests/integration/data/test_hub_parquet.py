@@ -5,19 +5,17 @@ one line each."""
 
 from __future__ import annotations
 
-import open_clip
 import pytest
 
 from bmca_clip.config import DataConfig, SourceConfig
-from bmca_clip.data.decode import PilTransform
 from bmca_clip.data.filters import FilterConfig
 from bmca_clip.data.hub import discover
-from bmca_clip.data.loader import build_train_loader
 from bmca_clip.errors import DataError
 from tests.helpers.biomedica_hub import REPO_ID, TOKEN, write_repo
 from tests.helpers.biomedica_hub import hub_source as _biomedica
 from tests.helpers.biomedica_hub import stream_config as _cfg
 from tests.helpers.hub import FakeHub
+from tests.helpers.loaders import first_batch_keys, tiny_loader
 from tests.helpers.parquet_hub import PARQUET_REPO_ID, write_parquet_repo
 
 
@@ -27,19 +25,9 @@ def _parquet(**kw) -> SourceConfig:
 
 def _read(cfg: DataConfig, n_batches: int, state=None, batch_size: int = 6):
     """The keys of n batches, and the loader's state and counters after them."""
-    loader = build_train_loader(
-        cfg,
-        PilTransform(open_clip.image_transform(32, is_train=True)),
-        open_clip.get_tokenizer("bmca-tiny"),
-        batch_size=batch_size,
-        seed=0,
-        state=state,
-    )
-    batches = []
-    for batch in loader:
-        batches.append(batch["keys"])
-        if len(batches) == n_batches:
-            return batches, loader.state_dict(), loader.counters()
+    loader = tiny_loader(cfg, batch_size=batch_size, state=state, train=True)
+    batches = first_batch_keys(loader, n_batches)
+    return batches, loader.state_dict(), loader.counters()
 
 
 def _serve_both(hub, tmp_path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import math
 
-import open_clip
 import torch
 import webdataset as wds
 from PIL import Image
@@ -16,10 +15,9 @@ from PIL import Image
 import bmca_clip.train.run as train_mod
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
 from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
-from bmca_clip.data.decode import PilTransform
 from bmca_clip.data.filters import FilterConfig
-from bmca_clip.data.loader import build_train_loader
 from tests.helpers.config import compose_config, tiny_train_overrides
+from tests.helpers.loaders import first_batch_keys, tiny_loader
 
 PASS, FAIL = "a caption long enough", "x"  # data.filter.min_caption_chars=5 keeps the first only
 
@@ -59,19 +57,9 @@ def _two_sources(tmp_path, **kw) -> DataConfig:
 
 
 def _keys(cfg: DataConfig, batches: int, batch_size: int = 50, state=None):
-    loader = build_train_loader(
-        cfg,
-        PilTransform(open_clip.image_transform(32, is_train=False)),
-        open_clip.get_tokenizer("bmca-tiny"),
-        batch_size=batch_size,
-        seed=0,
-        state=state,
-    )
-    out = []
-    for batch in loader:
-        out.append(batch["keys"])
-        if len(out) == batches:
-            return out, loader.state_dict() | {"counters": loader.counters()}
+    loader = tiny_loader(cfg, batch_size=batch_size, state=state)
+    out = first_batch_keys(loader, batches)
+    return out, loader.state_dict() | {"counters": loader.counters()}
 
 
 def _share_of_a(batches) -> tuple[float, int]:

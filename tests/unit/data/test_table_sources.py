@@ -13,6 +13,7 @@ from bmca_clip.data.decode import PilTransform
 from bmca_clip.data.filters import FilterConfig
 from bmca_clip.data.loader import build_train_loader
 from bmca_clip.errors import ConfigError, DataError
+from tests.helpers.loaders import first_batch_keys, tiny_loader
 from tests.helpers.parquet_hub import jpeg, write_csv_table, write_parquet_repo
 
 
@@ -23,19 +24,9 @@ def _csv(table: str, **kw) -> SourceConfig:
 
 def _read(sources: dict, n_batches: int, batch_size: int = 5, state=None, **kw):
     values = dict(num_workers=0, shuffle_buffer=1, shuffle_initial=1, resampled=False) | kw
-    loader = build_train_loader(
-        DataConfig(sources=sources, **values),
-        PilTransform(open_clip.image_transform(32, is_train=False)),
-        open_clip.get_tokenizer("bmca-tiny"),
-        batch_size=batch_size,
-        seed=0,
-        state=state,
-    )
-    batches = []
-    for batch in loader:
-        batches.append(batch["keys"])
-        if len(batches) == n_batches:
-            return batches, loader.state_dict(), loader.counters()
+    loader = tiny_loader(DataConfig(sources=sources, **values), batch_size=batch_size, state=state)
+    batches = first_batch_keys(loader, n_batches)
+    return batches, loader.state_dict(), loader.counters()
 
 
 def test_a_csv_row_with_a_missing_image_or_an_empty_caption_is_skipped_and_counted(tmp_path):
