@@ -99,7 +99,7 @@ class MetricLogger:
             return
         self.open()  # a logger used without `with` opens at its first line
         # The console gets the headline numbers and any data trouble; every counter goes to JSONL and wandb.
-        main = {k: v for k, v in metrics.items() if "/" not in k or k.startswith("eval/")}
+        main = {k: v for k, v in metrics.items() if "/" not in k or k.startswith(("eval/", "val/"))}
         trouble = {k[5:]: v for k, v in metrics.items() if k.startswith(TROUBLE_PREFIXES)}
         line = f"step {step}: " + "  ".join(f"{k}={_fmt(v)}" for k, v in main.items())
         if trouble:

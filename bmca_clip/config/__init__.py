@@ -37,6 +37,7 @@ from bmca_clip.config.pretrain import (
     TrainEvalConfig,
     WandbConfig,
 )
+from bmca_clip.config.validation import ValConfig
 from bmca_clip.errors import ConfigError
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "SuiteConfig",
     "TrainConfig",
     "TrainEvalConfig",
+    "ValConfig",
     "WandbConfig",
     "register_configs",
     "to_object",

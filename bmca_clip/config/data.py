@@ -27,6 +27,9 @@ class SourceConfig:
     caption_column: str = "caption"  # parquet and csv: the caption column
     separator: str | None = None  # csv: the column separator; null = a tab for .tsv/.tab files, else a comma
     use_filters: bool = True  # false: data.filter and data.balance pass this source's samples untouched
+    # shards kept out of training and scored by val.*: globs of shard file names (a '/' matches the path's
+    # tail), braces and '::' as in train_shards, e.g. "{000000,000931}.tar"; null = none held out
+    holdout: str | None = None
 
     def __post_init__(self):
         check(self.weight >= 0, "data.sources.<name>.weight", self.weight, "a float >= 0")
@@ -50,6 +53,9 @@ class DataConfig:
     # Tar shards: a folder, a file, a brace pattern or URL ('::' joins several); shorthand for one source.
     train_shards: str | None = None
     sources: dict[str, SourceConfig] = field(default_factory=dict)  # named sources, mixed by weight
+    holdout: str | None = (
+        None  # data.train_shards' shards kept for validation, as data.sources.<name>.holdout
+    )
     filter: FilterConfig = field(default_factory=FilterConfig)  # which samples to keep, by metadata
     balance: BalanceConfig = field(default_factory=BalanceConfig)  # per-concept sampling weights
     # What sources.<name>.weight means: weights = each source's share of the samples drawn (after filters);
@@ -86,6 +92,12 @@ class DataConfig:
             "data.train_shards",
             self.train_shards,
             "null when data.sources is set (one or the other)",
+        )
+        check(
+            not (self.holdout and self.sources),
+            "data.holdout",
+            self.holdout,
+            "null when data.sources is set (use data.sources.<name>.holdout)",
         )
         check(self.retries >= 1, "data.retries", self.retries, "an integer >= 1")
         # Both pass the types but cannot work: urllib takes a timeout of 0 as non-blocking (every read fails

@@ -12,6 +12,7 @@ from typing import ClassVar
 from bmca_clip.config.checks import DEVICES, check, finite, one_of
 from bmca_clip.config.data import DataConfig
 from bmca_clip.config.model import ModelConfig
+from bmca_clip.config.validation import ValConfig
 from bmca_clip.errors import ConfigError
 
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "pure_bf16")
@@ -215,6 +216,7 @@ class PretrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # when and where to save
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # progress bar, metrics.jsonl, wandb
     eval: TrainEvalConfig = field(default_factory=TrainEvalConfig)  # zero-shot eval during training
+    val: ValConfig = field(default_factory=ValConfig)  # held-out pairs scored during training (loss, R@k)
     name: str = "default"  # run name; the run lives in output_dir
     output_dir: str = "runs/${name}"  # fixed per run name so that resume=latest finds it again
     resume: str | None = None  # null | latest | path to a checkpoint file

@@ -4,9 +4,10 @@ tables cut into chunks), each with its shard URLs, sampling probability, how to 
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import braceexpand
@@ -55,12 +56,14 @@ class Source:
     commit: str | None = None  # the hub commit the URLs name; None for local shards
     table: TableSpec | None = None  # how to read a parquet or csv source; None for tar shards
     filtered: bool = True  # data.filter and data.balance apply (data.sources.<name>.use_filters)
+    heldout: list[str] = field(default_factory=list)  # shards kept out of `urls` for validation (holdout)
 
 
 def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
     """The sources to read, with their shard URLs and sampling probabilities (hub repos listed here)."""
     if cfg.train_shards:
-        return [Source("shards", expand_shards(cfg.train_shards), 1.0)]
+        urls, heldout = split_holdout("data.holdout", expand_shards(cfg.train_shards), cfg.holdout)
+        return [Source("shards", urls, 1.0, heldout=heldout)]
     if not cfg.sources:
         raise DataError("no training data: set data.train_shards, or pick a preset such as data=biomedica")
     probs = source_probabilities({name: src.weight for name, src in cfg.sources.items()})
@@ -82,11 +85,42 @@ def resolve_sources(cfg: DataConfig, policy: HttpPolicy) -> list[Source]:
         except HubError as err:
             raise DataError(f"data.sources.{name}: {err}") from None
         commit = manifest.commit if manifest else None
-        sources.append(Source(name, urls, probs[name], commit, table, src.use_filters))
+        urls, heldout = split_holdout(f"data.sources.{name}.holdout", urls, src.holdout)
+        sources.append(Source(name, urls, probs[name], commit, table, src.use_filters, heldout))
         what = "share of pairs before filters" if cfg.mixing == "natural" else "sampling probability"
         unit = {"csv": "chunks", "parquet": "parquet files"}.get(src.format, "shards")
-        log.info("source %s: %d %s, %s %.3f", name, len(urls), unit, what, probs[name])
+        held = f" (+{len(heldout)} held out for validation)" if heldout else ""
+        log.info("source %s: %d %s%s, %s %.3f", name, len(urls), unit, held, what, probs[name])
     return sources
+
+
+def split_holdout(key: str, urls: list[str], spec: str | None) -> tuple[list[str], list[str]]:
+    """(training shards, held-out shards) of one source: a shard is held out when its file name matches
+    one of the globs in `spec` ('::' joins several, braces expand; a glob with '/' matches that many
+    trailing path parts). Refuses a glob that matches no shard, and holding out every shard."""
+    if not spec:
+        return urls, []
+    globs = [g for part in spec.split("::") if part.strip() for g in braceexpand.braceexpand(part.strip())]
+    held: set[str] = set()
+    for glob in globs:
+        hits = {url for url in urls if fnmatch.fnmatchcase(_tail(url, glob), glob)}
+        if not hits:
+            raise DataError(
+                f"{key}={spec!r}: {glob!r} matches none of the source's {len(urls)} shards (such as "
+                f"{_tail(urls[0], glob)!r}); name shard files, e.g. {_tail(urls[0], 'x')!r}"
+            )
+        held |= hits
+    if len(held) == len(urls):
+        raise DataError(
+            f"{key}={spec!r} holds out all {len(urls)} shards of the source, leaving none to train on: "
+            "hold out fewer shards (at least one must stay in training)"
+        )
+    return [u for u in urls if u not in held], [u for u in urls if u in held]
+
+
+def _tail(url: str, glob: str) -> str:
+    """The last path parts of a shard URL or path, as many as `glob` has."""
+    return "/".join(url.rstrip("/").split("/")[-(glob.count("/") + 1) :])
 
 
 def _table_spec(name: str, src) -> TableSpec | None:

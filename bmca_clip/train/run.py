@@ -29,6 +29,7 @@ from bmca_clip.train.resume import log_plan
 from bmca_clip.train.rundir import run_lock
 from bmca_clip.train.start import Start, checkpoint_dir, decide_start, rank_data_state
 from bmca_clip.train.trainer import Trainer
+from bmca_clip.validation import build_validation
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def _build(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> tuple[Trai
     if eval_tasks is not None:
         evaluator = PeriodicEval(eval_tasks, cfg.eval, bundle.preprocess_eval, bundle.tokenizer, dist)
     components = _components(cfg, dist, start, weights, evaluator)
+    components = dataclasses.replace(components, validator=build_validation(cfg, sources, bundle, dist))
     trainer = Trainer(cfg, dist, bundle.model, components=components)
     data_state = None
     if start.state is not None:

@@ -45,6 +45,7 @@ class Trainer(TrainStep):
         parts = components or Components()
         self.checkpointer, self.logger = parts.checkpointer, parts.logger
         self.evaluator, self.preemption = parts.evaluator, parts.preemption
+        self.validator = parts.validator
         self.accum_freq = cfg.train.accumulation(dist.world_size)  # derived from train.global_batch if set
         if cfg.train.precision == "amp_fp16" and dist.device.type != "cuda":
             raise ConfigError("train.precision=amp_fp16 needs a CUDA device; use fp32 or amp_bf16 on the CPU")
@@ -137,6 +138,10 @@ class Trainer(TrainStep):
                 logger.advance(self.step)
                 if self.evaluator is not None and self.evaluator.should_eval(self.step, steps):
                     scores = self.evaluator(unwrap(self.model))  # every rank: each scores its share of tasks
+                    logger.log(self.step, scores)
+                    last.update(scores)
+                if self.validator is not None and self.validator.should_validate(self.step, steps):
+                    scores = self.validator(unwrap(self.model))  # every rank: each encodes its share of pairs
                     logger.log(self.step, scores)
                     last.update(scores)
                 deferred = self.save_pending and not self.nonfinite_in_a_row  # one deferred by a nan step

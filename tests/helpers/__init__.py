@@ -6,6 +6,7 @@ numeric.py         assert_close_scaled, max_abs: float comparisons scaled to the
 shards.py          small tar shards with good and bad samples, and `deadline` for streams that could spin
 torchrun.py        torchrun: start `torch.distributed.run` with two gloo ranks on this machine
 dist_worker.py     the script torchrun runs for tests/integration/test_distributed.py
+val_worker.py      the script torchrun runs for tests/integration/test_validation_distributed.py
 eval_fixtures.py   a tiny random-init CLIP, local eval task data and task YAML bodies
 eval_hub_repos.py  stand-ins for the hub datasets the eval loaders read, in their real layouts
 eval_loaders.py    task YAMLs from a source block, to_tensor, centre colours: what the eval loader tests share

@@ -99,6 +99,11 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
     "torchrun --nproc_per_node=8 train.py model=ViT-L-14 model.pretrained=commonpool_xl_clip_s13b_b90k data=biomedica_concept_filtered train.batch_size=1024 train.precision=amp_bf16 optim.lr=1e-6": Compose(),
     "python train.py data=local data.train_shards='/data/shards/{000000..000099}.tar'": Compose(),
     "python train.py data=local data.train_shards='/data/shards/{000000..000099}.tar' resume=latest": Compose(),
+    # Validation during training
+    "python train.py experiment=demo name=demo_val data.holdout=commercial/000000.tar val.every_steps=100": Run(
+        {"val.every_steps=100": "val.every_steps=3 val.samples=40 model=bmca-tiny train.steps=4 train.batch_size=16 data.num_workers=0 logger.progress_bar=false"},
+        creates=("runs/demo_val/metrics.jsonl",),
+    ),
     # Parquet and CSV training data (the hub for the first three: tests/integration/data/test_hub_parquet*.py
     # run them against the test hub; the CSV source: tests/unit/data/test_table_sources.py)
     "python train.py data=mixed_roco": Compose(),

@@ -160,6 +160,7 @@ LAYERS = {
         "dist",
         "tracking",
         "wise_ft",
+        "validation",
     ],
     "evaluation": ["eval"],
     "training": ["train"],

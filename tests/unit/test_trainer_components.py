@@ -28,7 +28,7 @@ from bmca_clip.train.trainer import Trainer
 from tests.helpers.batch import global_batch
 from tests.helpers.config import REPO, compose_config, tiny_train_overrides
 
-COMPONENTS = ("checkpointer", "logger", "evaluator", "preemption")
+COMPONENTS = ("checkpointer", "logger", "evaluator", "preemption", "validator")
 
 
 def _cfg(corpus: Path, out: Path, **extra) -> PretrainConfig:

@@ -31,6 +31,7 @@ LAYERS = {
     "tables": 2,  # parquet files and CSV chunks as samples
     "sources": 3,  # named sources -> shard URLs and probabilities
     "stream": 4,  # one stream: read, filter, shuffle, mix, decode
+    "heldout": 4,  # the validation pairs of the held-out shards, in a fixed order
     "loader": 5,  # batches, workers, resume state
     "synthetic": 2,  # write_corpus and its command line
 }
