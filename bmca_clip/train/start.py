@@ -36,8 +36,10 @@ def rank_data_state(state: dict, rank: int, world_size: int, num_workers: int) -
 
 
 def data_streams(state: dict | None) -> int | None:
-    """The checkpoint's number of logical streams (None: no data position to continue)."""
-    return checkpoint_streams(state["data"]["ranks"]) if state and "data" in state else None
+    """The checkpoint's number of logical streams (None: no data position to continue, or one that does
+    not say how many streams each rank held)."""
+    ranks = state["data"]["ranks"] if state and "data" in state else []
+    return checkpoint_streams(ranks) if ranks and all("num_streams" in r for r in ranks) else None
 
 
 def _plan(state: dict | None, resolved: dict, world_size: int) -> ResumePlan:
