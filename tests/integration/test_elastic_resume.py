@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.helpers.config import REPO, tiny_train_overrides
-from tests.helpers.elastic import assert_streams_continue, elastic_data, write_keyed_corpus
+from tests.helpers.elastic import assert_streams_continue, by_stream, elastic_data, write_keyed_corpus
 from tests.helpers.torchrun import torchrun
 
 WORKER = REPO / "tests/helpers/elastic_worker.py"
@@ -22,17 +22,14 @@ def keyed(tmp_path_factory):
     return folder, {f"{s:02d}_{i:02d}" for s in range(12) for i in range(4)}
 
 
-def _phase(out, corpus, world: int, workers: int, streams: int, batches: int, state=None) -> list[str]:
+def _phase(out, corpus, world, workers, streams, batches, more=0, state=None) -> tuple[list[str], list[str]]:
+    """Under torchrun: the keys of the first `batches` batches of every rank, and of all batches + more."""
     out.mkdir()
-    args = [WORKER, out, corpus, batches, workers, streams, *([state] if state else [])]
+    args = [WORKER, out, corpus, batches, more, workers, streams, *([state] if state else [])]
     proc = torchrun(*args, nproc=world)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [
-        key
-        for r in range(world)
-        for batch in json.loads((out / f"keys{r}.json").read_text())
-        for key in batch
-    ]
+    ranks = [json.loads((out / f"keys{r}.json").read_text()) for r in range(world)]
+    return [k for r in ranks for b in r[:batches] for k in b], [k for r in ranks for b in r for k in b]
 
 
 @pytest.mark.parametrize(
@@ -47,17 +44,26 @@ def _phase(out, corpus, world: int, workers: int, streams: int, batches: int, st
 def test_every_logical_stream_continues_where_it_stopped_on_another_topology(
     tmp_path, keyed, before, after, streams
 ):
-    """(ranks, workers, batches per rank) before and after the resume; per logical stream, the keys of both
-    phases are that stream's own sequence, and the first pass over all streams is the corpus once."""
+    """(ranks, workers, batches per rank) before and after the resume. Per logical stream, the keys of
+    both phases are that stream's own sequence and agree with the uninterrupted run's (the first phase
+    read on without stopping); the first pass over all streams is the corpus once, as uninterrupted."""
     corpus, corpus_keys = keyed
     world, workers, batches = before
-    seen = _phase(tmp_path / "a", corpus, world, workers, streams, batches)
+    more = -(-after[0] * after[2] // world)  # at least as many samples as the resumed phase reads
+    seen, whole = _phase(tmp_path / "a", corpus, world, workers, streams, batches, more)
     saved = torch.load(tmp_path / "a" / "state.pt", weights_only=True)
     logical = sum(r["num_streams"] for r in saved["data"]["ranks"])
     assert logical == (streams or world * workers)
     world, workers, batches = after
-    seen += _phase(tmp_path / "b", corpus, world, workers, streams, batches, tmp_path / "a" / "state.pt")
+    seen += _phase(
+        tmp_path / "b", corpus, world, workers, streams, batches, state=tmp_path / "a" / "state.pt"
+    )[0]
     assert_streams_continue(seen, elastic_data(corpus), logical, corpus_keys)
+    assert_streams_continue(whole, elastic_data(corpus), logical, corpus_keys)
+    resumed, straight = by_stream(seen, logical), by_stream(whole, logical)
+    for s in range(logical):
+        n = min(len(resumed[s]), len(straight[s]))
+        assert resumed[s][:n] == straight[s][:n], f"logical stream {s}"
 
 
 def test_train_py_saved_on_two_ranks_resumes_on_one_and_refuses_three_in_one_line(corpus, tmp_path):
