@@ -68,6 +68,8 @@ class DataConfig:
     shuffle_buffer: int = 2000  # samples held in the shuffle buffer of each stream (refilled per shard)
     shuffle_initial: int = 500  # samples buffered before the first one is yielded
     num_workers: int = 2  # dataloader worker processes per rank (0 = read in the main process)
+    # logical streams over all ranks and workers (a resume keeps the checkpoint's); 0 = ranks x workers
+    streams: int = 0
     image_key: str = "jpg"  # tar member extension of the image
     caption_key: str = "txt"  # tar member extension of the caption
     max_bad_fraction: float = 0.5  # stop with an error if more than this share of samples fails to decode
@@ -84,6 +86,7 @@ class DataConfig:
     def __post_init__(self):
         check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
         check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        check(self.streams >= 0, "data.streams", self.streams, "an integer >= 0 (0 = ranks x workers)")
         check(0 < self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "in (0, 1]")
         check(self.max_bad_after >= 1, "data.max_bad_after", self.max_bad_after, "an integer >= 1")
         # Neither set is caught where data is built (a default-constructed schema must pass); both is a mistake.

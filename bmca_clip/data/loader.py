@@ -1,16 +1,20 @@
-"""One rank's training batches: a torch DataLoader whose workers each run one stream (stream.py), and the
-data position a checkpoint stores to resume exactly.
+"""One rank's training batches: a torch DataLoader whose workers each run one or more logical streams
+(elastic.py says which; each is a stream.py SampleStream), and the data position a checkpoint stores.
 
-Each dataloader worker groups its stream's decoded samples into batches; a batch carries the stream's
-position after its last sample and the stream's counters. Workers are served round-robin, so the stream
-that produced the next batch is known; a resumed loader rotates its worker-to-stream mapping so that its
-first batch comes from that stream. The resume state (`TrainLoader.state_dict`) holds, per stream, the
-position of stream.py's SampleStream, plus the number of streams, the source names and their commits,
-checked against the resuming run's.
+Each dataloader worker groups its streams' decoded samples into batches; a worker holding several
+streams interleaves them sample by sample, always taking from the stream that has drawn the fewest
+samples (ties: local order), so the order is a function of the saved positions and needs no cursor. A
+batch carries the positions of the worker's streams after its last sample and their counters. Workers
+are served round-robin, so the worker that produced the next batch is known; a loader resumed on the
+same topology rotates its worker-to-group mapping so that its first batch comes from that worker. The
+resume state (`TrainLoader.state_dict`) holds, per local stream, the position of its SampleStream, the
+number of logical streams this rank holds, the source names and their commits, checked against the
+resuming run's.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -19,15 +23,19 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from bmca_clip.config import DataConfig
 from bmca_clip.data.counters import DataCounters
 from bmca_clip.data.decode import SampleDecoder
+from bmca_clip.data.elastic import default_streams, rank_streams, worker_groups
 from bmca_clip.data.http import HttpPolicy
 from bmca_clip.data.sources import Source, check_commits, resolve_sources
 from bmca_clip.data.stream import SampleStream
 from bmca_clip.errors import DataError
 from bmca_clip.signals import shield_data_worker
 
+log = logging.getLogger(__name__)
+
 
 class TrainStream(IterableDataset):
-    """One rank's share of the training data as batches; each dataloader worker runs one stream."""
+    """One rank's share of the training data as batches; each dataloader worker runs a group of this
+    rank's logical streams (elastic.worker_groups)."""
 
     def __init__(
         self,
@@ -40,21 +48,25 @@ class TrainStream(IterableDataset):
         seed,
         rank=0,
         world_size=1,
+        streams: int | None = None,
         positions=None,
         first_stream=0,
         policy: HttpPolicy | None = None,
     ):
         self.sources, self.decoder, self.tokenizer, self.cfg = sources, decoder, tokenizer, cfg
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.num_local = max(1, cfg.num_workers)
+        self.streams = streams or default_streams(cfg, world_size)  # L, over all ranks
+        self.logical = rank_streams(self.streams, world_size, rank)  # this rank's, in local order
+        self.groups = worker_groups(len(self.logical), cfg.num_workers)
+        self.num_local = len(self.groups)  # workers that run (at most one per stream)
         self.positions = dict(positions or {})
         self.first_stream, self.policy = first_stream, policy or HttpPolicy()
 
     def __iter__(self):
         info = get_worker_info()
-        local = ((info.id if info else 0) + self.first_stream) % self.num_local
+        group = ((info.id if info else 0) + self.first_stream) % self.num_local
         try:
-            yield from self._batches(local)
+            yield from self._batches(group)
         except DataError as err:
             if info is None:
                 raise
@@ -62,37 +74,48 @@ class TrainStream(IterableDataset):
             # TrainLoader raises the message itself, one line as the command line prints it.
             yield {"data_error": str(err)}
 
-    def _batches(self, local: int):
+    def _stream(self, local: int) -> SampleStream:
         start = self.positions.get(local, {"sample": 0, "sources": [(0, 0)] * len(self.sources)})
-        stream = SampleStream(
+        return SampleStream(
             self.sources,
             self.decoder,
             self.cfg,
             seed=self.seed,
-            stream=self.rank * self.num_local + local,
-            num_streams=self.world_size * self.num_local,
+            stream=self.logical[local],
+            num_streams=self.streams,
             policy=self.policy,
-            name=f"{local} of rank {self.rank}",
+            name=f"{self.logical[local]} of {self.streams} (rank {self.rank})",
             start=start,
         )
-        images, captions, keys = [], [], []
-        for image, caption, key in stream:
+
+    def _batches(self, group: int):
+        locals_ = self.groups[group]
+        streams = [self._stream(j) for j in locals_]
+        samples = [iter(s) for s in streams]
+        images, captions, keys, taken = [], [], [], [0] * len(streams)
+        while True:
+            # The stream that has drawn the fewest samples: round robin from a fresh start, and after a
+            # change of topology the streams that lag catch up; a function of the saved positions.
+            pick = min(range(len(streams)), key=lambda i: (streams[i].sample, i))
+            image, caption, key = next(samples[pick])
             images.append(image)
             captions.append(caption)
             keys.append(key)
+            taken[pick] += 1
             if len(images) == self.batch_size:
                 # Counted here, not where the filters pass a sample: that is a shuffle buffer ahead of
                 # decoding (and counts samples that then fail to decode), so a log line showed kept > decoded.
-                stream.counters.kept += len(images)
+                for stream, n in zip(streams, taken, strict=True):
+                    stream.counters.kept += n
                 yield {
                     "images": torch.stack(images),
                     "texts": self.tokenizer(captions),
                     "keys": keys,
-                    "stream": local,
-                    "position": stream.position(),
-                    "counters": stream.counters.copy(),
+                    "stream": group,
+                    "positions": {j: s.position() for j, s in zip(locals_, streams, strict=True)},
+                    "counters": DataCounters.total(s.counters for s in streams),
                 }
-                images, captions, keys = [], [], []
+                images, captions, keys, taken = [], [], [], [0] * len(streams)
 
 
 class TrainLoader:
@@ -119,10 +142,10 @@ class TrainLoader:
         for batch in loader:
             if "data_error" in batch:  # a worker's DataError (TrainStream.__iter__)
                 raise DataError(batch["data_error"])
-            stream = batch.pop("stream")
-            self.positions[stream] = batch.pop("position")
-            self._counters[stream] = batch.pop("counters")
-            self.next_stream = (stream + 1) % self.dataset.num_local
+            group = batch.pop("stream")
+            self.positions.update(batch.pop("positions"))
+            self._counters[group] = batch.pop("counters")
+            self.next_stream = (group + 1) % self.dataset.num_local
             yield batch
 
     def counters(self) -> DataCounters:
@@ -131,9 +154,9 @@ class TrainLoader:
 
     def state_dict(self) -> dict:
         return {
-            "positions": {str(k): v for k, v in self.positions.items()},
+            "positions": {str(k): v for k, v in sorted(self.positions.items())},
             "next_stream": self.next_stream,
-            "num_streams": self.dataset.num_local,
+            "num_streams": len(self.dataset.logical),  # logical streams of this rank (elastic.py)
             "sources": [s.name for s in self.dataset.sources],
             "commits": {s.name: s.commit for s in self.dataset.sources},
         }
@@ -155,13 +178,15 @@ def build_train_loader(
     world_size: int = 1,
     state: dict | None = None,
     sources: list[Source] | None = None,
+    streams: int | None = None,
 ) -> TrainLoader:
-    """The training batches of this rank; `state` is a TrainLoader.state_dict() to resume from, `sources`
-    what `resolve_sources(cfg, http_policy(cfg))` returned (listed here when None)."""
+    """The training batches of this rank; `state` is a TrainLoader.state_dict() to resume from (for
+    another topology: elastic.redistribute's), `sources` what `resolve_sources(cfg, http_policy(cfg))`
+    returned (listed here when None), `streams` the run's number of logical streams (None: data.streams,
+    or world size x max(1, data.num_workers))."""
     policy = http_policy(cfg)
     if sources is None:
         sources = resolve_sources(cfg, policy)
-    positions, first = _check_resume_state(state, cfg, sources)
     decoder = SampleDecoder(image_fn, cfg.image_key, cfg.caption_key)
     dataset = TrainStream(
         sources,
@@ -172,21 +197,30 @@ def build_train_loader(
         seed=seed,
         rank=rank,
         world_size=world_size,
-        positions=positions,
-        first_stream=first,
-        policy=policy,
+        streams=streams,
     )
-    return TrainLoader(dataset, cfg.num_workers)
+    dataset.positions, dataset.first_stream = _check_resume_state(state, dataset, sources)
+    if cfg.num_workers > dataset.num_local:
+        log.info(
+            "rank %d holds %d of the %d logical streams (data.streams): it runs %d of the %d data workers",
+            rank,
+            len(dataset.logical),
+            dataset.streams,
+            dataset.num_local,
+            cfg.num_workers,
+        )
+    return TrainLoader(dataset, min(cfg.num_workers, dataset.num_local))
 
 
-def _check_resume_state(state: dict | None, cfg: DataConfig, sources: list[Source]) -> tuple[dict, int]:
+def _check_resume_state(state: dict | None, dataset: TrainStream, sources: list[Source]) -> tuple[dict, int]:
     if not state:
         return {}, 0
-    streams = max(1, cfg.num_workers)
-    if state["num_streams"] != streams:
+    held = len(dataset.logical)
+    if state["num_streams"] != held:
         raise DataError(
-            f"the checkpoint's data position was saved with {state['num_streams']} streams per rank "
-            f"(data.num_workers), this run has {streams}: set data.num_workers={state['num_streams']} to resume exactly"
+            f"the data position holds {state['num_streams']} streams for rank {dataset.rank} and this run "
+            f"gives it {held} of {dataset.streams} logical streams: resume through train.py, which "
+            "redistributes a checkpoint's streams over the ranks and workers there are"
         )
     if state["sources"] != [s.name for s in sources]:
         raise DataError(
@@ -194,4 +228,5 @@ def _check_resume_state(state: dict | None, cfg: DataConfig, sources: list[Sourc
             f"{[s.name for s in sources]}: resume with the same data config"
         )
     check_commits(state.get("commits", {}), sources)  # none in checkpoints from before they were recorded
-    return {int(k): v for k, v in state["positions"].items()}, state["next_stream"]
+    first = state["next_stream"] if state["next_stream"] < dataset.num_local else 0
+    return {int(k): v for k, v in state["positions"].items()}, first

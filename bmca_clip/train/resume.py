@@ -9,8 +9,11 @@
   a resume still inside the warmup finishes it and then spans the cosine over the new total. Settings
   read as the run goes (clipping, logit-scale clamp, accumulation, logging, checkpoint and eval cadence,
   fp32/amp precision, data retries and caches) simply take effect.
+- applied as long as the checkpoint's L logical streams allow it (bmca_clip/data/elastic.py): the number
+  of processes (up to L) and data.num_workers; each logical stream continues exactly, redistributed.
+  data.streams at 0 or at the checkpoint's L changes nothing.
 - refused unless `resume_data=reset`: what decides which samples come next (every other data.* key,
-  train.seed, train.batch_size, the number of processes). With reset the run keeps weights, optimizer and
+  train.seed, train.batch_size; the number of processes when the checkpoint's L is not known). With reset the run keeps weights, optimizer and
   step and starts a fresh data stream; a checkpoint written after such a reset, with the same data
   settings, continues its own stream exactly (a requeued job repeats its command line).
 - refused always: the architecture and the set of trained parameters (model.*), the loss, the warmup
@@ -30,6 +33,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from bmca_clip.config import ConfigError, PretrainConfig
+from bmca_clip.data.elastic import STREAMS_ADVICE
 from bmca_clip.io import atomic_write
 from bmca_clip.redact import redact_config
 
@@ -90,8 +94,10 @@ def _differences(old: dict, new: dict) -> dict[str, list]:
     return changed
 
 
-def _kind(key: str, old: Any, new: Any) -> str:
-    """applied | stream | fixed."""
+def _kind(key: str, old: Any, new: Any, streams: int | None = None) -> str:
+    """applied | stream | fixed; `streams`: the checkpoint's logical streams (None: not known)."""
+    if streams is not None and _elastic(key, new, streams):
+        return "applied"
     if key in _FIXED_KEYS or (key == "train.precision" and "pure_bf16" in (old, new)):
         return "fixed"
     if key.startswith("model."):
@@ -101,21 +107,35 @@ def _kind(key: str, old: Any, new: Any) -> str:
     return "applied"
 
 
+def _elastic(key: str, new: Any, streams: int) -> bool:
+    """What logical streams make a topology setting: the stream position moves with them."""
+    if key == "data.streams":
+        return new in (0, streams)
+    return key in (_WORLD, "data.num_workers")
+
+
 def _listed(changes: dict[str, list]) -> str:
     return ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items())
 
 
 def plan_resume(
-    old: dict, new: PretrainConfig | dict, *, step: int, old_world: int, world: int
+    old: dict,
+    new: PretrainConfig | dict,
+    *,
+    step: int,
+    old_world: int,
+    world: int,
+    streams: int | None = None,
 ) -> ResumePlan:
     """Compare the checkpoint's resolved config `old` with this run's `new`; refuse (ConfigError, one line
-    naming key, old and new value and what to do) or return what changed, all of it to be applied."""
+    naming key, old and new value and what to do) or return what changed, all of it to be applied.
+    `streams`: the checkpoint's number of logical streams (None: unknown, a topology change is refused)."""
     if not isinstance(new, dict):
         new = OmegaConf.to_container(OmegaConf.structured(new), resolve=True)
     changed = _differences(old, new)
     if old_world != world:
         changed[_WORLD] = [old_world, world]
-    kinds = {key: _kind(key, *values) for key, values in changed.items()}
+    kinds = {key: _kind(key, *values, streams) for key, values in changed.items()}
     fixed = {k: v for k, v in changed.items() if kinds[k] == "fixed"}
     if fixed:
         reasons = "; ".join(
@@ -133,6 +153,12 @@ def plan_resume(
         )
     stream = {k: v for k, v in changed.items() if kinds[k] == "stream"}
     wants_reset = new.get("resume_data") == "reset"
+    if streams is not None and world > streams and not wants_reset:
+        raise ConfigError(
+            f"resume: the checkpoint's data stream has {streams} logical streams (data.streams) and this "
+            f"run {world} processes: resume on at most {streams}, or pass resume_data=reset; for runs that "
+            f"may grow, {STREAMS_ADVICE}"
+        )
     if stream and not wants_reset:
         raise ConfigError(
             f"resume: {_listed(stream)} would change which samples come next, so the data stream cannot "

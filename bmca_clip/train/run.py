@@ -27,7 +27,7 @@ from bmca_clip.train.evaluation import PeriodicEval, load_eval_tasks
 from bmca_clip.train.preemption import Preempted, PreemptionHandler, requeue_if_slurm
 from bmca_clip.train.resume import log_plan
 from bmca_clip.train.rundir import run_lock
-from bmca_clip.train.start import Start, checkpoint_dir, decide_start, rank_data_state
+from bmca_clip.train.start import Start, checkpoint_dir, data_streams, decide_start, rank_data_state
 from bmca_clip.train.trainer import Trainer
 from bmca_clip.validation import build_validation
 
@@ -55,8 +55,10 @@ def _with_accumulation(cfg: PretrainConfig, world_size: int, is_main: bool) -> P
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, accum_freq=accum))
 
 
-def _loader(cfg: PretrainConfig, bundle, dist, data_state: dict | None, sources: list[Source]) -> TrainLoader:
-    """This rank's batches, continuing `data_state` exactly. Under resume_data=reset a stream whose hub
+def _loader(
+    cfg: PretrainConfig, bundle, dist, data_state: dict | None, sources: list[Source], streams: int | None
+) -> TrainLoader:
+    """This rank's batches, continuing `data_state` (of `streams` logical streams) exactly. Under resume_data=reset a stream whose hub
     commit moved starts afresh: a requeued job repeats its reset command line, which the resume plan reads
     as 'already reset' and so passes the position on; a later move of the commit must not block it."""
 
@@ -71,6 +73,7 @@ def _loader(cfg: PretrainConfig, bundle, dist, data_state: dict | None, sources:
             world_size=dist.world_size,
             state=state,
             sources=sources,
+            streams=streams if state else None,  # a fresh stream: data.streams or ranks x workers
         )
 
     try:
@@ -136,9 +139,10 @@ def _build(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> tuple[Trai
         restore_rank_rng(start.state["rng"], dist.rank, dist.world_size, dist.device)
         log_plan(start.plan, trainer.step, cfg.train.seed)
         if not start.plan.reset_data:
-            data_state = rank_data_state(start.state, dist.rank, dist.world_size)
+            data_state = rank_data_state(start.state, dist.rank, dist.world_size, cfg.data.num_workers)
         log.info("resumed from %s at step %d", start.path, trainer.step)
-    return trainer, _loader(cfg, bundle, dist, data_state, sources)
+    streams = data_streams(start.state) if data_state else None
+    return trainer, _loader(cfg, bundle, dist, data_state, sources, streams)
 
 
 def _components(cfg: PretrainConfig, dist, start: Start, weights, evaluator) -> Components:

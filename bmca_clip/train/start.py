@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from bmca_clip.checkpoint import list_checkpoints, remove_stale_tmp, resolve_resume
 from bmca_clip.config import ConfigError, PretrainConfig
-from bmca_clip.errors import DataError
+from bmca_clip.data.elastic import checkpoint_streams, redistribute
 from bmca_clip.io import atomic_write
 from bmca_clip.redact import redact_config
 from bmca_clip.train.preemption import slurm_restart
@@ -28,15 +28,18 @@ from bmca_clip.train.resume import (
 log = logging.getLogger(__name__)
 
 
-def rank_data_state(state: dict, rank: int, world_size: int) -> dict:
-    """This rank's data position in the checkpoint `state`; refuses another number of processes."""
-    ranks = state["data"]["ranks"]
-    if len(ranks) != world_size:
-        raise DataError(
-            f"the checkpoint holds data positions for {len(ranks)} ranks and this run has {world_size}: "
-            "resume on the same number of processes to continue the data stream exactly"
-        )
-    return ranks[rank]
+def rank_data_state(state: dict, rank: int, world_size: int, num_workers: int) -> dict:
+    """This rank's data position in the checkpoint `state`: its own on the same ranks and workers, else
+    its share of the logical streams of all ranks (bmca_clip/data/elastic.py)."""
+    saved = ((state.get("config") or {}).get("data") or {}).get("num_workers", num_workers)
+    return redistribute(state["data"]["ranks"], rank, world_size, same_workers=saved == num_workers)
+
+
+def data_streams(state: dict | None) -> int | None:
+    """The checkpoint's number of logical streams (None: no data position to continue, or one that does
+    not say how many streams each rank held)."""
+    ranks = state["data"]["ranks"] if state and "data" in state else []
+    return checkpoint_streams(ranks) if ranks and all("num_streams" in r for r in ranks) else None
 
 
 def _plan(state: dict | None, resolved: dict, world_size: int) -> ResumePlan:
@@ -49,7 +52,10 @@ def _plan(state: dict | None, resolved: dict, world_size: int) -> ResumePlan:
     old_world = len(state["data"]["ranks"]) if "data" in state else world_size
     # Both sides redacted: a checkpoint from before redaction, or a rotated token, is no data change.
     old = redact_config(state["config"])
-    return plan_resume(old, resolved, step=state["step"], old_world=old_world, world=world_size)
+    streams = data_streams(state)
+    return plan_resume(
+        old, resolved, step=state["step"], old_world=old_world, world=world_size, streams=streams
+    )
 
 
 def checkpoint_dir(cfg: PretrainConfig) -> Path:

@@ -10,7 +10,9 @@ from bmca_clip.data.decode import PilTransform
 from bmca_clip.data.loader import TrainLoader, build_train_loader
 
 
-def tiny_loader(cfg: DataConfig, *, batch_size: int, state=None, train: bool = False) -> TrainLoader:
+def tiny_loader(
+    cfg: DataConfig, *, batch_size: int, state=None, train: bool = False, streams: int | None = None
+) -> TrainLoader:
     return build_train_loader(
         cfg,
         PilTransform(open_clip.image_transform(32, is_train=train)),
@@ -18,6 +20,7 @@ def tiny_loader(cfg: DataConfig, *, batch_size: int, state=None, train: bool = F
         batch_size=batch_size,
         seed=0,
         state=state,
+        streams=streams,
     )
 
 

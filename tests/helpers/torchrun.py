@@ -1,4 +1,5 @@
-"""Start `torch.distributed.run --standalone --nproc_per_node=2` (two gloo ranks on this machine) from the repo."""
+"""Start `torch.distributed.run --standalone --nproc_per_node=N` (N gloo ranks on this machine, two unless
+told) from the repo."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import sys
 from tests.helpers.config import REPO
 
 
-def torchrun(*args, timeout=240) -> subprocess.CompletedProcess:
-    """Run `args` (a script and its arguments) under torchrun with two ranks, one thread each."""
+def torchrun(*args, timeout=240, nproc: int = 2) -> subprocess.CompletedProcess:
+    """Run `args` (a script and its arguments) under torchrun with `nproc` ranks, one thread each."""
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        "--nproc_per_node=2",
+        f"--nproc_per_node={nproc}",
         *map(str, args),
     ]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

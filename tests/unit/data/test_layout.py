@@ -18,6 +18,7 @@ LAYERS = {
     "auth": 0,  # which credentials a request carries
     "decode": 0,  # one sample's members -> (image, caption); to_rgb8
     "mixing": 0,  # source draws and weight shares
+    "elastic": 0,  # logical streams over ranks and workers
     "synthetic_figures": 0,  # procedural figures and captions
     "predicates": 1,  # what filters and balancing do to one sample
     "filters": 2,  # their config dataclasses (validated through predicates)
