@@ -160,6 +160,8 @@ LAYERS = {
         "dist",
         "tracking",
         "wise_ft",
+        "sharded",
+        "dcp_convert",
     ],
     "evaluation": ["eval"],
     "training": ["train"],

@@ -1,0 +1,115 @@
+"""train.strategy=fsdp under real torchrun with two gloo ranks: FSDP2's step equals DDP's, and train.py trains,
+writes sharded (DCP) checkpoints, resumes exactly, and converts them into files export and WiSE-FT read."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
+from bmca_clip.dcp_convert import convert
+from bmca_clip.export import export
+from bmca_clip.wise_ft import wise_ft
+from tests.helpers.config import REPO, tiny_train_overrides
+from tests.helpers.numeric import assert_close_scaled, max_abs
+from tests.helpers.torchrun import torchrun
+
+
+def test_fsdp_step_equals_ddp_step_with_and_without_accumulation(tmp_path):
+    """Same model, same global batch, gradient checkpointing and clipping on: loss, gradient norm, the
+    clipped gradients (FSDP's gathered whole) and the updated weights agree with DDP's (fp32, scaled)."""
+    proc = torchrun(REPO / "tests/helpers/fsdp_worker.py", tmp_path, 1, 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = torch.load(tmp_path / "steps.pt", weights_only=True)
+    for accum in (1, 2):
+        ddp, fsdp = steps[f"ddp-{accum}"], steps[f"fsdp-{accum}"]
+        for key in ("loss", "grad_norm", "logit_scale"):
+            assert fsdp[key] == pytest.approx(ddp[key], rel=1e-5), (accum, key)
+        assert fsdp["grads"].keys() == ddp["grads"].keys()
+        grad_scale = max_abs(ddp["grads"].values())
+        for name, grad in ddp["grads"].items():
+            assert_close_scaled(fsdp["grads"][name], grad, rel=1e-5, scale=grad_scale, msg=f"{accum} {name}")
+        weight_scale = max_abs(ddp["weights"].values())
+        for name, weight in ddp["weights"].items():
+            assert_close_scaled(fsdp["weights"][name], weight, rel=1e-6, scale=weight_scale, msg=name)
+    # A step with accumulation is the same step: its features span the same contrastive batch.
+    assert steps["fsdp-2"]["loss"] == pytest.approx(steps["fsdp-1"]["loss"], rel=1e-5)
+
+
+def _overrides(corpus, out, **extra):
+    """fsdp with accumulation from train.global_batch, gradient checkpointing and a frozen image tower."""
+    values = {
+        "train.strategy": "fsdp",
+        "train.batch_size": 8,
+        "train.global_batch": 32,  # 8 x 2 ranks x accumulation 2
+        "train.steps": 4,
+        "checkpoint.every_steps": 2,
+        "model.grad_checkpointing": "true",
+        "model.lock_image": "true",
+    }
+    return tiny_train_overrides(corpus, out, **(values | extra))
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(corpus, tmp_path_factory):
+    """A 4-step fsdp run with DCP checkpoints at steps 2 and 4."""
+    out = tmp_path_factory.mktemp("fsdp") / "run"
+    proc = torchrun("train.py", *_overrides(corpus, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _weights(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_train_py_writes_sharded_checkpoints_with_the_trainers_state(fsdp_run):
+    ckpts = list_checkpoints(fsdp_run / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_00000002.dcp", "step_00000004.dcp"]
+    assert {p.name for p in ckpts[-1].iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp", "state.pt"}
+    state = load_checkpoint(ckpts[-1])
+    assert state["step"] == 4 and state["samples_seen"] == 4 * 32
+    assert state["sharded"] == {"format": "dcp", "world_size": 2}
+    assert len(state["data"]["ranks"]) == 2 and len(state["rng"]["ranks"]) == 2
+    assert state["config"]["train"]["strategy"] == "fsdp" and state["config"]["train"]["accum_freq"] == 2
+    assert not any(p.name.startswith(".step_") for p in (fsdp_run / "checkpoints").iterdir())  # no tmp left
+
+
+def test_resume_continues_exactly_and_the_converted_file_exports(corpus, fsdp_run, tmp_path):
+    """Resumed at step 2, step 4's weights equal the uninterrupted run's; the converted file is a plain
+    checkpoint export, WiSE-FT and a ddp resume read."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(fsdp_run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000004.dcp")
+    proc = torchrun("train.py", *_overrides(corpus, resumed, resume="latest"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    whole = convert(fsdp_run / "checkpoints" / "step_00000004.dcp")
+    again = convert(resumed / "checkpoints" / "step_00000004.dcp", tmp_path / "again.pt")
+    assert whole == fsdp_run / "checkpoints" / "converted" / "step_00000004.pt"
+    expected, actual = _weights(whole), _weights(again)
+    scale = max_abs(expected.values())
+    for name, weight in expected.items():
+        assert_close_scaled(actual[name], weight, rel=1e-6, scale=scale, msg=name)
+
+    state = torch.load(whole, weights_only=True)
+    assert state["model"]["logit_scale"].shape == () and "sharded" not in state
+    assert state["config"]["train"]["strategy"] == "ddp"
+    assert "bmca-dcp-convert" in state["config_history"][-1]["note"]
+    exported = export(str(whole), tmp_path / "export")
+    assert (exported / "open_clip_model.safetensors").is_file()
+    early = convert(fsdp_run / "checkpoints" / "step_00000002.dcp", tmp_path / "early.pt")
+    blended = torch.load(
+        wise_ft(str(early), str(whole), 0.5, tmp_path / "wise.pt", any_base=True), weights_only=True
+    )["model"]
+    half = (_weights(early)["visual.proj"] + expected["visual.proj"]) / 2
+    assert_close_scaled(blended["visual.proj"], half, rel=1e-6)
+
+    # A converted file is a ddp checkpoint: a ddp run resumed from step 2 reaches fsdp's step 4 weights.
+    ddp = _overrides(corpus, tmp_path / "ddp", resume=early, **{"train.strategy": "ddp"})
+    proc = torchrun("train.py", *ddp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_ddp = _weights(tmp_path / "ddp" / "checkpoints" / "step_00000004.pt")
+    for name, weight in expected.items():
+        assert_close_scaled(by_ddp[name], weight, rel=1e-5, scale=scale, msg=name)
