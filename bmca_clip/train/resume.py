@@ -14,7 +14,8 @@
   step and starts a fresh data stream; a checkpoint written after such a reset, with the same data
   settings, continues its own stream exactly (a requeued job repeats its command line).
 - refused always: the architecture and the set of trained parameters (model.*), the loss, the warmup
-  length, train.strategy (bmca-dcp-convert makes a ddp checkpoint of an fsdp one), and a precision change to or from pure_bf16 (weights and optimizer state are stored in it).
+  length, train.strategy (bmca-dcp-convert makes a ddp checkpoint of an fsdp one), and a precision change
+  to or from pure_bf16 (weights and optimizer state are stored in it).
 
 Every (re)start appends {"step", "config", "changed", "resume_data", "world_size"} to the config history
 that checkpoints carry; output_dir/config.yaml is the config in force, config_history.yaml the history.
