@@ -93,6 +93,34 @@ def _scalars_as_vectors(model: torch.nn.Module) -> None:
             setattr(model, name, vector)
 
 
+def meta_template(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the unsharded `model` whose parameters are on the meta device (no memory) and whose buffers
+    are real (open_clip's attention mask is not in the state dict): what plain_copy fills for evaluation."""
+    import copy
+
+    memo = {
+        id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        for p in model.parameters()
+    }
+    return copy.deepcopy(model, memo)
+
+
+def plain_copy(template: torch.nn.Module, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Every rank (collective): an unsharded copy of the sharded `model`'s current weights, built on
+    `template` (meta_template), for evaluation during training, where each rank scores other tasks and so
+    cannot run the sharded forward in step with the others. It holds the whole model, as DDP does."""
+    import copy
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    plain = copy.deepcopy(template)
+    shapes = {name: p.shape for name, p in plain.named_parameters()}
+    state = {k: v.reshape(shapes[k]) if k in shapes else v for k, v in state.items()}
+    plain.load_state_dict(state, assign=True)
+    return plain.to(device)
+
+
 def is_sharded(model: torch.nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

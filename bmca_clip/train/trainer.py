@@ -21,7 +21,16 @@ from bmca_clip.hf_tower import needs_find_unused_parameters
 from bmca_clip.loss import build_loss
 from bmca_clip.optim import build_optimizer, build_scheduler
 from bmca_clip.precision import check_pure_bf16
-from bmca_clip.sharded import all_finite, check_resume_strategy, is_sharded, load_dcp, save_dcp, shard
+from bmca_clip.sharded import (
+    all_finite,
+    check_resume_strategy,
+    is_sharded,
+    load_dcp,
+    meta_template,
+    plain_copy,
+    save_dcp,
+    shard,
+)
 from bmca_clip.train.components import Components
 from bmca_clip.train.log_line import StepWindow, checked_data_counters
 from bmca_clip.train.preemption import Preempted, WaitInterrupted
@@ -53,7 +62,9 @@ class Trainer(TrainStep):
         if cfg.train.precision == "pure_bf16":  # weights, grads and optimizer state all in bf16
             model = model.to(torch.bfloat16)
             check_pure_bf16(model, cfg.optim.lr, cfg.train.pure_bf16_max_stalled)  # refuses a stalled run
+        self._eval_template = None  # fsdp with evaluation: the unsharded model's shape, to evaluate a copy
         if cfg.train.strategy == "fsdp":  # before compile and the optimizer: parameters become DTensors
+            self._eval_template = meta_template(model) if self.evaluator is not None else None
             model = shard(model, dist.device, cfg.train.precision)
         if cfg.train.compile:
             model = torch.compile(model)
@@ -148,13 +159,19 @@ class Trainer(TrainStep):
                     window = StepWindow()
                 logger.advance(self.step)
                 if self.evaluator is not None and self.evaluator.should_eval(self.step, steps):
-                    scores = self.evaluator(unwrap(self.model))  # every rank: each scores its share of tasks
+                    scores = self.evaluator(self._eval_model())  # every rank: each scores its share of tasks
                     logger.log(self.step, scores)
                     last.update(scores)
                 deferred = self.save_pending and not self.nonfinite_in_a_row  # one deferred by a nan step
                 if self.checkpointer.should_save(self.step, steps) or deferred:
                     self.save(loader)
         return last
+
+    def _eval_model(self) -> torch.nn.Module:
+        """The model to evaluate: itself, or under fsdp an unsharded copy (every rank gathers it)."""
+        if self._eval_template is None:
+            return unwrap(self.model)
+        return plain_copy(self._eval_template, unwrap(self.model), self.dist.device)
 
     def _log_line(
         self, metrics: dict, lr: float, window: StepWindow, per_step: int, loader

@@ -3,6 +3,7 @@ writes sharded (DCP) checkpoints, resumes exactly, and converts them into files 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -54,11 +55,22 @@ def _overrides(corpus, out, **extra):
 
 @pytest.fixture(scope="module")
 def fsdp_run(corpus, tmp_path_factory):
-    """A 4-step fsdp run with DCP checkpoints at steps 2 and 4."""
+    """A 4-step fsdp run with DCP checkpoints at steps 2 and 4, and the demo suite scored at step 4."""
     out = tmp_path_factory.mktemp("fsdp") / "run"
-    proc = torchrun("train.py", *_overrides(corpus, out))
+    scored = {"eval.suite": "demo", "eval.every_steps": 4, "eval.data_root": corpus.parent}
+    proc = torchrun("train.py", *_overrides(corpus, out, **scored))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+def test_periodic_eval_scores_an_unsharded_copy_on_every_rank(fsdp_run):
+    """Each rank scores its own tasks, so it evaluates a gathered copy, not the sharded model (which would
+    need every rank's forward in step): every task of the suite is logged."""
+    rows = [json.loads(line) for line in (fsdp_run / "metrics.jsonl").read_text().splitlines()]
+    scores = next(row for row in rows if "eval/mean" in row)
+    tasks = {"synthetic_modality", "synthetic_color", "synthetic_retrieval"}
+    assert {k.removeprefix("eval/") for k in scores if k.startswith("eval/") and k != "eval/mean"} == tasks
+    assert all(0.0 <= scores[f"eval/{t}"] <= 1.0 for t in tasks)
 
 
 def _weights(path) -> dict:
