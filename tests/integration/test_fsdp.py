@@ -4,7 +4,12 @@ writes sharded (DCP) checkpoints, resumes exactly, and converts them into files 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -12,6 +17,7 @@ import torch
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
 from bmca_clip.dcp_convert import convert
 from bmca_clip.export import export
+from bmca_clip.train.preemption import REQUEUE_EXIT_CODE
 from bmca_clip.wise_ft import wise_ft
 from tests.helpers.config import REPO, tiny_train_overrides
 from tests.helpers.numeric import assert_close_scaled, max_abs
@@ -73,6 +79,35 @@ def test_periodic_eval_scores_an_unsharded_copy_on_every_rank(fsdp_run):
     assert all(0.0 <= scores[f"eval/{t}"] <= 1.0 for t in tasks)
 
 
+def _train_py(*overrides) -> subprocess.CompletedProcess:
+    """`python train.py ...` in one process, without torchrun."""
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "train.py", *map(str, overrides)]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_refusals_are_one_line_and_write_nothing(corpus, fsdp_run, tmp_path):
+    """fsdp without a process group, and a ddp resume of a sharded checkpoint, exit 2 with one line."""
+    proc = _train_py(*_overrides(corpus, tmp_path / "alone"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert (
+        line.startswith("error: train.strategy=fsdp needs a process group") and "--nproc_per_node=1" in line
+    )
+    assert not (tmp_path / "alone" / "config.yaml").exists()
+
+    copy = tmp_path / "copy"
+    shutil.copytree(fsdp_run, copy)
+    before = (copy / "config.yaml").read_text()
+    proc = _train_py(
+        *_overrides(corpus, copy, resume="latest", **{"train.strategy": "ddp", "train.steps": 6})
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "train.strategy fsdp -> ddp cannot change" in line and "bmca-dcp-convert" in line
+    assert (copy / "config.yaml").read_text() == before
+
+
 def _weights(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
@@ -125,3 +160,47 @@ def test_resume_continues_exactly_and_the_converted_file_exports(corpus, fsdp_ru
     by_ddp = _weights(tmp_path / "ddp" / "checkpoints" / "step_00000004.pt")
     for name, weight in expected.items():
         assert_close_scaled(by_ddp[name], weight, rel=1e-5, scale=scale, msg=name)
+
+
+def _logged_steps(out) -> list[int]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_sigterm_saves_every_ranks_shards_of_the_last_step_and_resumes(corpus, tmp_path):
+    """Preempted, both ranks write their shards of the step they finished into one DCP checkpoint, exit
+    for a requeue (train/preemption.py), and the run resumes from it without losing a step."""
+    run = tmp_path / "run"
+    overrides = _overrides(corpus, run, **{"train.steps": 10_000, "checkpoint.every_steps": 10_000})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*cmd, *overrides],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # killpg reaches torchrun and its ranks, and only them
+    )
+    deadline = time.monotonic() + 180
+    while len(_logged_steps(run)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        stderr = proc.communicate(timeout=120)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    stopped = _logged_steps(run)[-1]
+    # torchrun's agent itself exits 1 on the signal; each rank says it saved and exits for a requeue
+    message = f"checkpoint saved at step {stopped}; exiting with {REQUEUE_EXIT_CODE}"
+    assert stderr.count(message) == 2, stderr[-3000:]
+    folder = run / "checkpoints" / f"step_{stopped:08d}.dcp"
+    assert {"__0_0.distcp", "__1_0.distcp", "state.pt"} <= {p.name for p in folder.iterdir()}
+    assert load_checkpoint(folder)["step"] == stopped
+
+    more = _overrides(corpus, run, **{"train.steps": stopped + 1, "resume": "latest"})
+    proc = torchrun("train.py", *more)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _logged_steps(run) == list(range(1, stopped + 2))
