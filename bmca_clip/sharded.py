@@ -46,15 +46,20 @@ def mixed_precision(precision: str):
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Every transformer block of both towers: open_clip's resblocks (image, native text, or a custom
-    text tower's) and a Hugging Face text tower's encoder layers (BiomedCLIP's BERT)."""
+    text tower's), a timm image tower's blocks and a Hugging Face text tower's encoder layers (BiomedCLIP's
+    ViT and BERT)."""
     towers = [getattr(model, "visual", None), model, getattr(model, "text", None)]
     blocks: list[torch.nn.Module] = []
     for tower in towers:
         transformer = getattr(tower, "transformer", None)
-        resblocks = getattr(transformer, "resblocks", None)
         encoder = getattr(transformer, "encoder", None)
-        layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
-        blocks.extend(resblocks if resblocks is not None else layers or [])
+        found = (
+            getattr(transformer, "resblocks", None)  # open_clip
+            or getattr(getattr(tower, "trunk", None), "blocks", None)  # timm (open_clip's TimmModel)
+            or getattr(encoder, "layer", None)  # BERT-like
+            or getattr(encoder, "layers", None)
+        )
+        blocks.extend(found or [])
     return blocks
 
 

@@ -17,10 +17,12 @@ import torch
 from bmca_clip.checkpoint import list_checkpoints, load_checkpoint
 from bmca_clip.dcp_convert import convert
 from bmca_clip.export import export
+from bmca_clip.model import ModelConfig, build_model
 from bmca_clip.train.preemption import REQUEUE_EXIT_CODE
 from bmca_clip.wise_ft import wise_ft
 from tests.helpers.config import REPO, tiny_train_overrides
 from tests.helpers.numeric import assert_close_scaled, max_abs
+from tests.helpers.tiny_biomedclip import NAME, hub_with_tiny_biomedclip
 from tests.helpers.torchrun import torchrun
 
 
@@ -204,3 +206,39 @@ def test_sigterm_saves_every_ranks_shards_of_the_last_step_and_resumes(corpus, t
     proc = torchrun("train.py", *more)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _logged_steps(run) == list(range(1, stopped + 2))
+
+
+@pytest.mark.slow
+def test_biomedclip_shards_its_timm_and_bert_blocks_and_trains_what_lock_text_leaves(corpus, tmp_path):
+    """BiomedCLIP's shape (timm ViT, HF BERT): two fsdp ranks at amp_bf16 with lock_text and one unlocked
+    BERT layer (frozen and trained parameters in the same sharded groups) train exactly the unfrozen ones."""
+    out = tmp_path / "biomedclip"
+    values = {"model.name": NAME, "train.batch_size": 4, "train.global_batch": 8, "train.steps": 2}
+    values["model.lock_image"] = "false"  # _overrides freezes it
+    locks = {"model.lock_text": True, "model.lock_text_unlocked_layers": 1, "train.precision": "amp_bf16"}
+    args = ["model=biomedclip", *_overrides(corpus, out, **values, **locks)[1:]]
+    with hub_with_tiny_biomedclip(tmp_path / "hub") as hub:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "train.py",
+        ]
+        done = subprocess.run(
+            [*cmd, *args], cwd=REPO, env=hub.env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        with hub.use():
+            start = build_model(ModelConfig(name=NAME)).model.state_dict()
+    assert "8 transformer blocks and the root sharded over 2 ranks" in done.stderr  # 6 timm + 2 BERT
+    trained = _weights(convert(out / "checkpoints" / "step_00000002.dcp"))
+    changed = {k for k in trained if not torch.equal(trained[k], start[k])}
+    bert = {k for k in trained if k.startswith("text.transformer.")}
+    assert bert & changed == {k for k in bert if k.startswith("text.transformer.encoder.layer.1.")}
+    assert {
+        "text.proj.0.weight",
+        "visual.head.proj.weight",
+        "visual.trunk.blocks.0.attn.qkv.weight",
+    } <= changed

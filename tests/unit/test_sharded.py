@@ -29,6 +29,8 @@ from bmca_clip.sharded import (
 )
 from bmca_clip.train.resume import plan_resume
 from tests.helpers.config import compose_config
+from tests.helpers.hub import FakeHub
+from tests.helpers.tiny_biomedclip import serve_tiny_biomedclip
 
 
 def _dcp_folder(ckpt_dir, step: int, complete: bool = True):
@@ -74,6 +76,16 @@ def test_every_transformer_block_of_both_towers_is_found():
     blocks = transformer_blocks(model)
     expected = [*model.visual.transformer.resblocks, *model.transformer.resblocks]
     assert len(blocks) == 4 and all(a is b for a, b in zip(blocks, expected, strict=True))
+
+
+def test_biomedclips_timm_blocks_and_bert_layers_are_found(tmp_path):
+    with FakeHub() as hub:
+        name = serve_tiny_biomedclip(hub, tmp_path)
+        with hub.use():
+            model = build_model(ModelConfig(name=name)).model
+    blocks = transformer_blocks(model)
+    expected = [*model.visual.trunk.blocks, *model.text.transformer.encoder.layer]
+    assert len(expected) == 6 + 2 and all(a is b for a, b in zip(blocks, expected, strict=True))
 
 
 def test_sharded_checkpoints_are_listed_pruned_and_cleaned_like_files(tmp_path):
