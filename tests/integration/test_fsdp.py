@@ -45,6 +45,9 @@ def test_fsdp_step_equals_ddp_step_with_and_without_accumulation(tmp_path):
             assert_close_scaled(fsdp["weights"][name], weight, rel=1e-6, scale=weight_scale, msg=name)
     # A step with accumulation is the same step: its features span the same contrastive batch.
     assert steps["fsdp-2"]["loss"] == pytest.approx(steps["fsdp-1"]["loss"], rel=1e-5)
+    # amp_fp16's GradScaler on sharded gradients: an inf in one rank's shard is found on both ranks, which
+    # skip the step and halve the scale alike (so torch.amp.GradScaler serves fsdp, no sharded scaler).
+    assert steps["scaler"] == [{"found_inf": 1.0, "scale": 512.0, "stepped": False}] * 2
 
 
 def _overrides(corpus, out, **extra):
