@@ -110,13 +110,12 @@ class Trainer(TrainStep):
         `resumed_at`: where the rest of the schedule starts, if this resume re-plans it; else the
         checkpoint's own."""
         check_resume_strategy(state, self.cfg.train.strategy, state.get("dcp", "<checkpoint>"))
-        if "dcp" in state:  # every rank reads its shards (resharded if the world size changed)
+        # The saved param groups carry the old run's lr, betas, eps and weight decay: keep this config's.
+        ours = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        if "dcp" in state:  # every rank reads its shards, the optimizer's param groups with them
             load_dcp(unwrap(self.model), self.optimizer, state["dcp"])
         else:
             unwrap(self.model).load_state_dict(state["model"])
-        # The saved param groups carry the old run's lr, betas, eps and weight decay: keep this config's.
-        ours = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        if "dcp" not in state:
             self.optimizer.load_state_dict(state["optimizer"])
         for group, values in zip(self.optimizer.param_groups, ours, strict=True):
             group.update(values)

@@ -205,10 +205,13 @@ def test_sigterm_saves_every_ranks_shards_of_the_last_step_and_resumes(corpus, t
     assert {"__0_0.distcp", "__1_0.distcp", "state.pt"} <= {p.name for p in folder.iterdir()}
     assert load_checkpoint(folder)["step"] == stopped
 
-    more = _overrides(corpus, run, **{"train.steps": stopped + 1, "resume": "latest"})
+    # resumed with a new peak lr: the optimizer takes it (its param groups are not the checkpoint's)
+    more = _overrides(corpus, run, **{"train.steps": stopped + 1, "resume": "latest", "optim.lr": 1e-3})
     proc = torchrun("train.py", *more)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _logged_steps(run) == list(range(1, stopped + 2))
+    groups = load_checkpoint(run / "checkpoints" / f"step_{stopped + 1:08d}.dcp")["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == [1e-3] * len(groups)
 
 
 @pytest.mark.slow
