@@ -28,6 +28,7 @@ from bmca_clip.sharded import (
     transformer_blocks,
 )
 from bmca_clip.train.resume import plan_resume
+from bmca_clip.wise_ft import read_bmca_checkpoint
 from tests.helpers.config import compose_config
 from tests.helpers.hub import FakeHub
 from tests.helpers.tiny_biomedclip import serve_tiny_biomedclip
@@ -118,6 +119,8 @@ def test_a_half_written_sharded_checkpoint_is_named_and_export_is_told_to_conver
         resolve_checkpoint(str(tmp_path / "run"))
     with pytest.raises(CheckpointError, match="not a sharded checkpoint folder"):
         convert(tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"step_00000004\.dcp is a sharded .*bmca-dcp-convert"):
+        read_bmca_checkpoint(str(ckpt / "step_00000004.dcp"))  # WiSE-FT's and eval.py's reader
 
 
 def test_the_converter_keys_the_optimizer_by_position_and_scalars_come_back(capsys):
