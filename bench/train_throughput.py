@@ -2,6 +2,13 @@
 
     python bench/train_throughput.py [--models bmca-small] [--batch 64] [--precision fp32] [--threads 1]
                                      [--steps 2] [--blocks 12] [--warmup 3] [--grad-checkpointing]
+                                     [--strategy ddp|fsdp] [--no-bare]
+    torchrun --nproc_per_node=N bench/train_throughput.py --strategy fsdp ...   # N ranks, per-GPU figures
+
+`--strategy fsdp` wraps our Trainer's model with FSDP2 (train.strategy=fsdp) and the bare loop's with the
+same blocks (bmca_clip/sharded.py); it joins the torchrun group, or forms a 1-rank one (bench/strategy.py).
+Under several ranks, or with `--no-bare`, only our loop runs, so that the peak GPU memory column
+(torch.cuda.max_memory_allocated on rank 0's GPU, from the model's build to the last step) is one model's.
 
 Defaults: on the CPU `bmca-small`, batch 64, fp32, one torch thread; on a CUDA GPU `ViT-B-16` (batch 256)
 and `ViT-L-14` (batch 128) at amp_bf16 with TF32 on. `--batch` sets one batch size for every model. One
@@ -37,12 +44,14 @@ from collections.abc import Callable
 import open_clip
 import torch
 from machine import cpu_name  # bench/machine.py: scripts run from bench/
+from strategy import join_group, leave_group, peak_memory_gib
 from torch.utils.flop_counter import FlopCounterMode
 
 import bmca_clip.model  # noqa: F401  registers bmca-tiny / bmca-small with open_clip
 from bmca_clip.config import PRECISIONS, ModelConfig, PretrainConfig, TrainConfig
 from bmca_clip.dist import DistInfo
 from bmca_clip.optim import decays
+from bmca_clip.sharded import shard
 from bmca_clip.train.trainer import Trainer
 
 # Dense peak TFLOP/s of one GPU, from the vendors' datasheets (the "with sparsity" figures halved), keyed
@@ -97,8 +106,8 @@ def make_batch(model: torch.nn.Module, batch_size: int, device: torch.device) ->
     return {"images": images.to(device), "texts": texts.to(device)}
 
 
-def ours(cfg: PretrainConfig, device: torch.device, model: torch.nn.Module) -> Step:
-    trainer = Trainer(cfg, DistInfo(device=device), model)  # no components: train_step only
+def ours(cfg: PretrainConfig, dist: DistInfo, model: torch.nn.Module) -> Step:
+    trainer = Trainer(cfg, dist, model)  # no components: train_step only
     return lambda batch: trainer.train_step([batch])["loss"]
 
 
@@ -109,6 +118,8 @@ def bare(cfg: PretrainConfig, device: torch.device, model: torch.nn.Module) -> S
     model = model.to(device)
     if cfg.train.precision == "pure_bf16":
         model = model.to(torch.bfloat16)
+    if cfg.train.strategy == "fsdp":
+        model = shard(model, device, cfg.train.precision)
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     o = cfg.optim
@@ -177,42 +188,52 @@ def timed_block(step: Step, batch: dict, n: int, device: torch.device) -> float:
     return n * batch["texts"].shape[0] / (time.perf_counter() - start)
 
 
-def bench_model(name: str, batch_size: int, args: argparse.Namespace, device: torch.device) -> dict:
+def bench_model(name: str, batch_size: int, args: argparse.Namespace, dist: DistInfo) -> dict:
+    device = dist.device
+    train = TrainConfig(precision=args.precision, batch_size=batch_size, steps=10**6, device=device.type)
+    train.strategy = args.strategy
     cfg = PretrainConfig(
-        model=ModelConfig(name=name, grad_checkpointing=args.grad_checkpointing),
-        train=TrainConfig(precision=args.precision, batch_size=batch_size, steps=10**6, device=device.type),
+        model=ModelConfig(name=name, grad_checkpointing=args.grad_checkpointing), train=train
     )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
-    model = open_clip.create_model(name, output_dict=True)
+    model = open_clip.create_model(name, output_dict=True).to(device)
     model.set_grad_checkpointing(args.grad_checkpointing)
-    bare_model = copy.deepcopy(model)  # the same initial weights
     batch = make_batch(model, batch_size, device)
-    steps = {"ours": ours(cfg, device, model), "bare": bare(cfg, device, bare_model)}
-    flops = forward_flops(bare_model, batch, args.precision, device) / batch_size
+    flops = forward_flops(model, batch, args.precision, device) / batch_size  # unsharded: the whole model's
+    with_bare = not args.no_bare and dist.world_size == 1
+    bare_model = copy.deepcopy(model) if with_bare else None  # the same initial weights
+    steps = {"ours": ours(cfg, dist, model)}
+    if with_bare:
+        steps["bare"] = bare(cfg, device, bare_model)
     first = {k: float(step(batch)) for k, step in steps.items()}  # same weights and batch: same loss
     for _ in range(args.warmup - 1):
         for step in steps.values():
             step(batch)
-    rates: dict[str, list[float]] = {"ours": [], "bare": []}
+    rates: dict[str, list[float]] = {key: [] for key in steps}
     for block in range(args.blocks):
-        for key in ("ours", "bare") if block % 2 == 0 else ("bare", "ours"):
+        for key in [k for k in (("ours", "bare") if block % 2 == 0 else ("bare", "ours")) if k in steps]:
             rates[key].append(timed_block(steps[key], batch, args.steps, device))
-    ours_rate, bare_rate = statistics.median(rates["ours"]), statistics.median(rates["bare"])
-    pairs = [(b - o) / b for o, b in zip(rates["ours"], rates["bare"], strict=True)]
-    print(
-        f"{name}: first-step loss ours {first['ours']:.4f}, bare {first['bare']:.4f}; samples/s per block: "
-        f"ours {[round(r, 1) for r in rates['ours']]}, bare {[round(r, 1) for r in rates['bare']]}; "
-        f"overhead per block pair: min {min(pairs):+.1%}, median {statistics.median(pairs):+.1%}, "
-        f"max {max(pairs):+.1%}"
-    )
+    ours_rate = statistics.median(rates["ours"])
+    bare_rate = statistics.median(rates["bare"]) if with_bare else float("nan")
+    pairs = [(b - o) / b for o, b in zip(rates["ours"], rates["bare"], strict=True)] if with_bare else [0.0]
+    if dist.is_main:
+        print(
+            f"{name} ({args.strategy}, {dist.world_size} ranks): first-step loss {first}; samples/s per block: "
+            f"{ {k: [round(r, 1) for r in v] for k, v in rates.items()} }; overhead per block pair: min "
+            f"{min(pairs):+.1%}, median {statistics.median(pairs):+.1%}, max {max(pairs):+.1%}"
+        )
     return {
         "model": name,
+        "strategy": f"{args.strategy} x{dist.world_size}",
         "precision": args.precision,
         "batch": batch_size,
         "ours": ours_rate,
         "bare": bare_rate,
-        "paired": statistics.median(pairs),
+        "paired": statistics.median(pairs) if with_bare else float("nan"),
         "flops_per_sample": 3 * flops,
+        "peak_gib": peak_memory_gib(device),
     }
 
 
@@ -223,10 +244,13 @@ def table_row(row: dict, peak: float | None, device: torch.device) -> str:
         mfu = "n/a (CPU)"
     else:
         mfu = f"{achieved / (peak * 1e12):.1%}" if peak else "unknown peak"
-    overhead = (row["bare"] - row["ours"]) / row["bare"]
+    bare_run = row["bare"] == row["bare"]  # nan: the bare loop did not run (--no-bare, several ranks)
+    overhead = f"{(row['bare'] - row['ours']) / row['bare']:+.1%}" if bare_run else "n/a"
+    paired, bare_rate = (f"{row['paired']:+.1%}", f"{row['bare']:.1f}") if bare_run else ("n/a", "n/a")
+    peak = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "n/a"
     return (
-        f"| {row['model']} | {row['precision']} | {row['batch']} | {row['ours']:.1f} | {row['bare']:.1f} | "
-        f"{overhead:+.1%} | {row['paired']:+.1%} | {row['flops_per_sample'] / 1e9:.2f} | {shown} | {mfu} |"
+        f"| {row['model']} | {row['strategy']} | {row['precision']} | {row['batch']} | {row['ours']:.1f} | "
+        f"{bare_rate} | {overhead} | {paired} | {row['flops_per_sample'] / 1e9:.2f} | {shown} | {mfu} | {peak} |"
     )
 
 
@@ -252,6 +276,10 @@ def parse_args(argv: list[str] | None, cuda: bool) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, help="peak TFLOP/s for MFU (default: from the GPU name)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     parser.add_argument(
+        "--strategy", choices=("ddp", "fsdp"), default="ddp", help="train.strategy (see above)"
+    )
+    parser.add_argument("--no-bare", action="store_true", help="time our loop only (peak memory: one model)")
+    parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default on the CPU: 1, see the module doc)"
     )
     args = parser.parse_args(argv)
@@ -275,36 +303,41 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv, torch.cuda.is_available())
     gpu = args.device != "cpu" and torch.cuda.is_available()
     device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    distributed = args.strategy == "fsdp" or "RANK" in os.environ  # torchrun: every rank takes part
+    dist = join_group(device) if distributed else DistInfo(device=device)
+    device = dist.device
     if args.threads or not gpu:
         torch.set_num_threads(args.threads or 1)
     if gpu:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as train.tf32=true
     peak = peak_tflops(device, args.precision, args.peak_tflops)
-    print(f"machine: {describe_machine(device)}")
-    print(
+    say = print if dist.is_main else (lambda *a, **k: None)
+    say(f"machine: {describe_machine(device)}")
+    say(
         f"{args.warmup} warm-up steps, then {args.blocks} alternating blocks of {args.steps} steps per loop; "
         f"uint8 batch on the device; grad checkpointing {'on' if args.grad_checkpointing else 'off'}"
     )
     if device.type == "cuda" and peak is None:
-        print(f"unknown peak for {torch.cuda.get_device_name(device)}: MFU skipped (set --peak-tflops)")
+        say(f"unknown peak for {torch.cuda.get_device_name(device)}: MFU skipped (set --peak-tflops)")
     rows = []
     for name in args.models:
         batch = args.batch or (GPU_BATCH.get(name, 64) if device.type == "cuda" else 64)
         try:
-            rows.append(bench_model(name, batch, args, device))
+            rows.append(bench_model(name, batch, args, dist))
         except torch.cuda.OutOfMemoryError:
             advice = f"try --batch {batch // 2} or --grad-checkpointing"
-            print(f"{name}: out of GPU memory at batch {batch}; {advice}")
+            say(f"{name}: out of GPU memory at batch {batch}; {advice}")
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print(
-        "\n| model | precision | batch | ours samples/s | bare samples/s | overhead | overhead, paired "
-        "| GFLOPs/sample | achieved (ours) | MFU |"
+    say(
+        "\n| model | strategy | precision | batch/GPU | ours samples/s/GPU | bare samples/s | overhead | overhead, "
+        "paired | GFLOPs/sample | achieved (ours) | MFU | peak GiB/GPU |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    say("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(table_row(row, peak, device))
+        say(table_row(row, peak, device))
+    leave_group()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ A checkpoint is one `step_NNNNNNNN.pt` file holding plain tensors and Python con
 with `torch.load(weights_only=True)`: model, optimizer, scheduler, grad scaler, step, samples seen, the data
 position and RNG states of every rank, the resolved config (and its history over resumes) and library
 versions. It is first written to a temporary name in the same folder and then renamed, so a crash
-mid-write never leaves a file that looks complete.
+mid-write never leaves a file that looks complete. Under train.strategy=fsdp a checkpoint is a folder
+`step_NNNNNNNN.dcp/` instead (bmca_clip/sharded.py); listing, `latest`, pruning and stale-tmp cleanup
+treat both kinds alike.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +28,39 @@ from bmca_clip.io import atomic_writer, is_bmca_checkpoint
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^step_(\d{8})\.pt$")
+_NAME = re.compile(r"^step_(\d{8})\.(pt|dcp)$")
+DCP_STATE = "state.pt"  # in a sharded checkpoint's folder: everything but the model and optimizer tensors
 
 
 def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
     return Path(ckpt_dir) / f"step_{step:08d}.pt"
 
 
+def dcp_path(ckpt_dir: Path, step: int) -> Path:
+    """The folder of a sharded (train.strategy=fsdp) checkpoint."""
+    return Path(ckpt_dir) / f"step_{step:08d}.dcp"
+
+
+def is_dcp(path: Path) -> bool:
+    return Path(path).suffix == ".dcp" and Path(path).is_dir()
+
+
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Complete step checkpoints in `ckpt_dir`, oldest first (temporary files are ignored)."""
+    """Complete step checkpoints in `ckpt_dir` (files, and sharded checkpoints' folders), oldest first
+    (temporary ones are ignored)."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def prune_checkpoints(ckpt_dir: Path, final: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` checkpoints, never `final` (the one just written), even when
+    others sort after it (a newer step left by another run): the folder keeps the one known to load."""
+    others = [p for p in list_checkpoints(ckpt_dir) if p != final]
+    for old in others[: max(0, len(others) - (keep_last - 1))]:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
 
 def atomic_torch_save(obj: dict, path: Path) -> Path:
@@ -55,27 +77,34 @@ def save_checkpoint(state: dict, ckpt_dir: Path, step: int, keep_last: int) -> P
     """Write `state` as the checkpoint of `step`, atomically, then delete all but the newest `keep_last`.
     The file just written is never deleted, even when other files sort after it (a newer step left by
     another run): pruning must not leave a folder without the one checkpoint known to load."""
-    ckpt_dir = Path(ckpt_dir)
     final = atomic_torch_save(state, checkpoint_path(ckpt_dir, step))
-    others = [p for p in list_checkpoints(ckpt_dir) if p != final]
-    for old in others[: max(0, len(others) - (keep_last - 1))]:
-        old.unlink(missing_ok=True)
+    prune_checkpoints(Path(ckpt_dir), final, keep_last)
     return final
 
 
 def remove_stale_tmp(ckpt_dir: Path) -> list[Path]:
-    """Delete half-written `.step_N.pt.tmp<pid>` files a killed run or a full disk left; call it only
-    while holding the run folder's lock (bmca_clip/train/rundir.py), so no live writer owns them."""
+    """Delete half-written `.step_N.pt.tmp<pid>` files (and `.step_N.dcp.tmp` folders) a killed run or a
+    full disk left; call it only while holding the run folder's lock (bmca_clip/train/rundir.py), so no
+    live writer owns them."""
     ckpt_dir = Path(ckpt_dir)
     stale = [p for p in ckpt_dir.glob(".step_*.pt.tmp*") if p.is_file()] if ckpt_dir.is_dir() else []
+    stale += [p for p in ckpt_dir.glob(".step_*.dcp.tmp") if p.is_dir()] if ckpt_dir.is_dir() else []
     for path in stale:
-        path.unlink(missing_ok=True)
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         log.info("removed %s, a checkpoint left half-written by an earlier run", path)
     return stale
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's state; for a sharded one, its state.pt with "dcp" = the folder, whose model and
+    optimizer tensors the Trainer loads into its sharded model (bmca_clip/sharded.py load_dcp)."""
     path = Path(path)
+    if is_dcp(path):
+        if not (path / DCP_STATE).is_file():
+            raise CheckpointError(
+                f"checkpoint {path} is unreadable or incomplete (no {DCP_STATE} in the folder)"
+            )
+        return load_checkpoint(path / DCP_STATE) | {"dcp": str(path)}
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
@@ -120,6 +149,16 @@ def resolve_checkpoint(path: str) -> Path:
     p = Path(path)
     if p.is_file():
         return p
+    if is_dcp(p) or (
+        p.is_dir()
+        and (found := list_checkpoints(p / "checkpoints") or list_checkpoints(p))
+        and is_dcp(found[-1])
+    ):
+        newest = p if is_dcp(p) else found[-1]
+        raise CheckpointError(
+            f"checkpoint={path}: {newest.name} is a sharded (train.strategy=fsdp) checkpoint; convert it with "
+            f"bmca-dcp-convert {newest} and pass the .pt file it writes"
+        )
     if p.is_dir():
         found = list_checkpoints(p / "checkpoints") or list_checkpoints(p)
         if found:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from bmca_clip.checkpoint import atomic_torch_save
+from bmca_clip.checkpoint import atomic_torch_save, resolve_checkpoint
 from bmca_clip.config import ConfigError, ModelConfig
 from bmca_clip.errors import WeightMergeError
 from bmca_clip.io import is_bmca_checkpoint, library_versions
@@ -135,8 +135,11 @@ def _check_same_layout(base: dict[str, Tensor], tuned: dict[str, Tensor]) -> Non
 
 
 def read_bmca_checkpoint(spec: str) -> dict | None:
-    """The checkpoint at `spec` if it is one of ours (io.is_bmca_checkpoint), else None."""
+    """The checkpoint at `spec` if it is one of ours (io.is_bmca_checkpoint), else None. A sharded (fsdp)
+    checkpoint folder is refused, naming bmca-dcp-convert (checkpoint.resolve_checkpoint)."""
     path = Path(spec)
+    if path.suffix == ".dcp" and path.is_dir():
+        resolve_checkpoint(spec)  # raises: convert it first
     if not path.is_file() or path.suffix == ".safetensors":
         return None
     try:

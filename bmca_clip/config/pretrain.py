@@ -20,6 +20,7 @@ SCHEDULES = ("cosine", "constant")
 LOSSES = ("clip", "siglip")
 WANDB_MODES = ("online", "offline", "disabled")
 RESUME_DATA = ("exact", "reset")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -85,6 +86,9 @@ class TrainConfig:
     # a step whose loss or gradient norm is nan/inf is skipped (no update, counted as nonfinite_steps);
     # this many in a row stop the run, its last checkpoint (always finite) kept
     max_nonfinite_steps: int = 10
+    strategy: str = (
+        "ddp"  # ddp (weights replicated) | fsdp (FSDP2: weights, grads, optimizer sharded; torchrun)
+    )
 
     def __post_init__(self):
         check(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
@@ -109,6 +113,7 @@ class TrainConfig:
         check(top >= 0 and finite(top), "train.logit_scale_max", top, "a finite float >= 0 (ln 100 = 4.605)")
         n = self.max_nonfinite_steps
         check(n >= 1, "train.max_nonfinite_steps", n, "an integer >= 1")
+        one_of("train.strategy", self.strategy, STRATEGIES)
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per optimizer step on `world_size` processes: accum_freq, or derived from

@@ -17,7 +17,8 @@
   step and starts a fresh data stream; a checkpoint written after such a reset, with the same data
   settings, continues its own stream exactly (a requeued job repeats its command line).
 - refused always: the architecture and the set of trained parameters (model.*), the loss, the warmup
-  length, and a precision change to or from pure_bf16 (weights and optimizer state are stored in it).
+  length, train.strategy (bmca-dcp-convert makes a ddp checkpoint of an fsdp one), and a precision change
+  to or from pure_bf16 (weights and optimizer state are stored in it).
 
 Every (re)start appends {"step", "config", "changed", "resume_data", "world_size"} to the config history
 that checkpoints carry; output_dir/config.yaml is the config in force, config_history.yaml the history.
@@ -57,6 +58,7 @@ _STREAM_KEYS = ("train.seed", "train.batch_size")
 _FIXED_KEYS = {
     "optim.warmup_steps": "the warmup already run cannot be re-planned",
     "loss.name": "the loss is tied to the model's logit bias",
+    "train.strategy": "ddp and fsdp checkpoints differ in format; bmca-dcp-convert turns an fsdp one into a ddp one",
 }
 _WORLD = "world size"
 

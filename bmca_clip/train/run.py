@@ -21,6 +21,7 @@ from bmca_clip.dist import init_distributed, shutdown
 from bmca_clip.io import library_versions
 from bmca_clip.model import build_model, start_weights
 from bmca_clip.redact import redact_config
+from bmca_clip.sharded import require_process_group
 from bmca_clip.tracking import MetricLogger
 from bmca_clip.train.components import Components
 from bmca_clip.train.evaluation import PeriodicEval, load_eval_tasks
@@ -113,6 +114,8 @@ def run(cfg: PretrainConfig, hydra_files: dict[str, str] | None = None) -> dict[
 def _build(cfg: PretrainConfig, dist, hydra_files: dict[str, str]) -> tuple[Trainer, TrainLoader]:
     """The Trainer with its components, resumed if asked, and this rank's data loader; opens nothing."""
     cfg = _with_accumulation(cfg, dist.world_size, dist.is_main)
+    if cfg.train.strategy == "fsdp":
+        require_process_group()
     # Fail fast: missing shards, an unlistable hub repo or a misspelt eval.suite stop the run before its
     # folder is written and before a model is built (a ViT-L-14 download is 1.7 GB).
     sources = resolve_sources(cfg.data, http_policy(cfg.data))

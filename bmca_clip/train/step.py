@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 from bmca_clip.data.transforms import normalize_on_device
 from bmca_clip.errors import TrainingDiverged
 from bmca_clip.io import autocast, autocast_dtype, weight_dtype
+from bmca_clip.sharded import full
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ class TrainStep:
                 cached = [self._features(img, txt) for img, txt in batches]
         for j, (images, texts) in enumerate(batches):
             last = j == len(batches) - 1
-            # DDP all-reduces gradients only on the last backward; the others accumulate locally.
+            # DDP all-reduces gradients only on the last backward; the others accumulate locally. FSDP
+            # reduce-scatters after every backward, so that only sharded gradients are ever kept (an
+            # unsharded accumulation would hold the whole model's gradients, which fsdp is there to avoid).
             no_sync = not last and hasattr(self.model, "no_sync")
             with self.model.no_sync() if no_sync else contextlib.nullcontext():
                 out = self._features(images, texts)
@@ -91,6 +94,7 @@ class TrainStep:
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip_norm  # clip_grad_norm_ skips parameters without a gradient
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip if clip is not None else float("inf"))
+        grad_norm = full(grad_norm)  # fsdp: a replicated DTensor, the norm over every rank's shards
         ok = torch.isfinite(grad_norm)  # the same on every rank: DDP all-reduced the gradients
         if self.dist.world_size == 1:  # a rank's own loss could differ, and ranks must agree to skip
             ok = ok & torch.isfinite(loss.detach())
@@ -112,7 +116,8 @@ class TrainStep:
         return {
             "loss": loss.detach(),
             "grad_norm": grad_norm.detach(),
-            "logit_scale": unwrap(self.model).logit_scale.detach().exp(),
+            # fsdp: logit_scale is a 1-element sharded vector (sharded.py), gathered whole here
+            "logit_scale": full(unwrap(self.model).logit_scale.detach()).exp().reshape(()),
             "nonfinite_steps": torch.tensor(float(self.nonfinite_steps)),
         }
 

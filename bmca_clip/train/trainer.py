@@ -21,6 +21,16 @@ from bmca_clip.hf_tower import needs_find_unused_parameters
 from bmca_clip.loss import build_loss
 from bmca_clip.optim import build_optimizer, build_scheduler
 from bmca_clip.precision import check_pure_bf16
+from bmca_clip.sharded import (
+    all_finite,
+    check_resume_strategy,
+    is_sharded,
+    load_dcp,
+    meta_template,
+    plain_copy,
+    save_dcp,
+    shard,
+)
 from bmca_clip.train.components import Components
 from bmca_clip.train.log_line import StepWindow, checked_data_counters
 from bmca_clip.train.preemption import Preempted, WaitInterrupted
@@ -53,9 +63,13 @@ class Trainer(TrainStep):
         if cfg.train.precision == "pure_bf16":  # weights, grads and optimizer state all in bf16
             model = model.to(torch.bfloat16)
             check_pure_bf16(model, cfg.optim.lr, cfg.train.pure_bf16_max_stalled)  # refuses a stalled run
+        self._eval_template = None  # fsdp with evaluation: the unsharded model's shape, to evaluate a copy
+        if cfg.train.strategy == "fsdp":  # before compile and the optimizer: parameters become DTensors
+            self._eval_template = meta_template(model) if self.evaluator is not None else None
+            model = shard(model, dist.device, cfg.train.precision)
         if cfg.train.compile:
             model = torch.compile(model)
-        if dist.world_size > 1:
+        if dist.world_size > 1 and cfg.train.strategy == "ddp":
             ids = [dist.device.index] if dist.device.type == "cuda" else None
             # Decided from the model (hf_tower.py): only an unread HF pooler leaves parameters without grads.
             unused = needs_find_unused_parameters(model)
@@ -76,26 +90,34 @@ class Trainer(TrainStep):
         self._saved_step: int | None = None  # the step of the last checkpoint this process wrote
 
     def state_dict(self) -> dict:
+        """Everything a resume needs; sharded (fsdp), the model and optimizer tensors are left out (an
+        empty model, the optimizer's param groups): save() writes them through DCP (bmca_clip/sharded.py)."""
+        sharded = is_sharded(unwrap(self.model))
+        optimizer = self.optimizer.state_dict()
         return {
-            "model": unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": {} if sharded else unwrap(self.model).state_dict(),
+            "optimizer": {"param_groups": optimizer["param_groups"]} if sharded else optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "samples_seen": self.samples_seen,
             "nonfinite_steps": self.nonfinite_steps,
             "schedule": {"resumed_at": list(self.resumed_at) if self.resumed_at else None},
-        }
+        } | ({"sharded": {"format": "dcp", "world_size": self.dist.world_size}} if sharded else {})
 
     def load_state_dict(self, state: dict, resumed_at: tuple[int, float] | None = None) -> None:
         """Weights, optimizer moments, scaler and counters from `state`; the optimizer's hyperparameters and
         the schedule stay this config's (bmca_clip/train/resume.py checked that what changed may change).
         `resumed_at`: where the rest of the schedule starts, if this resume re-plans it; else the
         checkpoint's own."""
-        unwrap(self.model).load_state_dict(state["model"])
+        check_resume_strategy(state, self.cfg.train.strategy, state.get("dcp", "<checkpoint>"))
         # The saved param groups carry the old run's lr, betas, eps and weight decay: keep this config's.
         ours = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "dcp" in state:  # every rank reads its shards, the optimizer's param groups with them
+            load_dcp(unwrap(self.model), self.optimizer, state["dcp"])
+        else:
+            unwrap(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         for group, values in zip(self.optimizer.param_groups, ours, strict=True):
             group.update(values)
         if state.get("scaler"):
@@ -137,7 +159,7 @@ class Trainer(TrainStep):
                     window = StepWindow()
                 logger.advance(self.step)
                 if self.evaluator is not None and self.evaluator.should_eval(self.step, steps):
-                    scores = self.evaluator(unwrap(self.model))  # every rank: each scores its share of tasks
+                    scores = self.evaluator(self._eval_model())  # every rank: each scores its share of tasks
                     logger.log(self.step, scores)
                     last.update(scores)
                 if self.validator is not None and self.validator.should_validate(self.step, steps):
@@ -148,6 +170,12 @@ class Trainer(TrainStep):
                 if self.checkpointer.should_save(self.step, steps) or deferred:
                     self.save(loader)
         return last
+
+    def _eval_model(self) -> torch.nn.Module:
+        """The model to evaluate: itself, or under fsdp an unsharded copy (every rank gathers it)."""
+        if self._eval_template is None:
+            return unwrap(self.model)
+        return plain_copy(self._eval_template, unwrap(self.model), self.dist.device)
 
     def _log_line(
         self, metrics: dict, lr: float, window: StepWindow, per_step: int, loader
@@ -192,7 +220,7 @@ class Trainer(TrainStep):
         RNGs are gathered).
         `data_state`: the loader position to record, when it is not the loader's current one.
         Non-finite weights are never written: the run stops and the checkpoints on disk stay as they were."""
-        _check_finite_weights(unwrap(self.model), self.step)  # ranks hold the same weights: all raise
+        _check_finite_weights(unwrap(self.model), self.step)  # ranks agree on it: all raise or none
         if self._defer_save():
             return None
         self._saved_step = self.step
@@ -201,6 +229,19 @@ class Trainer(TrainStep):
         if self.dist.world_size > 1:  # collective: each rank's streams and random draws are its own
             ranks = [None] * self.dist.world_size
             torch.distributed.all_gather_object(ranks, own)
+        if is_sharded(unwrap(self.model)):  # every rank writes its shards
+            rngs = [unpack_rng_state(r[1]) for r in ranks]
+            state = self.state_dict() | {"data": {"ranks": [r[0] for r in ranks]}, "rng": {"ranks": rngs}}
+            ckpt = self.checkpointer
+            return save_dcp(
+                state | ckpt.extra,
+                unwrap(self.model),
+                self.optimizer,
+                ckpt.folder,
+                self.step,
+                ckpt.keep_last,
+                self.dist.is_main,
+            )
         if not self.dist.is_main:
             return None
         rngs = [unpack_rng_state(r[1]) for r in ranks]
@@ -229,11 +270,17 @@ class Trainer(TrainStep):
 
 
 def _check_finite_weights(model: torch.nn.Module, step: int) -> None:
-    tensors = {k: t for k, t in model.state_dict().items() if t.is_floating_point()}
-    # Device sync, once per checkpoint.
-    if bool(torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()):
-        return
-    bad = [k for k, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    if is_sharded(model):  # each rank checks its shards; all agree
+        finite, bad = all_finite(model)
+        if finite:
+            return
+        bad = bad or ["(on another rank)"]
+    else:
+        tensors = {k: t for k, t in model.state_dict().items() if t.is_floating_point()}
+        # Device sync, once per checkpoint.
+        if bool(torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()):
+            return
+        bad = [k for k, t in tensors.items() if not bool(torch.isfinite(t).all())]
     raise TrainingDiverged(
         f"step {step}: the model has non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
         "no checkpoint was written and none was pruned: lower optim.lr or set optim.grad_clip_norm, then "

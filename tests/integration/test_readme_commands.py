@@ -115,6 +115,11 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
     "torchrun --nproc_per_node=4 train.py experiment=bmca_clip": Compose(),
     "python train.py experiment=bmca_clip_1gpu": Compose(),
     "torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$HEAD:29500 train.py experiment=bmca_clip": Compose(),
+    # Sharded training (FSDP2)
+    "torchrun --nproc_per_node=8 train.py experiment=bmca_clip model.name=ViT-H-14 model.pretrained=laion2b_s32b_b79k train.strategy=fsdp model.grad_checkpointing=true": Compose(),
+    "python -m bmca_clip.dcp_convert checkpoint=runs/bmca_clip/checkpoints/step_00001000.dcp": Exclude(
+        "needs an fsdp run's DCP checkpoint (torchrun); tests/integration/test_fsdp.py converts one and exports it"
+    ),
     # Slurm (README.md and slurm/README.md)
     "sbatch slurm/train.sbatch experiment=bmca_clip model=ViT-L-14": Compose(),
     "sbatch slurm/eval_array.sbatch suite=all model=ViT-L-14 checkpoint=runs/bmca_clip": Compose(),

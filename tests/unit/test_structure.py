@@ -161,6 +161,8 @@ LAYERS = {
         "tracking",
         "wise_ft",
         "validation",
+        "sharded",
+        "dcp_convert",
     ],
     "evaluation": ["eval"],
     "training": ["train"],
