@@ -61,6 +61,10 @@ class DataConfig:
     resampled: bool = True  # draw shards with replacement (no epochs); false = epochs over the shard list
     shuffle_buffer: int = 2000  # samples held in the shuffle buffer of each stream (refilled per shard)
     shuffle_initial: int = 500  # samples buffered before the first one is yielded
+    # Shards of each source read at once, sample by sample (BIOMEDICA's shards are k-means cluster ordered);
+    # each gets shuffle_buffer/N and shuffle_initial/N, so memory stays the same. Checkpoints from before
+    # the key resume exactly (one shard in flight) or go on with N, no sample of the pass lost or repeated.
+    shards_in_flight: int = 1
     num_workers: int = 2  # dataloader worker processes per rank (0 = read in the main process)
     image_key: str = "jpg"  # tar member extension of the image
     caption_key: str = "txt"  # tar member extension of the caption
@@ -77,6 +81,7 @@ class DataConfig:
 
     def __post_init__(self):
         check(self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
+        check(self.shards_in_flight >= 1, "data.shards_in_flight", self.shards_in_flight, "an integer >= 1")
         check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         check(0 < self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "in (0, 1]")
         check(self.max_bad_after >= 1, "data.max_bad_after", self.max_bad_after, "an integer >= 1")
