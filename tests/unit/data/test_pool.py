@@ -70,6 +70,16 @@ def test_a_pool_resumes_exactly_at_any_cut(tmp_path, resampled):
         assert rest_state["positions"] == full_state["positions"], cut
 
 
+def test_a_pool_resumes_exactly_across_dataloader_workers(tmp_path):
+    """Two workers (two streams), 2 shards in flight each: 7 batches, a checkpoint, 9 more == 16 in one go
+    (7 is odd: the first batch after the resume is due from the second worker)."""
+    cfg = _two_sources(tmp_path, shards_in_flight=2, num_workers=2, resampled=True)
+    full, full_state = _keys(cfg, 16)
+    first, state = _keys(cfg, 7)
+    rest, rest_state = _keys(cfg, 9, state=state)
+    assert first + rest == full and rest_state["positions"] == full_state["positions"]
+
+
 def test_every_sample_once_per_pass_with_several_shards_in_flight(tmp_path):
     """Epochs: 80 samples in 7 uneven shards, 3 in flight; the first 80 samples are each sample once, the
     next 80 too (a slot that would start pass two waits for the others), and they come mixed: the first
