@@ -8,10 +8,13 @@ import hashlib
 
 import pytest
 import webdataset as wds
+from omegaconf import OmegaConf
 
-from bmca_clip.config import DataConfig, SourceConfig
+from bmca_clip.config import DataConfig, PretrainConfig, SourceConfig, to_object
 from bmca_clip.data.filters import FilterConfig
 from bmca_clip.errors import ConfigError, DataError
+from bmca_clip.train.resume import plan_resume
+from tests.helpers.config import compose_config
 from tests.helpers.loaders import first_batch_keys, tiny_loader
 from tests.helpers.shards import deadline, jpeg
 
@@ -139,3 +142,20 @@ def test_the_pool_is_no_wider_than_a_pass_and_the_key_is_checked(tmp_path):
         _keys(cfg, 1, state={**state, "positions": {"0": bad}})
     with pytest.raises(ConfigError, match="data.shards_in_flight"):
         DataConfig(shards_in_flight=0)
+
+
+def _resolved(**overrides) -> dict:
+    values = {"model": "bmca-tiny", "data": "local", "data.train_shards": "/data/shards", **overrides}
+    cfg = to_object(compose_config("pretrain", [f"{k}={v}" for k, v in values.items()]), PretrainConfig)
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def test_resume_takes_the_key_as_a_stream_setting_and_a_checkpoint_without_it_as_the_default(tmp_path):
+    """train/resume.py: a checkpoint from before the key resumes at the default (its (shard, taken)
+    positions go on in the pool, above); changing the key changes which samples come next: refused."""
+    old = _resolved()
+    del old["data"]["shards_in_flight"]
+    assert plan_resume(old, _resolved(), step=3, old_world=1, world=1).changed == {}
+    three, two = _resolved(**{"data.shards_in_flight": 3}), _resolved(**{"data.shards_in_flight": 2})
+    with pytest.raises(ConfigError, match="data.shards_in_flight 3 -> 2 would change which samples"):
+        plan_resume(three, two, step=3, old_world=1, world=1)
