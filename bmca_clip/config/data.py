@@ -63,10 +63,11 @@ class DataConfig:
     shuffle_initial: int = 500  # samples buffered before the first one is yielded
     # Shards of each source a stream reads at once, round robin (BIOMEDICA's shards are k-means cluster
     # ordered); each gets shuffle_buffer/N and shuffle_initial/N, so memory stays the same; a resume re-reads
-    # up to N shards per source. 4: on a cluster-ordered corpus 2x the clusters per batch of 1 and +25 points
-    # zero-shot after 120 steps (docs/benchmarks.md); 8 adds less. 1 = the stream before the key. A
-    # checkpoint from before it goes on with N: its shard first, no sample of the pass lost or repeated.
-    shards_in_flight: int = 4
+    # up to N shards per source, N HTTP streams each. 8: on a cluster-ordered corpus 1.9-2.5x the clusters per
+    # batch of 1 and +32 points zero-shot after 120 steps (4: +19; 2 seeds, docs/benchmarks.md). 1 = the
+    # stream before the key; a checkpoint from before it goes on with N, no sample of its pass lost or
+    # repeated.
+    shards_in_flight: int = 8
     num_workers: int = 2  # dataloader worker processes per rank (0 = read in the main process)
     image_key: str = "jpg"  # tar member extension of the image
     caption_key: str = "txt"  # tar member extension of the caption
