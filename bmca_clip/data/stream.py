@@ -5,20 +5,21 @@ inside each shard are seeded from (seed, stream, source, shard number), and the 
 drawn from a hash of (seed, stream, sample number) by the stream's SourceMixer (mixing.py; sources.py
 resolves the sources). So a stream's position is a few integers: the sample number, and per source the
 shard number, how many samples of that shard were taken, and the (pairs read, pairs kept) counts behind
-natural mixing. A resumed stream reopens each source's current shard and skips the samples already taken
-(read, not decoded): resuming costs at most one shard read per source, and yields exactly the samples an
-uninterrupted run would have.
+natural mixing. A resumed stream reopens each source's current shards and skips the samples already taken
+(read, not decoded): resuming costs at most one shard read per shard in flight, and yields exactly the
+samples an uninterrupted run would have.
 
 The shuffle buffer is emptied at the end of every shard, which is what makes the position that small.
-BIOMEDICA shards hold ~10,000 samples, so a buffer of a few thousand still mixes within a shard, and the
-mixing across shards comes from streams, workers and ranks reading different shards at once.
+BIOMEDICA shards hold ~10,000 samples, so a buffer of a few thousand still mixes within a shard. Its shards
+are written cluster by cluster, so a source reads data.shards_in_flight shards at once, sample by sample
+(pool.py), each with its share of the buffer: the position per source is then the pool's, a few integers
+per shard in flight. Mixing across streams comes from workers and ranks reading different shards.
 
 Batching, dataloader workers and the resume state of a whole rank are loader.py's.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,13 +32,12 @@ from bmca_clip.data.decode import SampleDecoder
 from bmca_clip.data.health import StreamHealth
 from bmca_clip.data.http import HttpPolicy
 from bmca_clip.data.mixing import SourceMixer
+from bmca_clip.data.pool import ShardPool, Slot
 from bmca_clip.data.predicates import ConceptBalancer, MetadataFilter, key_uniform, parse_metadata
 from bmca_clip.data.shards import ShardCache, default_cache_dir, open_shard
 from bmca_clip.data.sources import Source
 from bmca_clip.data.tables import Members, table_samples
-from bmca_clip.errors import DataError, ShardError
-
-log = logging.getLogger(__name__)
+from bmca_clip.errors import ShardError
 
 
 def _seed(*parts: int) -> int:
@@ -64,19 +64,42 @@ class StreamContext:
 
 
 class SourceReader:
-    """The samples of one source for one stream, shard after shard; `position` = (shard number, taken).
+    """The samples of one source for one stream: its shard sequence, read data.shards_in_flight shards at
+    a time by a ShardPool (pool.py); `position` is the pool's (a plain (shard, taken) with one slot).
 
-    Each sample carries `__seen__`: the pairs read to find it (it and those dropped before it in shard
-    order; a shard's trailing drops go to the next shard's first sample), for the mixer's kept fraction."""
+    Each sample carries `__seen__`: the pairs read to find it (it and those dropped before it in its shard's
+    order; a shard's trailing drops go to the first sample of the slot's next shard), for the mixer's kept
+    fraction."""
 
     def __init__(self, source: Source, index: int, ctx: StreamContext, position=(0, 0)):
         self.source, self.index, self.ctx = source, index, ctx
-        self.shard, self.taken = position
-        self._dropped = self._carry = 0  # dropped since the last kept pair; trailing drops of past shards
-        self._samples = self._generate()
+        per_pass = self._pass_length()
+        width = max(1, min(ctx.cfg.shards_in_flight, per_pass))
+        self.buffer = (max(1, ctx.cfg.shuffle_buffer // width), max(1, ctx.cfg.shuffle_initial // width))
+        if width == 1:  # today's buffer exactly: S=1 streams yield the samples they always did
+            self.buffer = (ctx.cfg.shuffle_buffer, ctx.cfg.shuffle_initial)
+        self.pool = ShardPool(
+            self._shard_samples,
+            width,
+            None if ctx.cfg.resampled else per_pass,
+            f"source {source.name}",
+            ctx.cfg.max_empty_shards,
+            ctx.counters,
+            position,
+        )
 
     def next(self) -> dict:
-        return next(self._samples)
+        return self.pool.next()
+
+    def position(self):
+        return self.pool.position()
+
+    def _pass_length(self) -> int:
+        """Shards this stream reads per pass of the source (all of them when resampled: drawn at random)."""
+        n, streams = len(self.source.urls), self.ctx.num_streams
+        if self.ctx.cfg.resampled:
+            return n
+        return 1 if n < streams else len(self.source.urls[self.ctx.stream :: streams])
 
     def _assignment(self, i: int) -> tuple[str, int, int]:
         """(url, part, parts) of this stream's i-th shard; with fewer shards than streams, streams
@@ -91,37 +114,13 @@ class SourceReader:
         random.Random(_seed(c.seed, g, self.index, i // len(own), 2)).shuffle(order)
         return order[i % len(own)], 0, 1
 
-    def _generate(self) -> Iterator[dict]:
-        empty_in_a_row, last_problem = 0, "no sample passed the filters"
-        while True:
-            url, part, parts = self._assignment(self.shard)
-            got, self._dropped = 0, 0
-            try:
-                for n, sample in enumerate(self._shuffled(url, part, parts)):
-                    if n < self.taken:
-                        continue  # resuming: already consumed (and counted) before the checkpoint
-                    self.taken, got = n + 1, got + 1
-                    sample["__seen__"] += self._carry
-                    self._carry = 0
-                    yield sample
-            except ShardError as err:
-                self.ctx.counters.count("shards_failed", err.reason)
-                last_problem = str(err)
-                log.warning("%s", err)
-            self._carry += self._dropped
-            empty_in_a_row = 0 if got else empty_in_a_row + 1
-            if empty_in_a_row >= self.ctx.cfg.max_empty_shards:
-                raise DataError(
-                    f"source {self.source.name}: {empty_in_a_row} shards in a row gave no usable sample "
-                    f"(last: {last_problem}); check the shards, the HF token and data.filter"
-                )
-            self.shard, self.taken = self.shard + 1, 0
-
-    def _shuffled(self, url: str, part: int, parts: int) -> Iterator[dict]:
+    def _shard_samples(self, slot: Slot) -> Iterator[dict]:
+        """The kept samples of the slot's shard, shuffled by a buffer seeded from its shard number."""
         c = self.ctx
-        rng = random.Random(_seed(c.seed, c.stream, self.index, self.shard, 3))
-        kept = self._kept(self._samples_of(url, part, parts))
-        return wds.shuffle(c.cfg.shuffle_buffer, c.cfg.shuffle_initial, rng=rng)(kept)
+        url, part, parts = self._assignment(slot.shard)
+        rng = random.Random(_seed(c.seed, c.stream, self.index, slot.shard, 3))
+        kept = self._kept(self._samples_of(url, part, parts), slot)
+        return wds.shuffle(*self.buffer, rng=rng)(kept)
 
     def _samples_of(self, url: str, part: int, parts: int) -> Iterator[dict]:
         if self.source.table is not None:  # a parquet file or a CSV chunk (tables.py)
@@ -144,7 +143,7 @@ class SourceReader:
             except Exception as err:  # tarfile's errors on a truncated or non-tar body
                 raise ShardError(url, "unreadable_tar", f"{type(err).__name__}: {err}") from None
 
-    def _kept(self, samples: Iterator[dict]) -> Iterator[dict]:
+    def _kept(self, samples: Iterator[dict], slot: Slot) -> Iterator[dict]:
         """The samples that pass the filter and the balancing draw, slimmed to what decoding needs: the
         json (with BIOMEDICA's full article text) never enters the shuffle buffer or a batch."""
         c, cfg = self.ctx, self.ctx.cfg
@@ -157,30 +156,34 @@ class SourceReader:
                     meta = parse_metadata(sample.get("json", b"{}")) if needs_meta else {}
                 except ValueError:
                     c.counters.count("filtered", "bad_metadata")
-                    self._dropped += 1
+                    slot.dropped += 1
                     continue
                 reason = c.keep.reason(meta, sample.get(cfg.caption_key, b"").decode("utf-8", "replace"))
-                if reason is None and c.balance.active and not c.balance.accept(meta, self._draw(sample, n)):
+                if (
+                    reason is None
+                    and c.balance.active
+                    and not c.balance.accept(meta, self._draw(sample, n, slot.shard))
+                ):
                     reason = "balance"
                 if reason is not None:
                     c.counters.count("filtered", reason)
-                    self._dropped += 1
+                    slot.dropped += 1
                     continue
             slim = {k: sample[k] for k in wanted if k in sample}
             if "__image_ref__" in sample:  # a table row without its image: where it was looked for
                 slim["__image_ref__"] = sample["__image_ref__"]
             elif len(slim) < len(wanted):  # what the shards hold instead, for the error a wrong key gets
                 slim["__members__"] = tuple(k for k in sample if not k.startswith("__"))
-            slim["__seen__"], self._dropped = self._dropped + 1, 0
+            slim["__seen__"], slot.dropped = slot.dropped + 1, 0
             yield slim
 
-    def _draw(self, sample: dict, n: int) -> float:
+    def _draw(self, sample: dict, n: int, shard: int) -> float:
         c = self.ctx
         if (
             c.cfg.balance.fixed_subset
         ):  # the same samples pass on every visit: a fixed subset, as in the paper
             return key_uniform(sample["__key__"], c.seed)
-        return _uniform(c.seed, c.stream, self.index, self.shard, n, 5)
+        return _uniform(c.seed, c.stream, self.index, shard, n, 5)
 
 
 def shard_cache(cfg: DataConfig) -> ShardCache | None:
@@ -240,8 +243,7 @@ class SampleStream:
             shard_cache(cfg),
         )
         self.readers = [
-            SourceReader(s, i, ctx, tuple(p))
-            for i, (s, p) in enumerate(zip(sources, start["sources"], strict=True))
+            SourceReader(s, i, ctx, p) for i, (s, p) in enumerate(zip(sources, start["sources"], strict=True))
         ]
 
     def __iter__(self) -> Iterator[tuple]:
@@ -266,6 +268,6 @@ class SampleStream:
         """The sample number, per source (shard number, samples taken of it), and the mixer's state."""
         return {
             "sample": self.sample,
-            "sources": [(r.shard, r.taken) for r in self.readers],
+            "sources": [r.position() for r in self.readers],
             "mixing": self.mixer.state(),
         }

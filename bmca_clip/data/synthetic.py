@@ -3,7 +3,8 @@
 `write_corpus` (or `python -m bmca_clip.data.synthetic --out DIR`) writes `DIR/train/{commercial,
 noncommercial,other}/NNNNNN.tar` (WebDataset shards in the hub layout, samples with `jpg`, `txt` and a `json`
 holding the 25 fields of `biomedica.METADATA_FIELDS`) and three eval sets, each `images/NNNNNN.jpg` +
-`test.csv`: `DIR/eval/synthetic_{modality,color}/` (`image,label`, label indexes `FIGURE_TYPES` or `COLORS`)
+`test.csv` (`--cluster-ordered`: training samples sorted by cluster, figure type x colour, as BIOMEDICA's
+k-means-ordered shards): `DIR/eval/synthetic_{modality,color}/` (`image,label`, label indexes `FIGURE_TYPES` or `COLORS`)
 and `DIR/eval/synthetic_retrieval/` (`image,caption`, two captions per image).
 
 Each image is a procedural figure of one of six `FIGURE_TYPES`, with 1-5 objects in one of four `COLORS`;
@@ -48,6 +49,7 @@ def write_corpus(
     min_size: int = 64,
     max_size: int = 160,
     verbose: bool = False,
+    cluster_ordered: bool = False,
 ) -> dict:
     """Write the synthetic corpus under `out` (layout in the module docstring); return a summary dict.
 
@@ -61,7 +63,7 @@ def write_corpus(
             raise FileExistsError(f"{sub} already exists; delete it or choose another --out")
     log = print if verbose else (lambda *_: None)
     sizes = (min_size, max_size)
-    train = write_train(out, seed, train_samples, samples_per_shard, sizes, log)
+    train = write_train(out, seed, train_samples, samples_per_shard, sizes, log, cluster_ordered)
     summary = {"out": str(out), "seed": seed, "train_samples": train_samples, "train": train, "eval": {}}
     for stream, name in enumerate(EVAL_SETS, start=1):
         summary["eval"][name] = write_eval(out, name, stream, seed, eval_samples, sizes, log)
@@ -79,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same corpus")
     parser.add_argument("--min-size", type=int, default=64, help="smallest image side in px")
     parser.add_argument("--max-size", type=int, default=160, help="largest image side in px")
+    parser.add_argument(
+        "--cluster-ordered",
+        action="store_true",
+        help="train shards sorted by cluster (figure type x colour), as BIOMEDICA's k-means-ordered ones",
+    )
     args = vars(parser.parse_args(argv))
     start = time.perf_counter()
     try:

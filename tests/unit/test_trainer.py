@@ -131,6 +131,7 @@ def _keys(corpus, batches: int, state=None, workers=2, seed=0, resampled=True):
         shuffle_buffer=50,
         shuffle_initial=10,
         resampled=resampled,
+        shards_in_flight=1,  # a position is one (shard, taken) per source
     )
     preprocess = PilTransform(open_clip.image_transform(32, is_train=True))
     loader = build_train_loader(

@@ -50,7 +50,7 @@ def test_a_mixed_biomedica_and_parquet_run_killed_and_resumed_equals_the_uninter
     go, the resumed loader restarting inside a parquet file (position = file number + rows taken)."""
     _serve_both(hub, tmp_path)
     sources = {"biomedica": _biomedica(weight=1.0), "pmc_oa": _parquet(weight=2.0)}
-    cfg = _cfg(tmp_path, sources, num_workers=2, resampled=True)
+    cfg = _cfg(tmp_path, sources, num_workers=2, resampled=True, shards_in_flight=1)  # (shard, taken)
     full, full_state, counters = _read(cfg, 16)
     first, state, _ = _read(cfg, 7)
     rest, rest_state, _ = _read(cfg, 9, state=state)

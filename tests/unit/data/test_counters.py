@@ -47,7 +47,8 @@ BAD = {
 
 
 def _loader(shards: str, workers: int = 0, image_fn=None, batch_size: int = 4, **cfg):
-    defaults = {"shuffle_buffer": 10, "shuffle_initial": 5, "resampled": False} | cfg
+    # one shard at a time: the exact counts below follow its order
+    defaults = {"shuffle_buffer": 10, "shuffle_initial": 5, "resampled": False, "shards_in_flight": 1} | cfg
     return build_train_loader(
         DataConfig(train_shards=shards, num_workers=workers, **defaults),
         image_fn or PilTransform(open_clip.image_transform(32, is_train=True)),
@@ -104,6 +105,7 @@ def _filtered_corrupt_empty_stream(tmp_path, workers: int = 0, state: dict | Non
         "shuffle_buffer": 40,
         "shuffle_initial": 30,
         "filter": FilterConfig(include_primary=["Microscopy"]),
+        "shards_in_flight": 1,
     }
     loader = _loader("::".join(shards), workers, **cfg)
     if state is not None:

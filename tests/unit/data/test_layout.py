@@ -25,6 +25,7 @@ LAYERS = {
     "http": 1,  # retry policy, ShardReader
     "transforms": 1,  # the fast train/eval transforms
     "health": 1,  # skip reasons, the bad-data limit
+    "pool": 1,  # shards in flight: slots round robin, their position
     "synthetic_corpus": 1,  # training shards of the synthetic corpus
     "synthetic_eval": 1,  # its eval sets
     "hub": 2,  # listing and manifests

@@ -18,6 +18,7 @@ from PIL import Image
 
 from bmca_clip.data import biomedica as bm
 from bmca_clip.data import synthetic as syn
+from bmca_clip.data.synthetic_corpus import cluster_of
 from bmca_clip.data.synthetic_figures import COLORS, FIGURE_TYPES
 
 # Ground truth the brief fixes for each figure type: (primary concept, secondary concept).
@@ -248,3 +249,23 @@ def test_nearest_centroid_on_8px_images_beats_chance(corpus, samples, name, clas
     predicted = ((test[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
     accuracy = float((predicted == np.array([int(label) for _, label in rows])).mean())
     assert accuracy > 0.6, f"{name}: nearest-centroid accuracy {accuracy:.2f}, chance {1 / len(classes):.2f}"
+
+
+def _subset_samples(out: Path, subset: str) -> list[dict]:
+    shards = sorted(str(p) for p in (out / "train" / subset).glob("*.tar"))
+    return list(wds.WebDataset(shards, shardshuffle=False))
+
+
+def test_cluster_ordered_corpus_holds_the_same_samples_sorted_by_cluster(corpus, tmp_path):
+    """--cluster-ordered writes each subset's samples (the same bytes) in cluster order, shard after shard,
+    as BIOMEDICA's k-means-ordered shards; the plain corpus is not in that order."""
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
+    assert syn.main([*args, f"--out={tmp_path}", "--cluster-ordered"]) == 0
+    for subset in bm.SUBSETS:
+        plain, ordered = _subset_samples(corpus[0], subset), _subset_samples(tmp_path, subset)
+        digest = {s["__key__"]: hashlib.md5(s["jpg"] + s["txt"]).hexdigest() for s in plain}
+        assert {s["__key__"]: hashlib.md5(s["jpg"] + s["txt"]).hexdigest() for s in ordered} == digest
+        clusters = [cluster_of(json.loads(s["json"])) for s in ordered]
+        assert clusters == sorted(clusters), subset
+    plain = [cluster_of(json.loads(s["json"])) for s in _subset_samples(corpus[0], "commercial")]
+    assert plain != sorted(plain) and len(set(plain)) > 12
