@@ -5,7 +5,8 @@
 #   2. ViT-B-16 at amp_fp16 under FSDP2 (torch.amp.GradScaler on DTensor gradients);
 #   3. a 1-GPU NCCL smoke of train.py itself: torchrun, train.strategy=fsdp, amp_bf16, DCP checkpoints,
 #      an exact resume, bmca-dcp-convert and export of the result;
-#   4. bench/datapipe.py: images/s per CPU core, to set against ViT-L-14's samples/s from 1.
+#   4. bench/feed_demand.py: images/s per CPU core of our decode path, and the cores per GPU it takes to
+#      feed ViT-B-16 / ViT-L-14 at 45% MFU (set the measured samples/s of 1 against it too).
 # Prints Markdown rows (the tables) between the logs. Run from anywhere:  bash bench/gpu_check.sh
 # PYTHON=/path/to/python to pick the interpreter (default: python); the package must be installed there.
 set -uo pipefail
@@ -58,4 +59,5 @@ export -f smoke
 export PY WORK
 part 150 "1-GPU NCCL smoke: torchrun train.py train.strategy=fsdp, resume, convert, export" \
     bash -c 'cd "$0" && smoke' "$ROOT"
-part 60 "data pipeline, images/s per CPU core" "$PY" datapipe.py --n 400 --size 224
+part 60 "data path against the GPU: images/s per CPU core, cores per GPU needed at 45% MFU" \
+    "$PY" feed_demand.py --n 200
