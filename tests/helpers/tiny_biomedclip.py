@@ -134,3 +134,16 @@ def hub_with_tiny_biomedclip(root: Path):
         env = os.environ | {"OMP_NUM_THREADS": "1"} | hub_env(hub.url, root / "hf_home", None)
         hub.env = {k: v for k, v in env.items() if v is not None}
         yield hub
+
+
+def assert_only_unlocked_layers_moved(trained: dict, start: dict) -> None:
+    """After training with model.lock_text and one unlocked BERT layer: of the text transformer only
+    encoder layer 1 changed, and the projections and the image trunk trained."""
+    changed = {k for k in trained if not torch.equal(trained[k], start[k])}
+    bert = {k for k in trained if k.startswith("text.transformer.")}
+    assert bert & changed == {k for k in bert if k.startswith("text.transformer.encoder.layer.1.")}
+    assert {
+        "text.proj.0.weight",
+        "visual.head.proj.weight",
+        "visual.trunk.blocks.0.attn.qkv.weight",
+    } <= changed
