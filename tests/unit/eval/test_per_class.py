@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from bmca_clip.eval import merge
-from bmca_clip.eval.per_class import confusion_matrix, per_class_record
+from bmca_clip.eval.per_class import confusion_matrix, per_class_record, rates
 from bmca_clip.eval.per_class_plot import plot_confusion
 from bmca_clip.eval.records import read_task_json, write_task_json
 from bmca_clip.eval.report import result_from_record
@@ -154,3 +154,29 @@ def test_scores_match_a_float_reference_with_fractional_weights():
     for p, t, w in zip(PREDS_3.tolist(), LABELS_3.tolist(), weights.tolist(), strict=True):
         expected[t, p] += w
     assert_close_scaled(matrix, expected, rel=1e-12)
+
+
+def test_equal_to_scikit_learn_with_sample_weights():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    g = torch.Generator().manual_seed(3)
+    labels, preds = torch.randint(0, 4, (300,), generator=g), torch.randint(0, 4, (300,), generator=g)
+    preds[preds == 3] = 0  # class 3 never predicted: precision undefined (sklearn: zero_division=nan)
+    weights = torch.rand(300, generator=g, dtype=torch.float64) * 3
+    ours = confusion_matrix(preds, labels, 4, weights)
+    theirs = sklearn_metrics.confusion_matrix(
+        labels.numpy(), preds.numpy(), labels=range(4), sample_weight=weights
+    )
+    assert_close_scaled(ours, torch.from_numpy(theirs).double(), rel=1e-12)
+    counts = per_class_record(preds, labels, list("abcd"), n_resamples=0)
+    precision, recall, _, support = sklearn_metrics.precision_recall_fscore_support(
+        labels.numpy(), preds.numpy(), labels=range(4), zero_division=float("nan")
+    )
+    assert counts["support"] == support.tolist()
+    assert counts["recall"] == _approx(recall.tolist())
+    assert counts["precision"][:3] == _approx(precision[:3].tolist()) and counts["precision"][3] is None
+    precision, recall, _, _ = sklearn_metrics.precision_recall_fscore_support(
+        labels.numpy(), preds.numpy(), labels=range(4), sample_weight=weights.numpy(), zero_division=0.0
+    )
+    weighted = rates(ours)
+    assert_close_scaled(weighted["recall"], torch.from_numpy(recall), rel=1e-12)
+    assert_close_scaled(weighted["precision"][:3], torch.from_numpy(precision[:3]), rel=1e-12)
