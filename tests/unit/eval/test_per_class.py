@@ -180,3 +180,42 @@ def test_equal_to_scikit_learn_with_sample_weights():
     weighted = rates(ours)
     assert_close_scaled(weighted["recall"], torch.from_numpy(recall), rel=1e-12)
     assert_close_scaled(weighted["precision"][:3], torch.from_numpy(precision[:3]), rel=1e-12)
+
+
+class _Encoder:
+    """A stand-in encoders.Encoder holding fixed features."""
+
+    def __init__(self, image_feats, second, text_feats=None):
+        self.image_feats, self.second, self.text_feats = image_feats, second, text_feats
+
+    def images(self, loader):
+        return self.image_feats, self.second
+
+    def texts(self, texts):
+        return self.text_feats
+
+    def classifier(self, classes, templates):
+        return torch.eye(len(classes))
+
+
+def test_multiple_choice_and_multilabel_results_carry_per_class_through_their_types():
+    from types import SimpleNamespace
+
+    from bmca_clip.eval.types import TASK_TYPES
+
+    mc_task = SimpleNamespace(metrics=("accuracy",), main_metric="accuracy")
+    dataset = SimpleNamespace(questions=["q", "q"], options=[["yes", "no"], ["yes", "no"]], answers=[0, 1])
+    # texts "q yes", "q no"; both images nearest "q yes": right for item 0, wrong for item 1
+    encoder = _Encoder(torch.tensor([[1.0, 0.0], [0.9, 0.1]]), torch.arange(2), torch.eye(2))
+    scores, _ = TASK_TYPES["multiple_choice"].score(mc_task, dataset, encoder, None)
+    assert scores.per_class["classes"] == ["yes", "no"]
+    assert scores.per_class["confusion_matrix"] == [[1, 0, 0], [1, 0, 0]]
+
+    ml_task = SimpleNamespace(metrics=("mAP",), main_metric="mAP", classes=("tumour", "stroma"), templates=())
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    encoder = _Encoder(torch.tensor([[0.9, 0.2], [0.8, 0.1], [0.1, 0.3]]), targets)
+    scores, _ = TASK_TYPES["multilabel"].score(ml_task, None, encoder, None)
+    # tumour ranked pos, neg, pos: 5/6; stroma's one positive (item 1, 0.1) ranks last of 3: 1/3
+    assert scores.per_class["support"] == [2, 1]
+    assert scores.per_class["average_precision"] == _approx([5 / 6, 1 / 3])
+    assert scores.metrics["mAP"] == pytest.approx((5 / 6 + 1 / 3) / 2)
