@@ -89,11 +89,7 @@ def per_class_record(
         reps = torch.full((int(category.max()) + 1,), len(labels)).scatter_reduce_(
             0, category, torch.arange(len(labels)), "amin"
         )
-        stats = {
-            f"{name}/{c}": _statistic(preds[reps], labels[reps], width, k, name, c)
-            for name in point
-            for c in range(k)
-        }
+        stats = _statistics(preds[reps], labels[reps], width, k, list(point))
         unit, groups = (clusters.unit, clusters.ids) if clusters is not None else ("item", None)
         intervals = bootstrap_intervals(stats, category, unit, n_resamples, seed, groups)
         for name in point:
@@ -107,6 +103,21 @@ def per_class_record(
     return record
 
 
-def _statistic(preds: Tensor, labels: Tensor, width: int, k: int, name: str, c: int):
-    """Bootstrap statistic: counts [r, n] of the items (preds, labels) -> rate `name` of class c [r]."""
-    return lambda counts: rates(confusion_matrix(preds, labels, width, counts), k)[name][:, c]
+def _statistics(preds: Tensor, labels: Tensor, width: int, k: int, names: list[str]) -> dict:
+    """Bootstrap statistics "<rate>/<class>": counts [r, n] of the items (preds, labels) -> that rate of
+    that class [r]. bootstrap_intervals calls them all on each chunk of counts in turn, so the rates of
+    a chunk are computed once and shared."""
+    last: dict = {}
+
+    def statistic(name: str, c: int):
+        def stat(counts: Tensor) -> Tensor:
+            if last.get("counts") is not counts:
+                last["counts"], last["rates"] = (
+                    counts,
+                    rates(confusion_matrix(preds, labels, width, counts), k),
+                )
+            return last["rates"][name][:, c]
+
+        return stat
+
+    return {f"{name}/{c}": statistic(name, c) for name in names for c in range(k)}
