@@ -1,7 +1,7 @@
 """One-off tasks: `eval.py task=path/to/task.yaml` (or task=<a folder of task YAMLs>) scores those tasks
 without a suite file.
 
-`task=` is not a config key: before Hydra runs, scripts/evaluate.py hands argv to `one_off_argv`, which
+A bare task name (`task=pcam`) scores that task of conf/tasks. `task=` is not a config key: before Hydra runs, scripts/evaluate.py hands argv to `one_off_argv`, which
 replaces it with the suite overrides that say the same thing (`suite.name=<the file's stem or the folder's
 name>`, `suite.tasks=[<each YAML's path>]`, `suite.expect_tasks=null`), so the printed config, output_dir
 (runs/eval/<that name>), suite.json and the summary all name what was scored, and the tasks are loaded
@@ -23,9 +23,15 @@ YAML_SUFFIXES = (".yaml", ".yml")
 _SUITE_ARGS = ("suite=", "suite.", "+suite", "++suite", "~suite")
 
 
-def task_files(value: str) -> tuple[str, list[Path]]:
-    """(the one-off suite's name, the task YAML files) that task=<value> names; ArgvError when none."""
+def task_files(value: str) -> tuple[str, list[Path | str]]:
+    """(the one-off suite's name, the task YAML files) that task=<value> names; a bare name that is no
+    file or folder here (task=pcam) is a task of conf/tasks (or hydra.searchpath's tasks/), which the
+    suite then looks up and, if unknown, names with the available ones. ArgvError when none."""
+    if not value:
+        raise ArgvError(f"{KEY}= is empty; give a task YAML (e.g. {KEY}=conf/tasks/synthetic_color.yaml)")
     path = Path(value).expanduser()
+    if not path.exists() and "/" not in value and path.suffix not in YAML_SUFFIXES:
+        return value, [value]
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in YAML_SUFFIXES and p.is_file())
         if not files:

@@ -31,6 +31,14 @@ def test_a_task_yaml_becomes_a_suite_of_that_task_named_after_it():
     assert one_off_argv(["eval.py", "suite=demo"]) == ["eval.py", "suite=demo"]  # no task=: untouched
 
 
+def test_a_bare_name_is_a_shipped_task_and_an_unknown_one_lists_the_available():
+    cfg = _suite(["task=synthetic_color"])
+    assert cfg.suite.name == "synthetic_color" and cfg.suite.tasks == ["synthetic_color"]
+    assert suite_from_config(cfg.suite).tasks[0].yaml_path == REPO / "conf/tasks/synthetic_color.yaml"
+    with pytest.raises(TaskError, match="unknown task 'synthetic_colour'.*synthetic_color"):
+        suite_from_config(_suite(["task=synthetic_colour"]).suite)
+
+
 def test_a_folder_gives_every_yaml_in_it_in_name_order(tmp_path):
     folder = tmp_path / "my tasks"
     write_task_yaml(folder, "b_colors", COLOR_TASK_BODY)
@@ -46,6 +54,7 @@ def test_a_folder_gives_every_yaml_in_it_in_name_order(tmp_path):
     "args, says",
     [
         (["task=nowhere/x.yaml"], "task=nowhere/x.yaml: no such file or folder"),
+        (["task="], "task= is empty"),
         ([f"task={SHIPPED}", "suite=demo"], "and suite=demo: give one"),
         ([f"task={SHIPPED}", "suite.tasks=[pcam]"], "and suite.tasks=[pcam]: give one"),
         ([f"task={SHIPPED}", f"task={SHIPPED}"], "task= given 2 times"),
