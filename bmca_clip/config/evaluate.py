@@ -58,6 +58,8 @@ class EvaluateConfig:
     cache_dir: str | None = "~/.cache/bmca_clip/eval"
     rerun: bool = False  # score every task again, even one whose stored JSON has the same config_hash
     shard: str | None = None  # "i/n" (1 <= i <= n): score the i-th of n shares; null: Slurm array or all
+    # also draw each task's confusion matrix beside its JSON: <output_dir>/<model>/<task>.confusion.png
+    per_class_plots: bool = False
     progress_bar: bool = True  # a tqdm bar per task on stderr, on a terminal only (logs: a line per task)
 
     def __post_init__(self):

@@ -51,7 +51,8 @@ NON_FINITE = "scores contain NaN or inf (diverged weights, or fp16 overflow: try
 # Part of every stored result's config_hash: bump it whenever a metric's or an interval's definition
 # changes, so results computed the old way are scored again instead of being reused (eval/run.py).
 # 2: retrieval ranks ties as CLIP_benchmark does; top-k breaks ties as scikit-learn; cluster bootstrap.
-METRICS_VERSION = 2
+# 3: per-class results (per_class.py) in every classification, multilabel and multiple-choice result.
+METRICS_VERSION = 3
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Scores:
     metrics: dict[str, float | None] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     ci: dict[str, dict] = field(default_factory=dict)  # metric -> ci_record(...), for defined metrics
+    per_class: dict | None = None  # per_class.py's record (report.py schema); None for retrieval
 
     @classmethod
     def undefined(cls, names: Sequence[str], reason: str) -> Scores:

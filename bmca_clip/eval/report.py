@@ -21,6 +21,11 @@ Per-task JSON (`<out_dir>/<model folder>/<task>.json`, written atomically), sche
                               ("cluster (image)", "cluster (<group_column>)"); low and high are null
                               with a reason when undefined; null when not computed
     notes            {str: str}  for each null metric, the reason; what data loading noticed
+    per_class        {classes, support, recall, precision, [specificity], *_ci, ci, confusion_matrix,
+                      [predicted_columns]} | {classes, support, average_precision} | null
+                     per class (per_class.py's docstring): classification and multiple choice (classes:
+                     the distinct answers); multilabel per label; null for retrieval, a failed task,
+                     and in records written before metrics_version 3 (readers must not require it)
     n                int | null  number of items scored (null when failed)
     chance           float | null  main metric of random guessing: 1/K for classification, a random
                                    ranking's expected recall for retrieval

@@ -30,6 +30,7 @@ from bmca_clip.eval.encoders import ClipEncoder
 from bmca_clip.eval.harness import TaskResult, evaluate_suite
 from bmca_clip.eval.labels import model_labels, wise_label
 from bmca_clip.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_VERSION
+from bmca_clip.eval.per_class_plot import PLOT_SUFFIX, plot_confusion
 from bmca_clip.eval.progress import EvalProgress
 from bmca_clip.eval.report import (
     cached_result,
@@ -169,6 +170,14 @@ def _evaluate_model(
     )
 
 
+def _plot_per_class(results: list[TaskResult], folder: Path, label: str) -> None:
+    """<task>.confusion.png beside each task's JSON, stored results included (per_class_plots=true)."""
+    for result in results:
+        if result.status == "ok" and result.per_class:
+            title = f"{result.task} ({label}), n={result.n}"
+            plot_confusion(result.per_class, title, folder / f"{result.task}{PLOT_SUFFIX}")
+
+
 def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     print(config_header(cfg), flush=True)  # first: what a log was made with, before anything can fail
     device = pick_device(cfg.device, 0, key="device")
@@ -196,6 +205,8 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
             trained_as = lambda: trained_name(read_bmca_checkpoint(str(checkpoint)))  # noqa: B023, E731
             load_checked(bundle.model, state, f"checkpoint={checkpoint}", cfg.model.name, trained_as)
             results[label] = _evaluate_model(cfg, label, extra, checkpoint, tasks, bundle, device, cache)
+            if cfg.per_class_plots:
+                _plot_per_class(results[label], out_dir / label, label)
     infos = [task_info(task) for task in suite.tasks]
     write_suite_file(out_dir, suite.name, infos, list(results))
     if shard is not None:

@@ -3,6 +3,7 @@
 
 bmca-eval suite=demo model=bmca-small checkpoint=runs/demo
 bmca-eval suite=demo model=bmca-small 'checkpoint=[null,runs/demo]'   # untrained vs trained
+bmca-eval task=conf/tasks/synthetic_color.yaml checkpoint=runs/demo    # one task YAML (or a folder), no suite
 
 Exit status: 0 every task ok; 2 refused (one `error:` line); 3 the summary is written but some tasks failed
 (the last line names them).
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 from bmca_clip.cli import EXIT_TASKS_FAILED, exit_on_user_error, failed_tasks_line
 from bmca_clip.cli_args import prepare_argv
 from bmca_clip.config import EvaluateConfig, register_configs, to_object
+from bmca_clip.eval.one_off import one_off_argv
 from bmca_clip.paths import CONF_DIR
 
 register_configs()
@@ -41,6 +43,9 @@ def main() -> None:
     """The bmca-eval console script (and eval.py): Hydra reads the overrides from sys.argv."""
     # Before Hydra: quote brace patterns; refuse a misspelt key (in an override or a group file) or a
     # missing launcher plugin in one line
+    # task=<yaml or folder> becomes the suite overrides that score just those tasks (eval/one_off.py)
+    with exit_on_user_error():
+        sys.argv[:] = one_off_argv(sys.argv)
     prepare_argv(sys.argv, EvaluateConfig)
     _main()
 

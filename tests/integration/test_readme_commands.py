@@ -147,6 +147,7 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
     "python eval.py suite=dermatology model=ViT-L-14 checkpoint=runs/bmca_clip": Compose(),
     "python eval.py suite=all model=ViT-L-14 model.pretrained=commonpool_xl_clip_s13b_b90k 'checkpoint=[null,runs/bmca_clip]'": Compose(),
     "python eval.py suite=all shard=2/4 ...": Compose(),
+    "python eval.py task=conf/tasks/synthetic_color.yaml model=bmca-small checkpoint=runs/demo": Run(TINY_EVAL, creates=("runs/eval/synthetic_color/summary.md",)),
     "python -m bmca_clip.eval.merge runs/eval/all": Run({"runs/eval/all": "runs/eval/demo"}, needs=("eval",)),
 }  # fmt: skip
 

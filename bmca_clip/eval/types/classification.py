@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bmca_clip.errors import TaskError
@@ -22,6 +23,7 @@ from bmca_clip.eval.encoders import Encoder
 from bmca_clip.eval.items import ImageLabelDataset, bad_cells, item_clusters
 from bmca_clip.eval.loaders.table import Table
 from bmca_clip.eval.metrics import Scores, compute_classification_metrics
+from bmca_clip.eval.per_class import per_class_record
 from bmca_clip.eval.spec import Task
 from bmca_clip.eval.types.base import TaskType
 from bmca_clip.eval.verify import check_class_names, check_labels, require_classes
@@ -88,6 +90,10 @@ def score(
     feats, labels = encoder.images(loader)
     logits = 100.0 * feats @ classifier.float().cpu()
     scores = compute_classification_metrics(task.metrics, logits, labels.long(), clusters=dataset.clusters)
+    if torch.isfinite(logits).all():  # else every metric is None already, with the reason
+        scores.per_class = per_class_record(
+            logits.argmax(dim=1), labels, task.classes, clusters=dataset.clusters
+        )
     return scores, 1.0 / len(task.classes)
 
 

@@ -92,6 +92,18 @@ def multilabel_metrics(
     return result
 
 
+def per_label_record(scores: Tensor, targets: Tensor, classes: Sequence[str]) -> dict:
+    """Per label: support (images where it is present) and average precision (None: no positive), the
+    terms of mAP. No recall or precision: zero-shot similarities have no threshold to make them."""
+    scores, targets = scores.double().cpu(), targets.double().cpu()
+    support = targets.sum(dim=0)
+    ap = [
+        average_precision(scores[:, k], targets[:, k]) if support[k] > 0 else None
+        for k in range(len(classes))
+    ]
+    return {"classes": list(classes), "support": [int(s) for s in support.tolist()], "average_precision": ap}
+
+
 def chance_map(targets: Tensor) -> float | None:
     """About the mAP of a random ranking: the mean prevalence of the classes that have a positive."""
     prevalence = targets.double().mean(dim=0)
@@ -111,7 +123,10 @@ def score(task: Task, dataset: Dataset, encoder: Encoder, loader: DataLoader) ->
     classifier = encoder.classifier(task.classes, task.templates)
     feats, targets = encoder.images(loader)
     scores, targets = feats @ classifier.float().cpu(), targets.float()
-    return multilabel_metrics(task.metrics, scores, targets, task.classes), chance_map(targets)
+    result = multilabel_metrics(task.metrics, scores, targets, task.classes)
+    if torch.isfinite(scores).all():
+        result.per_class = per_label_record(scores, targets, task.classes)
+    return result, chance_map(targets)
 
 
 MULTILABEL = TaskType(

@@ -23,11 +23,13 @@ from bmca_clip.eval.encoders import Encoder
 from bmca_clip.eval.items import ImageQuestionDataset, bad_cells
 from bmca_clip.eval.loaders.table import Table
 from bmca_clip.eval.metrics import NON_FINITE, Scores
+from bmca_clip.eval.per_class import per_class_record
 from bmca_clip.eval.spec import Task
 from bmca_clip.eval.types.base import TaskType
 from bmca_clip.eval.weighted import hit_rate, macro_hit_rate
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy")
+NOT_AN_ANSWER = "(an option that is no item's answer)"  # the per-class confusion matrix's extra column
 DEFAULT_METRICS = METRIC_NAMES
 
 
@@ -87,6 +89,16 @@ def multiple_choice_metrics(
     return scores
 
 
+def per_answer_record(chosen: Sequence[str], answer_texts: Sequence[str]) -> dict:
+    """Per-class results (per_class.py) with the distinct answers as classes, in order of first
+    appearance: a chosen option that is no item's answer falls in the confusion matrix's extra column."""
+    classes = list(dict.fromkeys(answer_texts))
+    index = {text: k for k, text in enumerate(classes)}
+    preds = torch.tensor([index.get(text, len(classes)) for text in chosen])
+    labels = torch.tensor([index[text] for text in answer_texts])
+    return per_class_record(preds, labels, classes, extra_column=NOT_AN_ANSWER)
+
+
 def chance_accuracy(options: Sequence[Sequence[str]]) -> float:
     """Expected accuracy of picking one of each item's options at random."""
     return sum(1 / len(o) for o in options) / len(options)
@@ -138,6 +150,8 @@ def score(
     preds = choose(image_feats, text_feats, index)
     answer_texts = [opts[a] for opts, a in zip(options, answers, strict=True)]
     scores = multiple_choice_metrics(task.metrics, preds, torch.tensor(list(answers)), answer_texts)
+    chosen = [opts[p] for opts, p in zip(options, preds.tolist(), strict=True)]
+    scores.per_class = per_answer_record(chosen, answer_texts)
     return scores, chance_accuracy(options)
 
 
