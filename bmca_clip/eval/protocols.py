@@ -10,7 +10,8 @@ Task keys (checked here, called by tasks.py):
 
 Suite key `protocols` (default [zero_shot]): each classification task of the suite with a train_split is
 scored once per protocol: zero_shot as the task itself, linear_probe and k_shot as `<task>@<protocol>`,
-the same task of that type, so the summary names them apart. Tasks a protocol cannot apply to (no
+the same task of that type in domain `<domain>@<protocol>`, so the summary names them apart and its
+per-domain rows average one protocol each (its means over all tasks and domains mix them). Tasks a protocol cannot apply to (no
 train_split, or not classification) are scored zero-shot only when zero_shot is asked, and logged.
 """
 
@@ -82,7 +83,10 @@ def expand(tasks: tuple[Task, ...], protocols: tuple[str, ...]) -> tuple[Task, .
             if protocol == "zero_shot":
                 out.append(task)
             elif task.type == PROBED_TYPE and task.train_split is not None:
-                out.append(dataclasses.replace(task, name=f"{task.name}@{protocol}", type=protocol))
+                tag = f"@{protocol}"
+                out.append(
+                    dataclasses.replace(task, name=task.name + tag, type=protocol, domain=task.domain + tag)
+                )
             else:
                 skipped.append(f"{task.name}@{protocol}")
     if skipped:

@@ -56,7 +56,11 @@ def score(task: Task, dataset: Dataset, encoder: Encoder, loader: DataLoader) ->
         for name in task.metrics:
             values = [s.metrics[name] for s in per_draw]
             _spread(f"{name}@{k}shot", values, scores, main=name == task.main_metric)
-    top = max(task.shots)
+    top, smallest = max(task.shots), int(train_labels.bincount(minlength=n_classes).min())
+    if smallest < top:
+        scores.notes["k_shot_classes"] = (
+            f"a class has only {smallest} train items: for k > {smallest} it gives all of them every draw"
+        )
     scores.metrics[task.main_metric] = scores.metrics[f"{task.main_metric}@{top}shot"]
     scores.notes["k_shot"] = (
         f"{task.main_metric} is the mean at k={top} over {task.draws} draws; k in {list(task.shots)}, "

@@ -120,5 +120,6 @@ def test_a_suite_asks_for_each_protocol_of_the_same_tasks(tmp_path):
         ("synthetic_retrieval", "retrieval"),  # no train split: zero-shot only
     ]
     assert suite.protocols == tuple(protocols)
+    assert [t.domain for t in suite.tasks[:3]] == ["synthetic", "synthetic@linear_probe", "synthetic@k_shot"]
     with pytest.raises(TaskError, match="key 'protocols': unknown value 'few_shot'"):
         suite_from_mapping({"name": "s", "tasks": ["synthetic_color"], "protocols": ["few_shot"]}, "s")
