@@ -66,6 +66,8 @@ def test_a_linear_probe_learns_separable_colours_and_reuses_the_cache(tmp_path):
     assert result.n == 16 and result.chance == 0.25
     assert result.metrics["balanced_accuracy"] == result.metrics["accuracy"] == 1.0
     assert result.ci is not None and "l2=" in result.notes["probe"]
+    # a stored result is reused only for the same train split too (identity.py)
+    assert result.data["train"]["fingerprint"] not in (None, result.data["fingerprint"])
     again, calls = _run(task, tmp_path, cache_dir=tmp_path / "cache")
     assert calls == 0 and again.metrics == result.metrics  # both splits' features came from the cache
 
