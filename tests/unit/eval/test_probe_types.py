@@ -10,7 +10,13 @@ from bmca_clip.eval.cache import CachingEncoder, EmbeddingCache
 from bmca_clip.eval.encoders import ClipEncoder
 from bmca_clip.eval.harness import evaluate_suite
 from bmca_clip.eval.tasks import TaskError, load_task, suite_from_mapping
-from tests.helpers.eval_fixtures import COLOR_TASK_BODY, make_color_task_data, tiny_clip, write_task_yaml
+from tests.helpers.eval_fixtures import (
+    COLOR_TASK_BODY,
+    RETRIEVAL_TASK_BODY,
+    make_color_task_data,
+    tiny_clip,
+    write_task_yaml,
+)
 
 TRAIN = "train_split: {file: train.csv, split: train}\n"
 
@@ -103,6 +109,7 @@ def test_k_shot_reports_every_k_with_its_spread_and_repeats_exactly(tmp_path):
         (COLOR_TASK_BODY + "train_split: {fil: train.csv}\n", "key 'train_split.fil': unknown key"),
         (COLOR_TASK_BODY + TRAIN + "shots: [0, 4]\n", "key 'shots': expected a positive integer, got 0"),
         (COLOR_TASK_BODY + TRAIN + "draws: two\n", "key 'draws': expected a positive integer"),
+        (RETRIEVAL_TASK_BODY + TRAIN, "key 'train_split': not used by 'retrieval' tasks; remove it"),
     ],
 )
 def test_bad_probe_keys_fail_on_load_naming_the_key(tmp_path, body, message):
