@@ -35,6 +35,7 @@ class SuiteConfig:
     tasks: list[str] = MISSING  # task names (conf/tasks, hydra.searchpath's tasks/) or task YAML paths
     description: str = ""  # one paragraph for the summary and the docs
     expect_tasks: int | None = None  # when set, the run stops unless tasks has this many entries
+    protocols: list[str] = field(default_factory=lambda: ["zero_shot"])  # zero_shot, linear_probe, k_shot
 
 
 @dataclass

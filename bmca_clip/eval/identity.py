@@ -15,6 +15,7 @@ says why, and the caller must not reuse a stored result: it scores again and say
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from huggingface_hub import HfApi
 
@@ -46,7 +47,17 @@ def hub_commit(task: Task, loaded: str | None) -> tuple[str | None, str | None]:
 
 
 def data_identity(task: Task, dataset) -> tuple[dict, str | None]:
-    """({hub_commit, fingerprint}, None) when the data is identified; (what is known, why not) else."""
+    """({hub_commit, fingerprint}, None) when the data is identified; (what is known, why not) else. A
+    probe type's dataset carries its train split (datasets.py): its identity is added under "train"."""
+    identity, reason = _identity(task, dataset)
+    train = getattr(dataset, "train", None)
+    if train is not None and task.train_split is not None:
+        identity["train"], train_reason = _identity(replace(task, source=task.train_split), train)
+        reason = reason or (train_reason and f"train split: {train_reason}")
+    return identity, reason
+
+
+def _identity(task: Task, dataset) -> tuple[dict, str | None]:
     identity = {"hub_commit": None, "fingerprint": dataset_fingerprint(dataset)}
     if identity["fingerprint"] is None:
         return identity, f"the {type(dataset).__name__} has no content fingerprint"

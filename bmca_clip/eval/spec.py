@@ -69,6 +69,9 @@ class Task:
     verified: bool = False  # catalogue tag [V]: columns and classes checked against the data
     unverified: tuple[str, ...] = ()  # facts not verified: "<fact> [(<detail>)]" (verify.UNVERIFIED_FACTS)
     notes: str = ""  # what a reader of the results must know (duplicates, near-chance, ...)
+    train_split: Source | None = None  # the labelled items probes are fitted on (protocols.py)
+    shots: tuple[int, ...] = (1, 2, 4, 8, 16)  # k_shot: items per class of each few-shot classifier
+    draws: int = 5  # k_shot: seeded draws of k items per class, for each k
     yaml_path: Path | None = field(default=None, compare=False)  # where it was read from, for messages
 
 
@@ -80,4 +83,5 @@ class Suite:
     tasks: tuple[Task, ...]
     description: str = ""
     expect_tasks: int | None = None  # when set, loading fails unless the suite has this many tasks
+    protocols: tuple[str, ...] = ("zero_shot",)  # how its classification tasks are scored (protocols.py)
     yaml_path: Path | None = field(default=None, compare=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bmca_clip.errors import TaskError
 from bmca_clip.eval.checks import check_choice, check_keys, fail, read_yaml, string_list
+from bmca_clip.eval.protocols import expand, parse_protocols, parse_train_keys
 from bmca_clip.eval.source_schema import parse_source
 from bmca_clip.eval.spec import DOMAINS, Source, Suite, Task
 from bmca_clip.eval.types import TASK_TYPES
@@ -116,6 +117,7 @@ def _parse_task(file: Path, raw: dict) -> Task:
             if raw[key]:
                 raise fail(file, key, f"not used by '{raw['type']}' tasks; remove it")
     source = parse_source(file, raw["source"], raw["type"], raw["classes"])
+    raw = parse_train_keys(file, raw)
     _check_extras(file, raw)
     main, names = _parse_metrics(file, raw, task_type)
     return _build_task(raw, source, main, names, file)
@@ -221,10 +223,12 @@ def suite_from_mapping(raw: dict, origin: Path | str, tasks_dir: Path | None = N
         isinstance(expect, bool) or not isinstance(expect, int) or expect != len(names)
     ):
         raise fail(origin, "expect_tasks", f"says {expect!r} tasks, but the suite lists {len(names)}")
-    tasks = tuple(load_task(name, tasks_dir) for name in names)
+    protocols = parse_protocols(origin, raw)
+    tasks = expand(tuple(load_task(name, tasks_dir) for name in names), protocols)
     return Suite(
         name=raw["name"],
         tasks=tasks,
+        protocols=protocols,
         description=raw.get("description") or "",
         expect_tasks=expect,
         yaml_path=origin,

@@ -149,6 +149,10 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
     "python eval.py suite=all shard=2/4 ...": Compose(),
     "python eval.py task=conf/tasks/synthetic_color.yaml model=bmca-small checkpoint=runs/demo": Run(TINY_EVAL, creates=("runs/eval/synthetic_color/summary.md",)),
     "python -m bmca_clip.eval.merge runs/eval/all": Run({"runs/eval/all": "runs/eval/demo"}, needs=("eval",)),
+    # Linear probes and few-shot (k-shot) scores
+    "python eval.py suite=demo model=bmca-small checkpoint=runs/demo 'suite.protocols=[zero_shot,linear_probe,k_shot]' output_dir=runs/eval/demo_probes": Run(
+        TINY_EVAL, creates=("runs/eval/demo_probes/summary.md",)
+    ),
 }  # fmt: skip
 
 

@@ -4,6 +4,8 @@
     multiple_choice.py  closed VQA: each image has its own options and one answer
     multilabel.py       every class present or absent in every image (segmentation masks): mAP
     retrieval.py        image-text recall@k in both directions
+    linear_probe.py     logistic regression on frozen image features of the task's train split (probe.py)
+    k_shot.py           few-shot linear probes: k items per class, several seeded draws, mean and spread
 
 Each module declares its TaskType (base.py): the YAML keys and metrics that are its own, how it builds
 its Dataset (items.py shapes) and how it scores through an encoders.Encoder. tasks.py, source_schema.py,
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 from bmca_clip.eval.types.base import TaskType
 from bmca_clip.eval.types.classification import CLASSIFICATION
+from bmca_clip.eval.types.k_shot import K_SHOT
+from bmca_clip.eval.types.linear_probe import LINEAR_PROBE
 from bmca_clip.eval.types.multilabel import MULTILABEL
 from bmca_clip.eval.types.multiple_choice import MULTIPLE_CHOICE
 from bmca_clip.eval.types.retrieval import RETRIEVAL
@@ -25,4 +29,6 @@ TASK_TYPES: dict[str, TaskType] = {
     "multiple_choice": MULTIPLE_CHOICE,
     "multilabel": MULTILABEL,
     "retrieval": RETRIEVAL,
+    "linear_probe": LINEAR_PROBE,
+    "k_shot": K_SHOT,
 }

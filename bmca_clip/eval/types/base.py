@@ -39,3 +39,4 @@ class TaskType:
     grouped: bool = False  # its results carry bootstrap CIs, so source.group_column means something
     needs_structured: bool = False  # reads lists or mappings from its columns (not only text)
     classes_may_be_unknown: bool = False  # classes may be left out while "class names" is unverified
+    needs_train: bool = False  # scores with the task's train_split too (datasets.py attaches it as .train)

@@ -17,3 +17,12 @@ def test_zip_split_json_finds_images_under_the_zips_top_folder(hub, tmp_path):
     dataset = build_dataset(task(tmp_path, "btmri", source, rest), tmp_path, to_tensor)
     assert dataset.labels == [0, 2, 0] and centre_colours(dataset) == ["red", "blue", "red"]
     assert dataset.images.describe(1).endswith("BTMRI.zip:BTMRI/pituitary/2.png")
+
+
+def test_a_probe_task_reads_its_train_split_from_the_same_split_json(hub, tmp_path):
+    source = "  loader: zip_split_json\n  repo_id: org/coop\n  archive: BTMRI.zip\n  split: test\n"
+    source += "  split_file: split_BTMRI.json\n  label_map: {glioma: g, meningioma: m, pituitary: p}\n"
+    rest = "train_split: {split: train}\nclasses: [g, m, p]\n" + PROMPTS
+    dataset = build_dataset(task(tmp_path, "btmri", source, rest, kind="linear_probe"), tmp_path, to_tensor)
+    assert dataset.labels == [0, 2, 0] and dataset.train.labels == [1]
+    assert dataset.train.images.describe(0).endswith("BTMRI.zip:BTMRI/meningioma/1.png")

@@ -269,3 +269,18 @@ def test_cluster_ordered_corpus_holds_the_same_samples_sorted_by_cluster(corpus,
         assert clusters == sorted(clusters), subset
     plain = [cluster_of(json.loads(s["json"])) for s in _subset_samples(corpus[0], "commercial")]
     assert plain != sorted(plain) and len(set(plain)) > 12
+
+
+def test_classification_sets_have_a_balanced_train_split_held_out_from_test_and_training(corpus, samples):
+    out, summary = corpus
+    train = {hashlib.md5(s["jpg"]).digest() for _, s in samples}
+    tests = {hashlib.md5(p.read_bytes()).digest() for p in (out / "eval").glob("*/images/*.jpg")}
+    for name, n_classes in (("synthetic_modality", 6), ("synthetic_color", 4)):
+        header, rows = read_csv(out / "eval" / name / "train.csv")
+        assert header == ["image", "label"] and len(rows) == SMALL["eval_samples"]
+        assert summary["eval"][name]["train_csv"] == str(out / "eval" / name / "train.csv")
+        counts = Counter(int(label) for _, label in rows)
+        assert sorted(counts) == list(range(n_classes)) and max(counts.values()) - min(counts.values()) <= 1
+        probe = {hashlib.md5((out / "eval" / name / image).read_bytes()).digest() for image, _ in rows}
+        assert not probe & tests and not probe & train
+    assert not (out / "eval" / "synthetic_retrieval" / "train.csv").exists()
