@@ -57,6 +57,7 @@ class EvaluateConfig:
     # model.cache_dir, where downloaded weights are kept
     cache_dir: str | None = "~/.cache/bmca_clip/eval"
     rerun: bool = False  # score every task again, even one whose stored JSON has the same config_hash
+    compare_baseline: str | None = None  # the model label paired differences are against; null: the first
     shard: str | None = None  # "i/n" (1 <= i <= n): score the i-th of n shares; null: Slurm array or all
     progress_bar: bool = True  # a tqdm bar per task on stderr, on a terminal only (logs: a line per task)
 

@@ -61,6 +61,7 @@ class Scores:
     metrics: dict[str, float | None] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     ci: dict[str, dict] = field(default_factory=dict)  # metric -> ci_record(...), for defined metrics
+    items: dict | None = None  # the main metric's per-item inputs (paired.py), for paired comparisons
 
     @classmethod
     def undefined(cls, names: Sequence[str], reason: str) -> Scores:

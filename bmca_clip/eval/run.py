@@ -26,6 +26,7 @@ from bmca_clip.checkpoint import resolve_checkpoint
 from bmca_clip.config import ConfigError, EvaluateConfig
 from bmca_clip.dist import pick_device
 from bmca_clip.eval.cache import CachingEncoder, EmbeddingCache, describe_transform, state_dict_sha256
+from bmca_clip.eval.compare_report import compare_and_write
 from bmca_clip.eval.encoders import ClipEncoder
 from bmca_clip.eval.harness import TaskResult, evaluate_suite
 from bmca_clip.eval.labels import model_labels, wise_label
@@ -203,6 +204,7 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
         print(f"\nshard {shard[0]}/{shard[1]} done; once all are: python -m bmca_clip.eval.merge {out_dir}")
         return results
     print(format_domain_table(results, infos) + "\n\n" + format_table(results, infos))
-    md, csv = write_summary(results, out_dir, infos)
+    intervals = compare_and_write(results, infos, out_dir, cfg.compare_baseline)
+    md, csv = write_summary(results, out_dir, infos, intervals)
     print(f"\nresults: {out_dir}/<model>/<task>.json, summary: {md}, {csv}, summary.png")
     return results

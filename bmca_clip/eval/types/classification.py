@@ -22,6 +22,7 @@ from bmca_clip.eval.encoders import Encoder
 from bmca_clip.eval.items import ImageLabelDataset, bad_cells, item_clusters
 from bmca_clip.eval.loaders.table import Table
 from bmca_clip.eval.metrics import Scores, compute_classification_metrics
+from bmca_clip.eval.paired import classification_items
 from bmca_clip.eval.spec import Task
 from bmca_clip.eval.types.base import TaskType
 from bmca_clip.eval.verify import check_class_names, check_labels, require_classes
@@ -88,6 +89,8 @@ def score(
     feats, labels = encoder.images(loader)
     logits = 100.0 * feats @ classifier.float().cpu()
     scores = compute_classification_metrics(task.metrics, logits, labels.long(), clusters=dataset.clusters)
+    if scores.metrics.get(task.main_metric) is not None:
+        scores.items = classification_items(task.main_metric, logits, labels, dataset.clusters)
     return scores, 1.0 / len(task.classes)
 
 
