@@ -145,16 +145,23 @@ def plot_alpha_sweep(comparison: dict, alphas: dict[str, float], path: str | Pat
 
 
 def compare_and_write(
-    results_by_model: dict[str, list], tasks, out_dir: str | Path, baseline: str | None = None
+    results_by_model: dict[str, list],
+    tasks,
+    out_dir: str | Path,
+    baseline: str | None = None,
+    alphas: dict[str, float] | None = None,
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """The paired comparison of the models (two or more: comparison.json, .md, printed; WiSE-FT blends:
-    alpha_sweep.png); returns the joint intervals of every model's means, for summary.png's whiskers."""
+    alpha_sweep.png); returns the joint intervals of every model's means, for summary.png's whiskers.
+    alphas: each blend's alpha (default: as the JSON records say, wise_alphas)."""
     from bmca_clip.eval.compare import compare, mean_intervals  # torch: merge.py imports this lazily
 
     comparison = compare(results_by_model, tasks, baseline)
     if len(comparison["models"]) > 1:
         print("\n" + format_comparison(comparison))
         json_path, md_path = write_comparison(comparison, out_dir)
-        sweep = plot_alpha_sweep(comparison, wise_alphas(results_by_model), Path(out_dir) / "alpha_sweep.png")
+        sweep = plot_alpha_sweep(
+            comparison, alphas or wise_alphas(results_by_model), Path(out_dir) / "alpha_sweep.png"
+        )
         print(f"comparison: {md_path}, {json_path}" + (f", {sweep}" if sweep else ""))
     return mean_intervals(comparison)

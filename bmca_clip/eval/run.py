@@ -186,6 +186,7 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     initial = {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}
     cache = EmbeddingCache(cfg.cache_dir) if cfg.cache_dir else None
     results: dict[str, list[TaskResult]] = {}
+    alphas: dict[str, float] = {}  # label -> WiSE-FT alpha, for the alpha sweep plot
     names = model_labels(checkpoints, cfg.model.name, cfg.model.pretrained, out_dir)
     for checkpoint, name in zip(checkpoints, names, strict=True):
         for label, state, extra in _weights(cfg, checkpoint, initial, name):
@@ -197,6 +198,8 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
             trained_as = lambda: trained_name(read_bmca_checkpoint(str(checkpoint)))  # noqa: B023, E731
             load_checked(bundle.model, state, f"checkpoint={checkpoint}", cfg.model.name, trained_as)
             results[label] = _evaluate_model(cfg, label, extra, checkpoint, tasks, bundle, device, cache)
+            if "wise_ft_alpha" in extra:
+                alphas[label] = extra["wise_ft_alpha"]
     infos = [task_info(task) for task in suite.tasks]
     write_suite_file(out_dir, suite.name, infos, list(results))
     if shard is not None:
@@ -204,7 +207,7 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
         print(f"\nshard {shard[0]}/{shard[1]} done; once all are: python -m bmca_clip.eval.merge {out_dir}")
         return results
     print(format_domain_table(results, infos) + "\n\n" + format_table(results, infos))
-    intervals = compare_and_write(results, infos, out_dir, cfg.compare_baseline)
+    intervals = compare_and_write(results, infos, out_dir, cfg.compare_baseline, alphas)
     md, csv = write_summary(results, out_dir, infos, intervals)
     print(f"\nresults: {out_dir}/<model>/<task>.json, summary: {md}, {csv}, summary.png")
     return results
