@@ -148,6 +148,9 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
     "python eval.py suite=all model=ViT-L-14 model.pretrained=commonpool_xl_clip_s13b_b90k 'checkpoint=[null,runs/bmca_clip]'": Compose(),
     "python eval.py suite=all shard=2/4 ...": Compose(),
     "python -m bmca_clip.eval.merge runs/eval/all": Run({"runs/eval/all": "runs/eval/demo"}, needs=("eval",)),
+    "python eval.py suite=demo model=bmca-small 'checkpoint=[null,runs/demo]' compare_baseline=untrained": Run(
+        TINY_EVAL, creates=("runs/eval/demo/comparison.md", "runs/eval/demo/comparison.json")
+    ),
 }  # fmt: skip
 
 
