@@ -16,7 +16,7 @@ changes no other's draws). A difference is significant when its interval exclude
 
 Items must be the same: the same number, labels, clusters and data fingerprint in every model's record of
 a task, else `ComparisonError` names the task. A task some model failed, or whose record has no `items`
-(an older result, a main metric not stored: multilabel mAP, multiple choice), is left out of the means and
+(an older result, a main metric not stored: multilabel mAP), is left out of the means and
 listed under `skipped` with the reason.
 """
 

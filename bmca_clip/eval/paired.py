@@ -7,7 +7,8 @@ base64-encoded ({"dtype", "zlib_b64"}: ~1 byte per item for labels and predictio
     n        number of items (queries for retrieval)
     unit     what the bootstrap draws: "item", "query" or "cluster (<what>)" (bootstrap.Clusters)
     arrays   labels + preds (accuracy, balanced_accuracy, macro_f1), labels + scores (auroc), or hits
-             (top-k accuracy, retrieval recall@k: 1 where the item is a hit); groups: each item's cluster
+             (top-k accuracy, retrieval recall@k, multiple choice: 1 where the item is a hit; + labels, the
+             answers, for multiple choice's balanced accuracy); groups: each item's cluster
              id when the bootstrap resamples clusters
 `metric_of(items)` gives the main metric as a function of weights, the very function of metrics.py /
 weighted.py that made the point value and its interval.
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from bmca_clip.eval import metrics as cls_metrics
 from bmca_clip.eval.bootstrap import Clusters
-from bmca_clip.eval.weighted import hit_rate
+from bmca_clip.eval.weighted import hit_rate, macro_hit_rate
 
 _BY_PREDICTION = {
     "accuracy": cls_metrics.accuracy,
@@ -84,6 +85,14 @@ def hit_items(metric: str, hits: Tensor, clusters: Clusters | None, unit: str = 
     return _record(metric, len(hits), {"hits": hits.long().cpu()}, clusters, unit)
 
 
+def choice_items(metric: str, hits: Tensor, answers: Tensor) -> dict | None:
+    """The items record of multiple choice: hits [n], and each item's answer (group ids) for balanced accuracy."""
+    if metric not in ("accuracy", "balanced_accuracy"):
+        return None
+    extra = {"labels": answers.long().cpu()} if metric == "balanced_accuracy" else {}
+    return _record(metric, len(hits), {"hits": hits.long().cpu(), **extra}, None, "item")
+
+
 def arrays_of(items: dict) -> dict[str, Tensor]:
     return {name: decode(stored) for name, stored in items["arrays"].items()}
 
@@ -91,6 +100,9 @@ def arrays_of(items: dict) -> dict[str, Tensor]:
 def metric_of(items: dict, arrays: dict[str, Tensor]) -> Callable[[Tensor | None], object]:
     """The main metric of the stored items as a function of weights (weighted.py: None, [n] or [r, n])."""
     metric = items["metric"]
+    if "hits" in arrays and "labels" in arrays:  # multiple choice's balanced accuracy: over the answers
+        hits, answers = arrays["hits"].bool(), arrays["labels"]
+        return lambda weights=None: macro_hit_rate(hits, answers, weights)
     if "hits" in arrays:
         hits = arrays["hits"].bool()
         return lambda weights=None: hit_rate(hits, weights)

@@ -8,10 +8,19 @@ import torch
 
 from bmca_clip.errors import ComparisonError
 from bmca_clip.eval import metrics
-from bmca_clip.eval.bootstrap import Clusters, cluster_counts, percentile_interval
+from bmca_clip.eval.bootstrap import Clusters, cluster_counts, group_ids, percentile_interval
 from bmca_clip.eval.compare import compare, mean_intervals, p_value, task_replicates, task_seed
 from bmca_clip.eval.compare_report import format_comparison, write_comparison
-from bmca_clip.eval.paired import arrays_of, classification_items, decode, encode, hit_items, metric_of
+from bmca_clip.eval.paired import (
+    arrays_of,
+    choice_items,
+    classification_items,
+    decode,
+    encode,
+    hit_items,
+    metric_of,
+)
+from bmca_clip.eval.types.multiple_choice import multiple_choice_metrics
 
 
 def _logits(preds: torch.Tensor, k: int = 2) -> torch.Tensor:
@@ -51,6 +60,15 @@ def test_storage_round_trips_compactly_and_scores_like_metrics():
     assert metric_of(items, arrays_of(items))(None) == metrics.classification_metric("auroc")(
         binary, labels % 2
     )
+
+
+def test_multiple_choice_items_score_like_its_metrics():
+    preds, answers = torch.tensor([0, 1, 2, 0, 1, 1]), torch.tensor([0, 1, 1, 0, 2, 1])
+    texts = ["a", "b", "b", "a", "c", "b"]
+    scores = multiple_choice_metrics(["accuracy", "balanced_accuracy"], preds, answers, texts)
+    for name in ("accuracy", "balanced_accuracy"):
+        items = choice_items(name, preds == answers, group_ids(texts))
+        assert metric_of(items, arrays_of(items))(None) == pytest.approx(scores.metrics[name], rel=1e-12)
 
 
 def test_a_model_against_itself_differs_by_exactly_zero_with_p_one():
