@@ -1,23 +1,26 @@
 """The figures people read: summary.png's whiskers (the joint interval of each mean, or a lone task's CI)
 and the WiSE-FT alpha sweep (mean main metric vs alpha per domain, with intervals)."""
 
+import json
 import math
 
 import pytest
 import torch
 from PIL import Image
 
+from bmca_clip.errors import ComparisonError
 from bmca_clip.eval.compare import compare, mean_intervals
 from bmca_clip.eval.compare_report import plot_alpha_sweep, wise_alphas
+from bmca_clip.eval.merge import merge
 from bmca_clip.eval.paired import classification_items
 from bmca_clip.eval.summary import _whisker, summarize, write_summary
 
 LABELS = torch.arange(80) % 2
 
 
-def _record(task, domain, n_right, alpha=None, ci=None):
-    preds = LABELS.clone()
-    preds[n_right:] = 1 - LABELS[n_right:]
+def _record(task, domain, n_right, alpha=None, ci=None, labels=LABELS):
+    preds = labels.clone()
+    preds[n_right:] = 1 - labels[n_right:]
     logits = torch.nn.functional.one_hot(preds, 2).float()
     return {
         "task": task,
@@ -27,7 +30,7 @@ def _record(task, domain, n_right, alpha=None, ci=None):
         "status": "ok",
         "metrics": {"accuracy": n_right / 80},
         "ci": ci,
-        "items": classification_items("accuracy", logits, LABELS, None),
+        "items": classification_items("accuracy", logits, labels, None),
         "config": {"model": {"wise_ft_alpha": alpha}},
     }
 
@@ -74,3 +77,18 @@ def test_the_alpha_sweep_plots_blends_of_one_checkpoint_by_alpha(tmp_path):
     # One blend alone is no sweep: no figure.
     assert plot_alpha_sweep(comparison, {"demo-step300-wise0.5": 0.5}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_merge_compares_stored_records_and_refuses_other_items(tmp_path, capsys):
+    for model, n_right in (("A", 40), ("B", 70)):
+        record = {"schema_version": 2, "model_label": model, **_record("a", "x", n_right)}
+        (tmp_path / model).mkdir()
+        (tmp_path / model / "a.json").write_text(json.dumps(record))
+    merge([tmp_path])
+    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    assert comparison["tasks"][0]["diffs"]["B"]["significant"] and "↑" in capsys.readouterr().out
+    other = json.loads((tmp_path / "B" / "a.json").read_text())
+    other["items"] = _record("a", "x", 70, labels=1 - LABELS)["items"]
+    (tmp_path / "B" / "a.json").write_text(json.dumps(other))
+    with pytest.raises(ComparisonError, match="task 'a'"):
+        merge([tmp_path])
