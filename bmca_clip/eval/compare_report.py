@@ -157,7 +157,10 @@ def compare_and_write(
     from bmca_clip.eval.compare import compare, mean_intervals  # torch: merge.py imports this lazily
 
     comparison = compare(results_by_model, tasks, baseline)
-    if len(comparison["models"]) > 1:
+    if len(comparison["models"]) > 1 and not comparison["tasks"]:
+        reasons = "; ".join(f"{t}: {why}" for t, why in comparison["skipped"].items())
+        print(f"\nno paired comparison: no task has per-item results of every model ({reasons})")
+    elif len(comparison["models"]) > 1:
         print("\n" + format_comparison(comparison))
         json_path, md_path = write_comparison(comparison, out_dir)
         sweep = plot_alpha_sweep(
