@@ -110,7 +110,10 @@ def _sweeps(alphas: dict[str, float]) -> dict[str, list[str]]:
 def plot_alpha_sweep(comparison: dict, alphas: dict[str, float], path: str | Path) -> Path | None:
     """alpha_sweep.png (module docstring); None, and no file, without two blends of one checkpoint."""
     sweeps = _sweeps({m: a for m, a in alphas.items() if m in comparison["models"]})
-    rows = [r for r in comparison["means"] if r["scope"] != "tasks"]
+    rows = [r for r in comparison["means"] if r["scope"] == "domain"]
+    rows += [
+        r for r in comparison["means"] if r["scope"] == "domains" and len(rows) > 1
+    ]  # else the same line
     if not sweeps or not rows:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
