@@ -159,11 +159,15 @@ def result_from_record(record: dict) -> TaskResult:
 
 
 def cached_result(path: Path, expected_hash: str) -> TaskResult | None:
-    """The stored result at path when it is ok and has config_hash expected_hash, else None."""
+    """The stored result at path when it is ok and has config_hash expected_hash, else None. A record
+    written before results kept their per-item inputs (no `items` key) is scored again, so that it can be
+    compared (compare.py); the embedding cache makes that cheap."""
     try:
         record = read_task_json(path) if path.is_file() else None
     except ValueError:
         return None
     if record is None or record["status"] != "ok" or record.get("config_hash") != expected_hash:
+        return None
+    if "items" not in record:
         return None
     return result_from_record(record)

@@ -53,3 +53,18 @@ def test_a_wise_ft_sweep_is_compared_pairwise_and_plotted(corpus, tmp_path, caps
             assert row["values"][label] == record["metrics"][result.main_metric]
     with pytest.raises(ComparisonError, match="compare_baseline=nope"):
         _evaluate(corpus, tmp_path, *sweep, "model.wise_ft_alpha=[0.0,1.0]", "compare_baseline=nope")
+
+
+def test_a_stored_result_without_per_item_inputs_is_scored_again(corpus, tmp_path, caplog):
+    _evaluate(corpus, tmp_path)
+    path = next((tmp_path / "eval").glob("*/*.json"))
+    record = json.loads(path.read_text())
+    del record["items"]  # as written before results kept them
+    path.write_text(json.dumps(record))
+    with caplog.at_level("INFO"):
+        _evaluate(corpus, tmp_path)
+    assert "items" in json.loads(path.read_text())
+    assert (
+        sum("cached result" in r.getMessage() for r in caplog.records)
+        == len(list(path.parent.glob("*.json"))) - 1
+    )
