@@ -84,3 +84,7 @@ class TaskShardError(ConfigError):
 
 class ResultsMergeError(ConfigError):
     """Result folders that cannot be merged into one summary (bmca_clip/eval/merge.py)."""
+
+
+class ComparisonError(ConfigError):
+    """Results that cannot be compared by the paired bootstrap: other items, an unknown baseline (eval/compare.py)."""

@@ -58,6 +58,7 @@ class EvaluateConfig:
     # model.cache_dir, where downloaded weights are kept
     cache_dir: str | None = "~/.cache/bmca_clip/eval"
     rerun: bool = False  # score every task again, even one whose stored JSON has the same config_hash
+    compare_baseline: str | None = None  # the model label paired differences are against; null: the first
     shard: str | None = None  # "i/n" (1 <= i <= n): score the i-th of n shares; null: Slurm array or all
     # also draw each task's confusion matrix beside its JSON: <output_dir>/<model>/<task>.confusion.png
     per_class_plots: bool = False

@@ -58,6 +58,7 @@ class TaskResult:
     ci: dict | None = None  # the main metric's bootstrap CI (metrics.ci_record; report.py schema)
     data: dict | None = None  # what identifies the data scored: {hub_commit, fingerprint} (identity.py)
     per_class: dict | None = None  # per-class recall, precision, support, confusion (per_class.py)
+    items: dict | None = None  # the main metric's per-item inputs (paired.py), for compare.py
 
     @property
     def main_value(self) -> float | None:
@@ -165,6 +166,7 @@ def _run_task(
         notes = _data_notes(task, dataset, unconfirmed)
         result.metrics, result.notes = scores.metrics, {**notes, **scores.notes}
         result.ci, result.per_class = scores.ci.get(task.main_metric), scores.per_class
+        result.items = scores.items
         log.info("task %s: %s = %s (n=%d)", task.name, task.main_metric, result.main_value, result.n)
     result.seconds = round(time.perf_counter() - start, 3)
     return result, False

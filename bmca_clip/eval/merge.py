@@ -92,8 +92,10 @@ def merge(dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> tupl
 def _write(
     records: dict[str, list[dict]], tasks: list[dict] | None, out_dir: str | Path
 ) -> tuple[Path, Path]:
+    from bmca_clip.eval.compare_report import compare_and_write  # torch, for the paired bootstrap only
+
     print(format_domain_table(records, tasks) + "\n\n" + format_table(records, tasks))
-    return write_summary(records, out_dir, tasks)
+    return write_summary(records, out_dir, tasks, compare_and_write(records, tasks, out_dir))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

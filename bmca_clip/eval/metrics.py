@@ -63,6 +63,7 @@ class Scores:
     notes: dict[str, str] = field(default_factory=dict)
     ci: dict[str, dict] = field(default_factory=dict)  # metric -> ci_record(...), for defined metrics
     per_class: dict | None = None  # per_class.py's record (report.py schema); None for retrieval
+    items: dict | None = None  # the main metric's per-item inputs (paired.py), for paired comparisons
 
     @classmethod
     def undefined(cls, names: Sequence[str], reason: str) -> Scores:

@@ -11,7 +11,8 @@ Task keys (checked here, called by tasks.py):
 Suite key `protocols` (default [zero_shot]): each classification task of the suite with a train_split is
 scored once per protocol: zero_shot as the task itself, linear_probe and k_shot as `<task>@<protocol>`,
 the same task of that type in domain `<domain>@<protocol>`, so the summary names them apart and its
-per-domain rows average one protocol each (its means over all tasks and domains mix them). Tasks a protocol cannot apply to (no
+per-domain rows average one protocol each (its means over all tasks and domains cover the zero-shot
+scores only: summary.overall_tasks). Tasks a protocol cannot apply to (no
 train_split, or not classification) are scored zero-shot only when zero_shot is asked, and logged.
 """
 

@@ -49,6 +49,9 @@ Per-task JSON (`<out_dir>/<model folder>/<task>.json`, written atomically), sche
                      dataset's content fingerprint; null when the task failed before its data loaded
     config_hash      str | null  sha256 of config as canonical JSON; a re-run skips a task whose stored
                                  JSON has status ok and the same config_hash (v2)
+    items            {metric, n, unit, arrays} | null  the main metric's per-item inputs (labels and
+                     predictions, AUROC scores, or hits; cluster ids), each array zlib + base64 (paired.py),
+                     for the paired comparison of models (compare.py); null when not stored (multilabel)
     provenance       {model, pretrained, checkpoint, checkpoint_sha256, versions {python, torch,
                       open_clip, bmca_clip}, device, dtype, created, [wise_ft_alpha], data}
                      data: as config.data, the identity of the data scored
@@ -61,7 +64,10 @@ Summary (`write_summary`), from results in memory or JSON records (merge.py):
                         | missing), main_metric, value, ci_low, ci_high, chance; fractions like the JSON
     summary_domains.csv one row per (model, scope, name): scope "domain" (name = the domain), "tasks"
                         or "domains" (the overall means); value, chance, n_values, n_tasks
-    summary.png         per-domain bars, models side by side, chance as a dashed line over each group
+    summary.png         per-domain bars, models side by side, each mean's 95% interval as a whisker (the
+                        joint bootstrap of compare.py; a domain of one task: its CI), chance as a dashed line
+    comparison.md/.json with two models or more: the paired comparison (compare_report.py), and
+    alpha_sweep.png     with two WiSE-FT blends of a checkpoint or more: metric vs alpha per domain
     suite.json          {suite, tasks [{name, type, domain, main_metric}], models}: what a run was asked
                         to do, so that merge.py can mark what never arrived as missing
 """
@@ -158,11 +164,15 @@ def result_from_record(record: dict) -> TaskResult:
 
 
 def cached_result(path: Path, expected_hash: str) -> TaskResult | None:
-    """The stored result at path when it is ok and has config_hash expected_hash, else None."""
+    """The stored result at path when it is ok and has config_hash expected_hash, else None. A record
+    written before results kept their per-item inputs (no `items` key) is scored again, so that it can be
+    compared (compare.py); the embedding cache makes that cheap."""
     try:
         record = read_task_json(path) if path.is_file() else None
     except ValueError:
         return None
     if record is None or record["status"] != "ok" or record.get("config_hash") != expected_hash:
+        return None
+    if "items" not in record:
         return None
     return result_from_record(record)

@@ -26,6 +26,7 @@ from bmca_clip.checkpoint import resolve_checkpoint
 from bmca_clip.config import ConfigError, EvaluateConfig
 from bmca_clip.dist import pick_device
 from bmca_clip.eval.cache import CachingEncoder, EmbeddingCache, describe_transform, state_dict_sha256
+from bmca_clip.eval.compare_report import compare_and_write
 from bmca_clip.eval.encoders import ClipEncoder
 from bmca_clip.eval.harness import TaskResult, evaluate_suite
 from bmca_clip.eval.labels import model_labels, wise_label
@@ -194,6 +195,7 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     initial = {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}
     cache = EmbeddingCache(cfg.cache_dir) if cfg.cache_dir else None
     results: dict[str, list[TaskResult]] = {}
+    alphas: dict[str, float] = {}  # label -> WiSE-FT alpha, for the alpha sweep plot
     names = model_labels(checkpoints, cfg.model.name, cfg.model.pretrained, out_dir)
     for checkpoint, name in zip(checkpoints, names, strict=True):
         for label, state, extra in _weights(cfg, checkpoint, initial, name):
@@ -207,6 +209,8 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
             results[label] = _evaluate_model(cfg, label, extra, checkpoint, tasks, bundle, device, cache)
             if cfg.per_class_plots:
                 _plot_per_class(results[label], out_dir / label, label)
+            if "wise_ft_alpha" in extra:
+                alphas[label] = extra["wise_ft_alpha"]
     infos = [task_info(task) for task in suite.tasks]
     write_suite_file(out_dir, suite.name, infos, list(results))
     if shard is not None:
@@ -214,6 +218,7 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
         print(f"\nshard {shard[0]}/{shard[1]} done; once all are: python -m bmca_clip.eval.merge {out_dir}")
         return results
     print(format_domain_table(results, infos) + "\n\n" + format_table(results, infos))
-    md, csv = write_summary(results, out_dir, infos)
+    intervals = compare_and_write(results, infos, out_dir, cfg.compare_baseline, alphas)
+    md, csv = write_summary(results, out_dir, infos, intervals)
     print(f"\nresults: {out_dir}/<model>/<task>.json, summary: {md}, {csv}, summary.png")
     return results

@@ -67,18 +67,33 @@ class Summary:
 
     def means(self) -> list[Mean]:
         out = []
+        covered = overall_tasks([t["name"] for t in self.tasks])  # zero-shot only when probes are scored too
+        overall = set(covered)
         for model in self.models:
             by_domain = []
             for domain in self.domains():
                 names = [t["name"] for t in self.tasks if t["domain"] == domain]
                 by_domain.append(self._mean(model, "domain", domain, names))
             out += by_domain
-            out.append(self._mean(model, "tasks", "all tasks", [t["name"] for t in self.tasks]))
-            out.append(_mean_of(model, "domains", "all domains", [(m.value, m.chance) for m in by_domain]))
+            out.append(self._mean(model, "tasks", "all tasks", covered))
+            members = [(m.value, m.chance) for m in by_domain if set(_names(self.tasks, m.name)) <= overall]
+            out.append(_mean_of(model, "domains", "all domains", members))
         return out
 
     def _mean(self, model: str, scope: str, name: str, tasks: list[str]) -> Mean:
         return _mean_of(model, scope, name, [(self.cells[model, t].value, self.chance(t)) for t in tasks])
+
+
+def overall_tasks(names: Sequence[str]) -> list[str]:
+    """The tasks the means over all tasks and over all domains cover: the zero-shot ones when a suite also
+    scores probes (`<task>@<protocol>`, eval/protocols.py; each protocol keeps its own domain rows, so
+    zero-shot and probe scores are never averaged together), else every task."""
+    zero_shot = [n for n in names if "@" not in n]
+    return zero_shot or list(names)
+
+
+def _names(tasks: Sequence[dict], domain: str) -> list[str]:
+    return [t["name"] for t in tasks if t["domain"] == domain]
 
 
 def _mean_of(model: str, scope: str, name: str, members: list[tuple[float | None, float | None]]) -> Mean:
@@ -215,10 +230,14 @@ def _csv(header: list[str], rows: list[list]) -> str:
 
 
 def write_summary(
-    results_by_model: dict[str, list], out_dir: str | Path, tasks: Sequence[dict] | None = None
+    results_by_model: dict[str, list],
+    out_dir: str | Path,
+    tasks: Sequence[dict] | None = None,
+    intervals: dict[tuple[str, str], tuple[float, float]] | None = None,
 ) -> tuple[Path, Path]:
     """Write summary.md, summary.csv, summary_domains.csv and summary.png to out_dir (see the module
-    docstring); returns the paths of summary.md and summary.csv."""
+    docstring); returns the paths of summary.md and summary.csv. intervals: (model, domain or "all
+    domains") -> the mean's 95% interval (compare.mean_intervals), the PNG's whiskers."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(results_by_model, tasks)
@@ -237,13 +256,24 @@ def write_summary(
     means = [[m.model, m.scope, m.name, m.value, m.chance, m.n_values, m.n_tasks] for m in summary.means()]
     header = ["model", "scope", "name", "value", "chance", "n_values", "n_tasks"]
     atomic_write(out_dir / "summary_domains.csv", _csv(header, means))
-    plot_summary(summary, out_dir / "summary.png")
+    plot_summary(summary, out_dir / "summary.png", intervals)
     return md_path, csv_path
 
 
-def plot_summary(summary: Summary, path: str | Path) -> Path:
-    """A PNG of per-domain mean main metric (and the mean over domains), one bar per model, chance as a
-    dashed line over each group. Drawn with the Agg canvas, so no display or pyplot state is involved."""
+def _whisker(summary: Summary, intervals: dict, model: str, group: str, mean: Mean) -> tuple[float, float]:
+    """(below, above) the bar in percent: the mean's interval, or a lone task's own; NaN without one."""
+    names = [t["name"] for t in summary.tasks if t["domain"] == group]
+    cell = summary.cells[model, names[0]] if len(names) == 1 else None
+    low, high = intervals.get((model, group)) or ((cell.ci_low, cell.ci_high) if cell else (None, None))
+    if mean.value is None or low is None or high is None:
+        return math.nan, math.nan
+    return 100 * max(mean.value - low, 0.0), 100 * max(high - mean.value, 0.0)
+
+
+def plot_summary(summary: Summary, path: str | Path, intervals: dict | None = None) -> Path:
+    """A PNG of per-domain mean main metric (and the mean over domains), one bar per model with its 95%
+    interval as a whisker (intervals: (model, group) -> (low, high); a domain of one task: that task's
+    CI), chance as a dashed line over each group. Drawn with the Agg canvas: no display, no pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -256,8 +286,14 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
     width = 0.8 / n_models
     for j, model in enumerate(summary.models):
         heights = [100 * v if (v := means[model, g].value) is not None else math.nan for g in groups]
+        whiskers = [_whisker(summary, intervals or {}, model, g, means[model, g]) for g in groups]
         ax.bar(
-            [i + (j - (n_models - 1) / 2) * width for i in range(len(groups))], heights, width, label=model
+            [i + (j - (n_models - 1) / 2) * width for i in range(len(groups))],
+            heights,
+            width,
+            yerr=[[w[0] for w in whiskers], [w[1] for w in whiskers]],
+            capsize=3,
+            label=model,
         )
     for i, group in enumerate(groups):
         chance = means[summary.models[0], group].chance if summary.models else None
@@ -266,7 +302,7 @@ def plot_summary(summary: Summary, path: str | Path) -> Path:
             ax.hlines(100 * chance, i - 0.45, i + 0.45, colors="black", linestyles="dashed", label=label)
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
     ax.set_ylim(0, 100)
-    ax.set_ylabel("main metric, mean over tasks (%)")
+    ax.set_ylabel("main metric, mean over tasks (%), 95% interval")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize="small", frameon=False)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")

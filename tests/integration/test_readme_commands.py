@@ -153,6 +153,9 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
     "python eval.py suite=demo model=bmca-small checkpoint=runs/demo 'suite.protocols=[zero_shot,linear_probe,k_shot]' output_dir=runs/eval/demo_probes": Run(
         TINY_EVAL, creates=("runs/eval/demo_probes/summary.md",)
     ),
+    "python eval.py suite=demo model=bmca-small 'checkpoint=[null,runs/demo]' compare_baseline=untrained": Run(
+        TINY_EVAL, creates=("runs/eval/demo/comparison.md", "runs/eval/demo/comparison.json")
+    ),
 }  # fmt: skip
 
 

@@ -55,6 +55,7 @@ BUILTIN_BASES = {
     "TaskError": ValueError,
     "TaskShardError": ValueError,
     "ResultsMergeError": ValueError,
+    "ComparisonError": ValueError,
     "DataError": RuntimeError,
     "SourceCommitMoved": RuntimeError,
     "HubError": RuntimeError,

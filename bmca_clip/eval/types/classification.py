@@ -23,6 +23,7 @@ from bmca_clip.eval.encoders import Encoder
 from bmca_clip.eval.items import ImageLabelDataset, bad_cells, item_clusters
 from bmca_clip.eval.loaders.table import Table
 from bmca_clip.eval.metrics import Scores, compute_classification_metrics
+from bmca_clip.eval.paired import classification_items
 from bmca_clip.eval.per_class import per_class_record
 from bmca_clip.eval.spec import Task
 from bmca_clip.eval.types.base import TaskType
@@ -94,6 +95,8 @@ def score(
         scores.per_class = per_class_record(
             logits.argmax(dim=1), labels, task.classes, clusters=dataset.clusters
         )
+    if scores.metrics.get(task.main_metric) is not None:
+        scores.items = classification_items(task.main_metric, logits, labels, dataset.clusters)
     return scores, 1.0 / len(task.classes)
 
 

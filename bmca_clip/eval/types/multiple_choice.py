@@ -23,6 +23,7 @@ from bmca_clip.eval.encoders import Encoder
 from bmca_clip.eval.items import ImageQuestionDataset, bad_cells
 from bmca_clip.eval.loaders.table import Table
 from bmca_clip.eval.metrics import NON_FINITE, Scores
+from bmca_clip.eval.paired import choice_items
 from bmca_clip.eval.per_class import per_class_record
 from bmca_clip.eval.spec import Task
 from bmca_clip.eval.types.base import TaskType
@@ -149,9 +150,12 @@ def score(
         return Scores.undefined(task.metrics, NON_FINITE), chance_accuracy(options)
     preds = choose(image_feats, text_feats, index)
     answer_texts = [opts[a] for opts, a in zip(options, answers, strict=True)]
-    scores = multiple_choice_metrics(task.metrics, preds, torch.tensor(list(answers)), answer_texts)
+    answer_index = torch.tensor(list(answers))
+    scores = multiple_choice_metrics(task.metrics, preds, answer_index, answer_texts)
     chosen = [opts[p] for opts, p in zip(options, preds.tolist(), strict=True)]
     scores.per_class = per_answer_record(chosen, answer_texts)
+    if scores.metrics.get(task.main_metric) is not None:  # for paired comparisons (paired.py)
+        scores.items = choice_items(task.main_metric, preds == answer_index, group_ids(answer_texts))
     return scores, chance_accuracy(options)
 
 

@@ -41,6 +41,7 @@ from bmca_clip.eval.encoders import Encoder
 from bmca_clip.eval.items import ImageCaptionDataset, item_clusters
 from bmca_clip.eval.loaders.table import Table
 from bmca_clip.eval.metrics import NON_FINITE, Scores
+from bmca_clip.eval.paired import hit_items
 from bmca_clip.eval.spec import Task
 from bmca_clip.eval.types.base import TaskType
 from bmca_clip.eval.weighted import hit_rate
@@ -197,6 +198,7 @@ def recall_scores(
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
     image_clusters: Clusters | None = None,
+    main: str | None = None,
 ) -> Scores:
     """Named recall metrics for the images in loader (items: image, image index) and their captions,
     each with a bootstrap CI (n_resamples=0: none) over resampled images, each with its captions, or
@@ -223,7 +225,17 @@ def recall_scores(
         scores.notes["ties"] = note
     defined = {name: hits[name] for name in metrics}
     scores.ci = recall_intervals(defined, n_resamples, seed, owner, image_clusters)
+    if main is not None and hits.get(main) is not None:  # main's per-query hits, for paired.py
+        scores.items = hit_items(main, hits[main], query_clusters(main, owner, image_clusters))
     return scores
+
+
+def query_clusters(metric: str, owner: Tensor, image_clusters: Clusters | None) -> Clusters | None:
+    """What the bootstrap of metric's queries draws (as recall_intervals): a caption joins its image."""
+    if parse_recall_metric(metric)[0] == "image_to_text":
+        return image_clusters
+    image = image_clusters or Clusters(torch.arange(int(owner.max()) + 1), "image")
+    return Clusters(image.ids[owner.long()], image.name)
 
 
 def build(task: Task, table: Table, preprocess: Callable) -> ImageCaptionDataset:
@@ -251,7 +263,14 @@ def score(
     task: Task, dataset: ImageCaptionDataset, encoder: Encoder, loader: DataLoader
 ) -> tuple[Scores, float | None]:
     """Recall in both directions, and a random ranking's recall at the main metric's k."""
-    scores = recall_scores(encoder, loader, dataset.captions, task.metrics, image_clusters=dataset.clusters)
+    scores = recall_scores(
+        encoder,
+        loader,
+        dataset.captions,
+        task.metrics,
+        image_clusters=dataset.clusters,
+        main=task.main_metric,
+    )
     _, k = parse_recall_metric(task.main_metric)
     return scores, chance_recall(dataset.text_to_image, len(dataset), [k])[task.main_metric]
 
