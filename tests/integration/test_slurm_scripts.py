@@ -133,5 +133,6 @@ def test_eval_finds_a_suite_through_hydra_searchpath(tmp_path):
         "tasks": [str(path)],
         "description": "",
         "expect_tasks": None,
+        "protocols": ["zero_shot"],
     }
     assert composed["output_dir"] == "runs/eval/mine"
