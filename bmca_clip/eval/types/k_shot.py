@@ -21,9 +21,7 @@ from bmca_clip.eval import probe
 from bmca_clip.eval.encoders import Encoder
 from bmca_clip.eval.metrics import Scores, compute_classification_metrics
 from bmca_clip.eval.spec import Task
-from bmca_clip.eval.types import classification
-from bmca_clip.eval.types.base import TaskType
-from bmca_clip.eval.types.linear_probe import PROBE_SEED, train_features
+from bmca_clip.eval.types.linear_probe import PROBE_SEED, probe_type, train_features
 
 
 def draw_seed(k: int, draw: int) -> int:
@@ -69,14 +67,4 @@ def score(task: Task, dataset: Dataset, encoder: Encoder, loader: DataLoader) ->
     return scores, 1.0 / n_classes
 
 
-K_SHOT = TaskType(
-    columns=classification.CLASSIFICATION.columns,
-    needs_prompts=True,  # class names name the labels; the templates are not used
-    encodings=classification.CLASSIFICATION.encodings,
-    default_metrics=classification.default_metrics,
-    default_main_metric="balanced_accuracy",
-    check_metric=classification.check_metric,
-    build=classification.build,
-    score=score,
-    needs_train=True,
-)
+K_SHOT = probe_type(score)

@@ -59,15 +59,21 @@ def score(task: Task, dataset: Dataset, encoder: Encoder, loader: DataLoader) ->
     return scores, 1.0 / n_classes
 
 
-LINEAR_PROBE = TaskType(
-    columns=classification.CLASSIFICATION.columns,
-    needs_prompts=True,  # class names name the labels; the templates are not used
-    encodings=classification.CLASSIFICATION.encodings,
-    default_metrics=classification.default_metrics,
-    default_main_metric="balanced_accuracy",
-    check_metric=classification.check_metric,
-    build=classification.build,
-    score=score,
-    grouped=True,
-    needs_train=True,
-)
+def probe_type(score_fn, **extra) -> TaskType:
+    """A classification task scored by classifiers fitted on the train split's image features: the
+    classification type's columns, encodings, metrics and dataset, with its own `score`."""
+    return TaskType(
+        columns=classification.CLASSIFICATION.columns,
+        needs_prompts=True,  # class names name the labels; the templates are not used
+        encodings=classification.CLASSIFICATION.encodings,
+        default_metrics=classification.default_metrics,
+        default_main_metric="balanced_accuracy",
+        check_metric=classification.check_metric,
+        build=classification.build,
+        score=score_fn,
+        needs_train=True,
+        **extra,
+    )
+
+
+LINEAR_PROBE = probe_type(score, grouped=True)
