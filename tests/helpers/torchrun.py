@@ -10,9 +10,10 @@ import sys
 from tests.helpers.config import REPO
 
 
-def torchrun(*args, timeout=240, nproc: int = 2) -> subprocess.CompletedProcess:
-    """Run `args` (a script and its arguments) under torchrun with `nproc` ranks, one thread each."""
-    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def torchrun(*args, timeout=240, nproc: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `args` (a script and its arguments) under torchrun with `nproc` ranks, one thread each;
+    `env`: the environment to extend instead of os.environ (e.g. a fake hub's)."""
+    env = (os.environ if env is None else env) | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
         "-m",

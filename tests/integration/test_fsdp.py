@@ -224,17 +224,7 @@ def test_biomedclip_shards_its_timm_and_bert_blocks_and_trains_what_lock_text_le
     locks = {"model.lock_text": True, "model.lock_text_unlocked_layers": 1, "train.precision": "amp_bf16"}
     args = ["model=biomedclip", *_overrides(corpus, out, **values, **locks)[1:]]
     with hub_with_tiny_biomedclip(tmp_path / "hub") as hub:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "train.py",
-        ]
-        done = subprocess.run(
-            [*cmd, *args], cwd=REPO, env=hub.env, capture_output=True, text=True, timeout=300
-        )
+        done = torchrun("train.py", *args, env=hub.env, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         with hub.use():
             start = build_model(ModelConfig(name=NAME)).model.state_dict()
