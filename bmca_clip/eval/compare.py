@@ -16,7 +16,7 @@ changes no other's draws). A difference is significant when its interval exclude
 
 Items must be the same: the same number, labels, clusters and data fingerprint in every model's record of
 a task, else `ComparisonError` names the task. A task some model failed, or whose record has no `items`
-(an older result, a main metric not stored: multilabel mAP), is left out of the means and
+(an older result, or a main metric whose inputs are not stored), is left out of the means and
 listed under `skipped` with the reason.
 """
 
@@ -38,7 +38,7 @@ from bmca_clip.eval.bootstrap import (
     cluster_counts,
     percentile_interval,
 )
-from bmca_clip.eval.paired import arrays_of, category_keys, metric_of
+from bmca_clip.eval.paired import arrays_of, categories, category_keys, metric_of
 from bmca_clip.eval.summary import overall_tasks
 
 METHOD = "paired percentile bootstrap"
@@ -63,10 +63,12 @@ def _same_items(task: str, models: Sequence[str], records: dict[str, dict], arra
             why = f"{a['items']['n']} vs {b['items']['n']} items"
         elif a["items"]["metric"] != b["items"]["metric"]:
             why = f"main metric {a['items']['metric']} vs {b['items']['metric']}"
+        elif a["items"].get("draws") != b["items"].get("draws"):
+            why = f"{a['items'].get('draws')} vs {b['items'].get('draws')} k-shot draws"
         elif None not in (_fingerprint(a), _fingerprint(b)) and _fingerprint(a) != _fingerprint(b):
             why = "different data fingerprints"
         else:
-            for name in ("labels", "groups"):
+            for name in ("labels", "targets", "groups"):
                 if (name in arrays[first]) != (name in arrays[model]) or (
                     name in arrays[first] and not torch.equal(arrays[first][name], arrays[model][name])
                 ):
@@ -90,10 +92,7 @@ def task_replicates(
     arrays = {m: arrays_of(records[m]["items"]) for m in models}
     _same_items(task, models, records, arrays)
     # Items alike in every model's keys are interchangeable: resample these categories (bootstrap.py).
-    keys = [key for m in models for key in category_keys(arrays[m])]
-    _, category = torch.unique(torch.stack(keys, dim=1), dim=0, return_inverse=True)
-    n = len(category)
-    reps = torch.full((int(category.max()) + 1,), n).scatter_reduce_(0, category, torch.arange(n), "amin")
+    reps, category = categories([key for m in models for key in category_keys(arrays[m])])
     groups = arrays[models[0]].get("groups")
     points, chunks = {}, {m: [] for m in models}
     metrics = {}

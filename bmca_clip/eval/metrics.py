@@ -52,7 +52,9 @@ NON_FINITE = "scores contain NaN or inf (diverged weights, or fp16 overflow: try
 # changes, so results computed the old way are scored again instead of being reused (eval/run.py).
 # 2: retrieval ranks ties as CLIP_benchmark does; top-k breaks ties as scikit-learn; cluster bootstrap.
 # 3: per-class results (per_class.py) in every classification, multilabel and multiple-choice result.
-METRICS_VERSION = 3
+# 4: multilabel mAP and the k-shot main metric get intervals; multilabel, linear-probe and k-shot results
+#    store their per-item inputs (paired.py) for paired comparisons.
+METRICS_VERSION = 4
 
 
 @dataclass

@@ -49,9 +49,10 @@ Per-task JSON (`<out_dir>/<model folder>/<task>.json`, written atomically), sche
                      dataset's content fingerprint; null when the task failed before its data loaded
     config_hash      str | null  sha256 of config as canonical JSON; a re-run skips a task whose stored
                                  JSON has status ok and the same config_hash (v2)
-    items            {metric, n, unit, arrays} | null  the main metric's per-item inputs (labels and
-                     predictions, AUROC scores, or hits; cluster ids), each array zlib + base64 (paired.py),
-                     for the paired comparison of models (compare.py); null when not stored (multilabel)
+    items            {metric, n, unit, [draws], arrays} | null  the main metric's per-item inputs (labels
+                     and predictions, AUROC scores, hits, multilabel targets and score ranks, k-shot draws;
+                     cluster ids), each array zlib + base64 (paired.py), for the paired comparison of
+                     models (compare.py); null when the main metric is undefined or not stored
     provenance       {model, pretrained, checkpoint, checkpoint_sha256, versions {python, torch,
                       open_clip, bmca_clip}, device, dtype, created, [wise_ft_alpha], data}
                      data: as config.data, the identity of the data scored

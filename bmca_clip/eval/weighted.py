@@ -15,7 +15,7 @@ resample that did not draw it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -79,3 +79,43 @@ def macro_hit_rate(hits: Tensor, groups: Tensor, weights: Tensor | None = None):
     present = support > 0
     rate = torch.where(present, correct / torch.where(present, support, 1.0), 0.0)
     return per_weighting(rate.sum(dim=1) / present.sum(dim=1), weights)
+
+
+def average_precision(scores: Tensor, targets: Tensor, weights: Tensor | None = None):
+    """AP of ranking by scores (higher first) for binary targets: sum over thresholds of
+    (recall gain) x precision, tied scores forming one threshold (scikit-learn's definition, its
+    sample_weight as weights; weighted.py's convention: a float, or values [r] for weights [r, n])."""
+    scores, targets = scores.double().flatten(), targets.double().flatten()
+    rows = weight_rows(scores, targets, weights)
+    order = torch.argsort(scores, descending=True, stable=True)
+    scores, targets, rows = scores[order], targets[order], rows[:, order]
+    ends = torch.cat([torch.nonzero(scores[1:] != scores[:-1]).flatten(), torch.tensor([len(scores) - 1])])
+    tp = (rows * targets).cumsum(dim=1)[:, ends].double()
+    seen = rows.cumsum(dim=1)[:, ends].double()  # a threshold that adds no weight adds no recall
+    precision = torch.where(seen > 0, tp / torch.where(seen > 0, seen, 1.0), 0.0)
+    recall = tp / tp[:, -1:]  # 0 / 0 = NaN: no positive image
+    gain = torch.diff(recall, dim=1, prepend=torch.zeros(len(rows), 1, dtype=recall.dtype))
+    return per_weighting((gain * precision).sum(dim=1), weights, lambda: "no positive image")
+
+
+def mean_average_precision(
+    scores: Tensor, targets: Tensor, classes: Sequence[str] = (), weights: Tensor | None = None
+) -> tuple[float | Tensor, str | None]:
+    """mAP over the classes with a positive in targets [n, K], and a note naming the classes left out.
+    With weights [r, n], the mAP of each weighting [r] over the classes with positive weight in it
+    (NaN where there is none); the note names the classes with no positive in targets."""
+    if scores.shape != targets.shape or scores.ndim != 2:
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)} must both be [n, K]"
+        )
+    names = list(classes) or [str(k) for k in range(targets.shape[1])]
+    present = [k for k in range(targets.shape[1]) if targets[:, k].sum() > 0]
+    if not present:
+        raise UndefinedMetric("no class has a positive image")
+    rows = weight_rows(scores, targets[:, 0], weights)
+    per_class = torch.stack([average_precision(scores[:, k], targets[:, k], rows) for k in present])
+    defined = ~per_class.isnan()
+    value = torch.where(defined, per_class, 0.0).sum(dim=0) / defined.sum(dim=0)
+    absent = [names[k] for k in range(targets.shape[1]) if k not in present]
+    note = f"mean over {len(present)} classes; no positive image, left out: {absent}" if absent else None
+    return per_weighting(value, weights, lambda: "no class has a positive image"), note

@@ -4,6 +4,9 @@ A class's score for an image is the cosine similarity of the image to the class'
 embedding (the same classifier as zero-shot classification). `mAP` is the mean, over the classes with at
 least one positive image, of the average precision of ranking the images by that score; classes with no
 positive are left out and named in the notes (their AP is undefined), so the value is never NaN.
+Its 95% interval is the percentile bootstrap over the images (or their source.group_column clusters) that
+every other type's metric gets, and the result stores the per-item inputs of mAP (paired.py: each class's
+score ranks and the targets) for paired comparisons.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from bmca_clip.eval.bootstrap import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Clusters, bootstrap_intervals
 from bmca_clip.eval.decode import LABEL_ENCODINGS
 from bmca_clip.eval.encoders import Encoder
-from bmca_clip.eval.items import ImageMultiLabelDataset
+from bmca_clip.eval.items import ImageMultiLabelDataset, item_clusters
 from bmca_clip.eval.loaders.table import Table
 from bmca_clip.eval.metrics import NON_FINITE, Scores
+from bmca_clip.eval.paired import multilabel_items
 from bmca_clip.eval.spec import Task
 from bmca_clip.eval.types.base import TaskType
-from bmca_clip.eval.weighted import UndefinedMetric, per_weighting, weight_rows
+from bmca_clip.eval.weighted import UndefinedMetric, average_precision, mean_average_precision
 
 METRIC_NAMES = ("mAP",)
 DEFAULT_METRICS = METRIC_NAMES
@@ -32,50 +37,17 @@ def check_metric(name: str) -> None:
         raise KeyError(f"unknown multilabel metric '{name}'; allowed: {', '.join(METRIC_NAMES)}")
 
 
-def average_precision(scores: Tensor, targets: Tensor, weights: Tensor | None = None):
-    """AP of ranking by scores (higher first) for binary targets: sum over thresholds of
-    (recall gain) x precision, tied scores forming one threshold (scikit-learn's definition, its
-    sample_weight as weights; weighted.py's convention: a float, or values [r] for weights [r, n])."""
-    scores, targets = scores.double().flatten(), targets.double().flatten()
-    rows = weight_rows(scores, targets, weights)
-    order = torch.argsort(scores, descending=True, stable=True)
-    scores, targets, rows = scores[order], targets[order], rows[:, order]
-    ends = torch.cat([torch.nonzero(scores[1:] != scores[:-1]).flatten(), torch.tensor([len(scores) - 1])])
-    tp = (rows * targets).cumsum(dim=1)[:, ends].double()
-    seen = rows.cumsum(dim=1)[:, ends].double()  # a threshold that adds no weight adds no recall
-    precision = torch.where(seen > 0, tp / torch.where(seen > 0, seen, 1.0), 0.0)
-    recall = tp / tp[:, -1:]  # 0 / 0 = NaN: no positive image
-    gain = torch.diff(recall, dim=1, prepend=torch.zeros(len(rows), 1, dtype=recall.dtype))
-    return per_weighting((gain * precision).sum(dim=1), weights, lambda: "no positive image")
-
-
-def mean_average_precision(
-    scores: Tensor, targets: Tensor, classes: Sequence[str] = (), weights: Tensor | None = None
-) -> tuple[float | Tensor, str | None]:
-    """mAP over the classes with a positive in targets [n, K], and a note naming the classes left out.
-    With weights [r, n], the mAP of each weighting [r] over the classes with positive weight in it
-    (NaN where there is none); the note names the classes with no positive in targets."""
-    if scores.shape != targets.shape or scores.ndim != 2:
-        raise ValueError(
-            f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)} must both be [n, K]"
-        )
-    names = list(classes) or [str(k) for k in range(targets.shape[1])]
-    present = [k for k in range(targets.shape[1]) if targets[:, k].sum() > 0]
-    if not present:
-        raise UndefinedMetric("no class has a positive image")
-    rows = weight_rows(scores, targets[:, 0], weights)
-    per_class = torch.stack([average_precision(scores[:, k], targets[:, k], rows) for k in present])
-    defined = ~per_class.isnan()
-    value = torch.where(defined, per_class, 0.0).sum(dim=0) / defined.sum(dim=0)
-    absent = [names[k] for k in range(targets.shape[1]) if k not in present]
-    note = f"mean over {len(present)} classes; no positive image, left out: {absent}" if absent else None
-    return per_weighting(value, weights, lambda: "no class has a positive image"), note
-
-
 def multilabel_metrics(
-    names: Sequence[str], scores: Tensor, targets: Tensor, classes: Sequence[str] = ()
+    names: Sequence[str],
+    scores: Tensor,
+    targets: Tensor,
+    classes: Sequence[str] = (),
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    clusters: Clusters | None = None,
 ) -> Scores:
-    """The named metrics (only mAP so far) of scores against targets, both [n, K]."""
+    """The named metrics (only mAP so far) of scores against targets, both [n, K], each defined one with
+    its bootstrap CI (n_resamples=0: none) over the items, or over their clusters when given."""
     scores, targets = scores.double().cpu(), targets.double().cpu()
     if not torch.isfinite(scores).all():
         return Scores.undefined(names, NON_FINITE)
@@ -89,6 +61,13 @@ def multilabel_metrics(
         result.record(name, lambda value=value: value)
         if note:
             result.notes[name] = note
+    stats = {
+        name: lambda counts: mean_average_precision(scores, targets, weights=counts)[0]
+        for name in names
+        if result.metrics[name] is not None
+    }
+    unit, groups = (clusters.unit, clusters.ids) if clusters is not None else ("item", None)
+    result.ci = bootstrap_intervals(stats, torch.arange(len(scores)), unit, n_resamples, seed, groups)
     return result
 
 
@@ -115,7 +94,9 @@ def build(task: Task, table: Table, preprocess: Callable) -> Dataset:
     """Items (image, multi-hot targets), the targets decoded from the label column's masks when read."""
     masks = table.image_column(task, "label_column")
     decode = LABEL_ENCODINGS[task.source.label_encoding](task)
-    return ImageMultiLabelDataset(table.image_column(task), masks, decode, preprocess, task.name)
+    dataset = ImageMultiLabelDataset(table.image_column(task), masks, decode, preprocess, task.name)
+    dataset.clusters = item_clusters(task, table, list(range(len(dataset))))
+    return dataset
 
 
 def score(task: Task, dataset: Dataset, encoder: Encoder, loader: DataLoader) -> tuple[Scores, float | None]:
@@ -123,9 +104,11 @@ def score(task: Task, dataset: Dataset, encoder: Encoder, loader: DataLoader) ->
     classifier = encoder.classifier(task.classes, task.templates)
     feats, targets = encoder.images(loader)
     scores, targets = feats @ classifier.float().cpu(), targets.float()
-    result = multilabel_metrics(task.metrics, scores, targets, task.classes)
+    result = multilabel_metrics(task.metrics, scores, targets, task.classes, clusters=dataset.clusters)
     if torch.isfinite(scores).all():
         result.per_class = per_label_record(scores, targets, task.classes)
+        if result.metrics[task.main_metric] is not None:
+            result.items = multilabel_items(task.main_metric, scores, targets, dataset.clusters)
     return result, chance_map(targets)
 
 
@@ -138,4 +121,5 @@ MULTILABEL = TaskType(
     check_metric=lambda name, task: check_metric(name),
     build=build,
     score=score,
+    grouped=True,
 )

@@ -214,8 +214,10 @@ def test_multiple_choice_and_multilabel_results_carry_per_class_through_their_ty
     ml_task = SimpleNamespace(metrics=("mAP",), main_metric="mAP", classes=("tumour", "stroma"), templates=())
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     encoder = _Encoder(torch.tensor([[0.9, 0.2], [0.8, 0.1], [0.1, 0.3]]), targets)
-    scores, _ = TASK_TYPES["multilabel"].score(ml_task, None, encoder, None)
+    scores, _ = TASK_TYPES["multilabel"].score(ml_task, SimpleNamespace(clusters=None), encoder, None)
     # tumour ranked pos, neg, pos: 5/6; stroma's one positive (item 1, 0.1) ranks last of 3: 1/3
     assert scores.per_class["support"] == [2, 1]
     assert scores.per_class["average_precision"] == _approx([5 / 6, 1 / 3])
     assert scores.metrics["mAP"] == pytest.approx((5 / 6 + 1 / 3) / 2)
+    assert scores.ci["mAP"]["low"] <= scores.metrics["mAP"] <= scores.ci["mAP"]["high"]
+    assert scores.items["metric"] == "mAP" and scores.items["n"] == 3  # per-item inputs, for comparisons

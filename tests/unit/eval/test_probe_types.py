@@ -72,6 +72,7 @@ def test_a_linear_probe_learns_separable_colours_and_reuses_the_cache(tmp_path):
     assert result.n == 16 and result.chance == 0.25
     assert result.metrics["balanced_accuracy"] == result.metrics["accuracy"] == 1.0
     assert result.ci is not None and "l2=" in result.notes["probe"]
+    assert result.items["metric"] == "balanced_accuracy" and result.items["n"] == 16  # for paired comparisons
     # a stored result is reused only for the same train split too (identity.py)
     assert result.data["train"]["fingerprint"] not in (None, result.data["fingerprint"])
     again, calls = _run(task, tmp_path, cache_dir=tmp_path / "cache")
@@ -91,6 +92,9 @@ def test_k_shot_reports_every_k_with_its_spread_and_repeats_exactly(tmp_path):
         assert f"accuracy@{k}shot" in result.metrics and f"accuracy@{k}shot_std" not in result.metrics
     assert result.metrics["balanced_accuracy"] == result.metrics["balanced_accuracy@2shot"]
     assert "k=2 over 3 draws" in result.notes["k_shot"]
+    # the interval of the mean over draws (test items resampled, draws fixed), and the draws' predictions
+    assert result.ci["low"] <= result.metrics["balanced_accuracy"] <= result.ci["high"]
+    assert result.items["draws"] == 3 and result.items["n"] == 16
     again, _ = _run(task, tmp_path)
     assert again.metrics == result.metrics
 

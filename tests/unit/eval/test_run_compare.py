@@ -68,3 +68,21 @@ def test_a_stored_result_without_per_item_inputs_is_scored_again(corpus, tmp_pat
         sum("cached result" in r.getMessage() for r in caplog.records)
         == len(list(path.parent.glob("*.json"))) - 1
     )
+
+
+def test_probes_are_compared_on_their_own_items(corpus, tmp_path):
+    """Two models scored zero-shot, by a linear probe and k-shot: every variant is compared (none skipped),
+    and each stored record's items give back its main metric exactly (k-shot: the mean over draws)."""
+    torch.manual_seed(3)
+    torch.save(build_model(ModelConfig(name="bmca-tiny")).model.state_dict(), tmp_path / "other.pt")
+    protocols = "suite.protocols=[zero_shot,linear_probe,k_shot]"
+    results = _evaluate(corpus, tmp_path, f"checkpoint=[null,{tmp_path / 'other.pt'}]", protocols)
+    comparison = json.loads((tmp_path / "eval" / "comparison.json").read_text())
+    assert not comparison["skipped"]
+    compared = {row["name"] for row in comparison["tasks"]}
+    assert {"synthetic_color@linear_probe", "synthetic_color@k_shot"} <= compared
+    for label, task_results in results.items():
+        for result in task_results:
+            record = json.loads((tmp_path / "eval" / label / f"{result.task}.json").read_text())
+            point = metric_of(record["items"], arrays_of(record["items"]))(None)
+            assert point == record["metrics"][result.main_metric], result.task

@@ -32,7 +32,7 @@ from bmca_clip.eval.metrics import (  # noqa: E402  (after the importorskip)
     top_k_accuracy,
     weighted_metric,
 )
-from bmca_clip.eval.types.multilabel import average_precision, mean_average_precision  # noqa: E402
+from bmca_clip.eval.weighted import average_precision, mean_average_precision  # noqa: E402
 
 CASES = 60  # random cases per metric
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bmca_clip.eval.types.multilabel import average_precision, mean_average_precision, multilabel_metrics
+from bmca_clip.eval.types.multilabel import multilabel_metrics
 from bmca_clip.eval.types.multiple_choice import choose, multiple_choice_metrics, option_texts
+from bmca_clip.eval.weighted import average_precision, mean_average_precision
 
 
 def test_multiple_choice_scores_by_hand():

@@ -14,8 +14,13 @@ sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 from bmca_clip.eval.bootstrap import cluster_counts  # noqa: E402  (after the importorskip)
 from bmca_clip.eval.metrics import _categories, classification_metric  # noqa: E402
-from bmca_clip.eval.types.multilabel import average_precision, mean_average_precision  # noqa: E402
-from bmca_clip.eval.weighted import UndefinedMetric, hit_rate, macro_hit_rate  # noqa: E402
+from bmca_clip.eval.weighted import (  # noqa: E402
+    UndefinedMetric,
+    average_precision,
+    hit_rate,
+    macro_hit_rate,
+    mean_average_precision,
+)
 
 SEEDS = range(8)
 NAMES = ["accuracy", "balanced_accuracy", "macro_f1", "top1_accuracy", "top2_accuracy"]
