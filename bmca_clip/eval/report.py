@@ -66,6 +66,7 @@ Summary (`write_summary`), from results in memory or JSON records (merge.py):
                         or "domains" (the overall means); value, chance, n_values, n_tasks
     summary.png         per-domain bars, models side by side, each mean's 95% interval as a whisker (the
                         joint bootstrap of compare.py; a domain of one task: its CI), chance as a dashed line
+    per_class.md        each task's per-class numbers as tables (per_class_report.py), one per model
     comparison.md/.json with two models or more: the paired comparison (compare_report.py), and
     alpha_sweep.png     with two WiSE-FT blends of a checkpoint or more: metric vs alpha per domain
     suite.json          {suite, tasks [{name, type, domain, main_metric}], models}: what a run was asked

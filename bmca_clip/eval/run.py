@@ -10,7 +10,7 @@ through the embedding cache in cache_dir (cache.py), so another output_dir, or a
 changed only its metrics, reuses the image features. A sharded run (shard=i/n, or a Slurm job array;
 shard.py) writes its tasks' JSON and suite.json only; `python -m bmca_clip.eval.merge <output_dir>`
 writes the summary once every shard is done. An unsharded run writes the summary itself (summary.md,
-.csv, _domains.csv, .png).
+.csv, _domains.csv, .png) and per_class.md (per_class_report.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from bmca_clip.eval.harness import TaskResult, evaluate_suite
 from bmca_clip.eval.labels import model_labels, wise_label
 from bmca_clip.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_VERSION
 from bmca_clip.eval.per_class_plot import PLOT_SUFFIX, plot_confusion
+from bmca_clip.eval.per_class_report import write_per_class_report
 from bmca_clip.eval.progress import EvalProgress
 from bmca_clip.eval.report import (
     cached_result,
@@ -220,5 +221,6 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     print(format_domain_table(results, infos) + "\n\n" + format_table(results, infos))
     intervals = compare_and_write(results, infos, out_dir, cfg.compare_baseline, alphas)
     md, csv = write_summary(results, out_dir, infos, intervals)
-    print(f"\nresults: {out_dir}/<model>/<task>.json, summary: {md}, {csv}, summary.png")
+    per_class = write_per_class_report(results, out_dir, infos)
+    print(f"\nresults: {out_dir}/<model>/<task>.json, summary: {md}, {csv}, summary.png, {per_class.name}")
     return results
