@@ -3,8 +3,8 @@
 Each DIR is an eval output_dir holding `<model>/<task>.json` records and `suite.json` (records.py), from a
 whole run or from any number of shards (shards may share one output_dir or each have their own). The
 summary is the one a single run writes (summary.write_summary: summary.md, summary.csv,
-summary_domains.csv, summary.png; per_class_report: per_class.md), in --out (default: the first DIR). A task of the suite with no JSON
-for a model is listed as missing, a failed one as failed. When two records hold the same model and task,
+summary_domains.csv, summary.png; per_class_report: per_class.md), in --out (default: the first DIR).
+A task of the suite with no JSON for a model is listed as missing, a failed one as failed. When two records hold the same model and task,
 an ok one wins over a failed one; two ok ones must have the same config_hash, else merging stops and
 names both files.
 

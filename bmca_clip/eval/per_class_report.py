@@ -1,8 +1,9 @@
 """per_class.md: each task's per-class results as Markdown tables, beside summary.md, for a reader who will
 not open the JSON. No torch: it reads the `per_class` object of results or records (per_class.py).
 
-One section per task (suite order), and in it one table per model (run order, headed by its label and n): a table per model keeps
-every table six columns wide whatever the number of models, and a task's models stay next to each other.
+One section per task (suite order), and in it one table per model (run order, headed by its label and
+n): a table per model keeps every table six columns wide whatever the number of models, and a task's
+models stay next to each other.
 (Columns per model would put three intervals per model on each row, unreadable for three models; a file
 per model folder would scatter one task's models over several files: comparing them is comparison.md's
 job, reading one model's classes is this file's.) Rows are the classes in label order, exactly as the

@@ -53,7 +53,8 @@ Per-task JSON (`<out_dir>/<model folder>/<task>.json`, written atomically), sche
                      predictions, AUROC scores, or hits; cluster ids), each array zlib + base64 (paired.py),
                      for the paired comparison of models (compare.py); null when not stored (multilabel)
     provenance       {model, pretrained, checkpoint, checkpoint_sha256, versions {python, torch,
-                      open_clip, bmca_clip}, device, dtype, created, [wise_ft_alpha, wise_ft_base_sha256], data}
+                      open_clip, bmca_clip}, device, dtype, created, [wise_ft_alpha,
+                      wise_ft_base_sha256], data}
                      data: as config.data, the identity of the data scored; wise_ft_base_sha256: a blend's
                      weights at alpha 0 (the base's weights_sha256; absent where not exactly the base)
 
