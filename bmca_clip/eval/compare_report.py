@@ -8,9 +8,12 @@ comparison.json   compare()'s dict: baseline, models, method, level, n_resamples
 comparison.md     one row per task, domain and overall mean: the baseline's value, then per other model
                   its difference to the baseline in points [95% interval], p, and ↑ / ↓ where the
                   interval excludes 0 (· where it does not)
-alpha_sweep.png   with two or more WiSE-FT blends (model.wise_ft_alpha, recorded in each result's
+alpha_sweep.png   with two or more points of a WiSE-FT sweep (model.wise_ft_alpha, recorded in each result's
                   config.model.wise_ft_alpha): per domain and over domains, the mean main metric vs alpha
-                  with its joint-bootstrap 95% interval as a band, one panel per blended checkpoint
+                  with its joint-bootstrap 95% interval as a band, one panel per blended checkpoint. A sweep
+                  without alpha 0 takes the base model's result (checkpoint=null) there, and one without
+                  alpha 1 the checkpoint's unblended result, when their weights are provably those
+                  (sweep_endpoints: weight and checkpoint hashes, never labels)
 """
 
 from __future__ import annotations
@@ -99,17 +102,90 @@ def wise_alphas(results_by_model: dict[str, list]) -> dict[str, float]:
     return out
 
 
-def _sweeps(alphas: dict[str, float]) -> dict[str, list[str]]:
+def model_identities(results_by_model: dict[str, list]) -> dict[str, dict]:
+    """What each model's JSON records say its weights are: config.model (name, weights_sha256,
+    checkpoint_sha256, wise_ft_alpha), config.precision, and a blend's provenance.wise_ft_base_sha256 (the
+    weights_sha256 its alpha 0 has: run.py records it only where blending at 0 gives the base exactly).
+    Models without a record that holds a config (TaskResults, old records) are left out."""
+    out = {}
+    for model, items in results_by_model.items():
+        record = next((i for i in items if isinstance(i, dict) and i.get("config")), None)
+        if record is not None:
+            base = (record.get("provenance") or {}).get("wise_ft_base_sha256")
+            config = record["config"]
+            out[model] = {**(config.get("model") or {}), "precision": config.get("precision")}
+            out[model]["wise_ft_base_sha256"] = base
+    return out
+
+
+def _group(alphas: dict[str, float]) -> dict[str, list[str]]:
     """Blended models grouped by the checkpoint they blend (label without -wise<alpha>), by alpha."""
     groups: dict[str, list[str]] = {}
     for model in sorted(alphas, key=alphas.get):
         groups.setdefault(re.sub(r"-wise[^-]*$", "", model), []).append(model)
-    return {name: models for name, models in groups.items() if len(models) >= 2}
+    return groups
 
 
-def plot_alpha_sweep(comparison: dict, alphas: dict[str, float], path: str | Path) -> Path | None:
-    """alpha_sweep.png (module docstring); None, and no file, without two blends of one checkpoint."""
-    sweeps = _sweeps({m: a for m, a in alphas.items() if m in comparison["models"]})
+def _shared(identities: dict[str, dict], models: list[str], key: str):
+    """The value of key that every model's identity has (None when one lacks it or they differ)."""
+    values = {(identities.get(m) or {}).get(key) for m in models}
+    return values.pop() if len(values) == 1 else None
+
+
+def _holds(identity: dict, alpha: float, base: str | None, tuned: str | None) -> bool:
+    """Whether an unblended model's identity is a sweep's alpha-0 (base) or alpha-1 (tuned) weights."""
+    if alpha == 0.0:
+        return (
+            base is not None
+            and identity.get("checkpoint_sha256") is None
+            and identity.get("weights_sha256") == base
+        )
+    return tuned is not None and identity.get("checkpoint_sha256") == tuned
+
+
+def sweep_endpoints(alphas: dict[str, float], identities: dict[str, dict]) -> dict[str, dict[float, str]]:
+    """Per sweep (checkpoint label), the unblended models that provably hold its alpha-0 or alpha-1
+    weights: alpha 0, a model with no checkpoint (checkpoint=null) whose weights_sha256 is the base every
+    blend of the sweep records (wise_ft_base_sha256); alpha 1, an unblended result of the very checkpoint
+    file the blends blend (same checkpoint_sha256: blending at 1 gives it exactly). Both need the same
+    architecture and precision; the first such model in order wins. Only where the sweep lacks that alpha."""
+    out: dict[str, dict[float, str]] = {}
+    plain = [m for m, ident in identities.items() if m not in alphas and ident.get("wise_ft_alpha") is None]
+    for sweep, blends in _group(alphas).items():
+        same = [
+            m
+            for m in plain
+            if all(_shared(identities, [m, *blends], key) is not None for key in ("name", "precision"))
+        ]
+        base, tuned = (_shared(identities, blends, k) for k in ("wise_ft_base_sha256", "checkpoint_sha256"))
+        for alpha in (0.0, 1.0):
+            found = next((m for m in same if _holds(identities[m], alpha, base, tuned)), None)
+            if found is not None and alpha not in {alphas[b] for b in blends}:
+                out.setdefault(sweep, {})[alpha] = found
+    return out
+
+
+def sweep_points(
+    alphas: dict[str, float], endpoints: dict[str, dict[float, str]] | None = None
+) -> dict[str, list[tuple[float, str]]]:
+    """Per blended checkpoint, its (alpha, model) points by alpha: the blends and its endpoints
+    (sweep_endpoints); only sweeps of two points or more."""
+    out = {}
+    for sweep, blends in _group(alphas).items():
+        points = [(alphas[m], m) for m in blends] + list((endpoints or {}).get(sweep, {}).items())
+        if len(points) >= 2:
+            out[sweep] = sorted(points)
+    return out
+
+
+def plot_alpha_sweep(
+    comparison: dict, alphas: dict[str, float], path: str | Path, endpoints: dict | None = None
+) -> Path | None:
+    """alpha_sweep.png (module docstring); None, and no file, without two points of one checkpoint's
+    sweep. endpoints: sweep_endpoints, models placed at alpha 0 or 1 of a sweep."""
+    models = set(comparison["models"])
+    ends = {s: {a: m for a, m in found.items() if m in models} for s, found in (endpoints or {}).items()}
+    sweeps = sweep_points({m: a for m, a in alphas.items() if m in models}, ends)
     rows = [r for r in comparison["means"] if r["scope"] == "domain"]
     rows += [
         r for r in comparison["means"] if r["scope"] == "domains" and len(rows) > 1
@@ -121,9 +197,9 @@ def plot_alpha_sweep(comparison: dict, alphas: dict[str, float], path: str | Pat
 
     figure = Figure(figsize=(6.4 * len(sweeps), 4.8), dpi=120)
     FigureCanvasAgg(figure)
-    for i, (checkpoint, models) in enumerate(sweeps.items()):
+    for i, (checkpoint, points) in enumerate(sweeps.items()):
         ax = figure.add_subplot(1, len(sweeps), i + 1)
-        x = [alphas[m] for m in models]
+        x, models = [a for a, _ in points], [m for _, m in points]
         for row in rows:
             y = [100 * row["values"][m] for m in models]
             low = [
@@ -153,10 +229,13 @@ def compare_and_write(
     out_dir: str | Path,
     baseline: str | None = None,
     alphas: dict[str, float] | None = None,
+    identities: dict[str, dict] | None = None,
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """The paired comparison of the models (two or more: comparison.json, .md, printed; WiSE-FT blends:
     alpha_sweep.png); returns the joint intervals of every model's means, for summary.png's whiskers.
-    alphas: each blend's alpha (default: as the JSON records say, wise_alphas)."""
+    alphas: each blend's alpha (default: as the JSON records say, wise_alphas); identities: each model's
+    weights (default: as the JSON records say, model_identities), which place unblended models at a
+    sweep's alpha 0 or 1 (sweep_endpoints)."""
     from bmca_clip.eval.compare import compare, mean_intervals  # torch: merge.py imports this lazily
 
     comparison = compare(results_by_model, tasks, baseline)
@@ -166,8 +245,8 @@ def compare_and_write(
     elif len(comparison["models"]) > 1:
         print("\n" + format_comparison(comparison))
         json_path, md_path = write_comparison(comparison, out_dir)
-        sweep = plot_alpha_sweep(
-            comparison, alphas or wise_alphas(results_by_model), Path(out_dir) / "alpha_sweep.png"
-        )
+        alphas = alphas or wise_alphas(results_by_model)
+        ends = sweep_endpoints(alphas, identities or model_identities(results_by_model))
+        sweep = plot_alpha_sweep(comparison, alphas, Path(out_dir) / "alpha_sweep.png", ends)
         print(f"comparison: {md_path}, {json_path}" + (f", {sweep}" if sweep else ""))
     return mean_intervals(comparison)

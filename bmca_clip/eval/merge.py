@@ -3,8 +3,8 @@
 Each DIR is an eval output_dir holding `<model>/<task>.json` records and `suite.json` (records.py), from a
 whole run or from any number of shards (shards may share one output_dir or each have their own). The
 summary is the one a single run writes (summary.write_summary: summary.md, summary.csv,
-summary_domains.csv, summary.png), in --out (default: the first DIR). A task of the suite with no JSON
-for a model is listed as missing, a failed one as failed. When two records hold the same model and task,
+summary_domains.csv, summary.png; per_class_report: per_class.md), in --out (default: the first DIR).
+A task of the suite with no JSON for a model is listed as missing, a failed one as failed. When two records hold the same model and task,
 an ok one wins over a failed one; two ok ones must have the same config_hash, else merging stops and
 names both files.
 
@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bmca_clip.errors import ResultsMergeError
+from bmca_clip.eval.per_class_report import write_per_class_report
 from bmca_clip.eval.records import SUITE_FILE, read_task_json
 from bmca_clip.eval.summary import format_domain_table, format_table, write_summary
 
@@ -95,6 +96,7 @@ def _write(
     from bmca_clip.eval.compare_report import compare_and_write  # torch, for the paired bootstrap only
 
     print(format_domain_table(records, tasks) + "\n\n" + format_table(records, tasks))
+    write_per_class_report(records, out_dir, tasks)
     return write_summary(records, out_dir, tasks, compare_and_write(records, tasks, out_dir))
 
 
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with exit_on_user_error(where=str(out), disk_hint="--out"):
         records, tasks = collect(args.dirs)
         md, csv = _write(records, tasks, out)
-    print(f"\nsummary: {md}, {csv}, summary_domains.csv, summary.png")
+    print(f"\nsummary: {md}, {csv}, summary_domains.csv, summary.png, per_class.md")
     # After the summary: a Slurm merge job (or a script) that ends 0 means every number is there.
     if line := failed_tasks_line(records, None if tasks is None else [t["name"] for t in tasks]):
         sys.stdout.flush()  # the tables first: in a Slurm log (one file, stdout buffered) this stays last

@@ -6,8 +6,11 @@ replaces it with the suite overrides that say the same thing (`suite.name=<the f
 name>`, `suite.tasks=[<each YAML's path>]`, `suite.expect_tasks=null`), so the printed config, output_dir
 (runs/eval/<that name>), suite.json and the summary all name what was scored, and the tasks are loaded
 and checked exactly as a suite's (eval/suite.py; a task YAML's schema is conf/tasks/*.yaml's, and its
-errors name the file). A path that is neither a YAML file nor a folder holding one, task= given twice,
-or task= beside suite= / suite.* ends in one ArgvError line. Light on purpose (no torch): it runs before
+errors name the file). Of the suite keys only `suite.protocols=[zero_shot,linear_probe,k_shot]` may come
+with task= (eval/protocols.py: the task is also scored by those probes when it has a train_split); the
+others are what task= sets (name, tasks, description, expect_tasks: output_dir= renames the run's
+folder). A path that is neither a YAML file nor a folder holding one, task= given twice, or task= beside
+suite= or another suite.* key ends in one ArgvError line. Light on purpose (no torch): it runs before
 `--help`.
 """
 
@@ -21,6 +24,7 @@ from bmca_clip.errors import ArgvError
 KEY = "task"
 YAML_SUFFIXES = (".yaml", ".yml")
 _SUITE_ARGS = ("suite=", "suite.", "+suite", "++suite", "~suite")
+ALLOWED = ("suite.protocols=",)  # the suite keys a one-off task takes (module docstring)
 
 
 def task_files(value: str) -> tuple[str, list[Path | str]]:
@@ -63,11 +67,11 @@ def one_off_argv(argv: Sequence[str]) -> list[str]:
         return argv
     if len(at) > 1:
         raise ArgvError(f"{KEY}= given {len(at)} times; give one task YAML or one folder of them")
-    suite = next((arg for arg in argv[1:] if arg.startswith(_SUITE_ARGS)), None)
+    suite = next((a for a in argv[1:] if a.startswith(_SUITE_ARGS) and not a.startswith(ALLOWED)), None)
     if suite is not None:
         raise ArgvError(
             f"{argv[at[0]]} and {suite}: give one; {KEY}= scores that task YAML (or folder) alone, suite= "
-            "a suite of tasks"
+            f"a suite of tasks (with {KEY}=, only suite.protocols=[...] may be set)"
         )
     value = argv[at[0]].partition("=")[2]
     name, files = task_files(value)

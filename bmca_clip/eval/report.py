@@ -54,8 +54,10 @@ Per-task JSON (`<out_dir>/<model folder>/<task>.json`, written atomically), sche
                      cluster ids), each array zlib + base64 (paired.py), for the paired comparison of
                      models (compare.py); null when the main metric is undefined or not stored
     provenance       {model, pretrained, checkpoint, checkpoint_sha256, versions {python, torch,
-                      open_clip, bmca_clip}, device, dtype, created, [wise_ft_alpha], data}
-                     data: as config.data, the identity of the data scored
+                      open_clip, bmca_clip}, device, dtype, created, [wise_ft_alpha,
+                      wise_ft_base_sha256], data}
+                     data: as config.data, the identity of the data scored; wise_ft_base_sha256: a blend's
+                     weights at alpha 0 (the base's weights_sha256; absent where not exactly the base)
 
 Summary (`write_summary`), from results in memory or JSON records (merge.py):
     summary.md          per-domain table (mean of the main metric over the domain's tasks, then the
@@ -67,6 +69,7 @@ Summary (`write_summary`), from results in memory or JSON records (merge.py):
                         or "domains" (the overall means); value, chance, n_values, n_tasks
     summary.png         per-domain bars, models side by side, each mean's 95% interval as a whisker (the
                         joint bootstrap of compare.py; a domain of one task: its CI), chance as a dashed line
+    per_class.md        each task's per-class numbers as tables (per_class_report.py), one per model
     comparison.md/.json with two models or more: the paired comparison (compare_report.py), and
     alpha_sweep.png     with two WiSE-FT blends of a checkpoint or more: metric vs alpha per domain
     suite.json          {suite, tasks [{name, type, domain, main_metric}], models}: what a run was asked

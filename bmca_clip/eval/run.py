@@ -10,7 +10,7 @@ through the embedding cache in cache_dir (cache.py), so another output_dir, or a
 changed only its metrics, reuses the image features. A sharded run (shard=i/n, or a Slurm job array;
 shard.py) writes its tasks' JSON and suite.json only; `python -m bmca_clip.eval.merge <output_dir>`
 writes the summary once every shard is done. An unsharded run writes the summary itself (summary.md,
-.csv, _domains.csv, .png).
+.csv, _domains.csv, .png) and per_class.md (per_class_report.py).
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from bmca_clip.checkpoint import resolve_checkpoint
 from bmca_clip.config import ConfigError, EvaluateConfig
 from bmca_clip.dist import pick_device
 from bmca_clip.eval.cache import CachingEncoder, EmbeddingCache, describe_transform, state_dict_sha256
-from bmca_clip.eval.compare_report import compare_and_write
+from bmca_clip.eval.compare_report import compare_and_write, model_identities
 from bmca_clip.eval.encoders import ClipEncoder
 from bmca_clip.eval.harness import TaskResult, evaluate_suite
 from bmca_clip.eval.labels import model_labels, wise_label
 from bmca_clip.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS_VERSION
 from bmca_clip.eval.per_class_plot import PLOT_SUFFIX, plot_confusion
+from bmca_clip.eval.per_class_report import write_per_class_report
 from bmca_clip.eval.progress import EvalProgress
 from bmca_clip.eval.report import (
     cached_result,
@@ -39,6 +40,7 @@ from bmca_clip.eval.report import (
     format_domain_table,
     format_table,
     make_provenance,
+    read_task_json,
     result_config,
     task_info,
     write_suite_file,
@@ -62,11 +64,16 @@ def config_header(cfg: EvaluateConfig) -> str:
     return "eval config (resolved):\n" + OmegaConf.to_yaml(redact_config(plain))
 
 
-def _weights(cfg: EvaluateConfig, checkpoint: Path | None, initial: dict, label: str | None = None):
+def _weights(
+    cfg: EvaluateConfig, checkpoint: Path | None, initial: dict, label: str | None = None, base_sha: str = ""
+):
     """(label, state dict, provenance extras) for one requested checkpoint: as is, or blended with the
     initial weights (model.pretrained) at each WiSE-FT alpha, once they are known to be the weights the
     checkpoint's run started from (wise_ft.check_base; model.wise_ft_any_base=true merges any base).
-    label is the checkpoint's short name (labels.py; default: its name alone); a blend's adds -wise<alpha>."""
+    label is the checkpoint's short name (labels.py; default: its name alone); a blend's adds -wise<alpha>.
+    base_sha: the weights_sha256 of the initial weights, which a blend records as wise_ft_base_sha256 where
+    its alpha 0 is exactly them (every floating tensor of one dtype in both), so that the alpha sweep can
+    place the checkpoint=null result at alpha 0 (compare_report.sweep_endpoints)."""
     label = label or model_labels([checkpoint], cfg.model.name, cfg.model.pretrained)[0]
     if checkpoint is None:
         yield label, initial, {}
@@ -87,8 +94,10 @@ def _weights(cfg: EvaluateConfig, checkpoint: Path | None, initial: dict, label:
         if isinstance(cfg.model.wise_ft_alpha, (list, tuple))
         else [cfg.model.wise_ft_alpha]
     )
+    exact = all(t.dtype == initial[k].dtype for k, t in tuned.items() if k in initial)
+    base = {"wise_ft_base_sha256": base_sha} if base_sha and exact else {}
     for alpha in map(check_alpha, alphas):
-        yield wise_label(label, alpha), blend(initial, tuned, alpha), {"wise_ft_alpha": alpha}
+        yield wise_label(label, alpha), blend(initial, tuned, alpha), {"wise_ft_alpha": alpha, **base}
 
 
 def _config(configs: dict[str, dict], task: str, data: dict | None) -> dict:
@@ -179,6 +188,16 @@ def _plot_per_class(results: list[TaskResult], folder: Path, label: str) -> None
             plot_confusion(result.per_class, title, folder / f"{result.task}{PLOT_SUFFIX}")
 
 
+def _records(out_dir: Path, results: dict[str, list[TaskResult]]) -> dict[str, list[dict]]:
+    """Each model's stored JSON record of its first ok task (what model_identities reads)."""
+    found = {}
+    for label, items in results.items():
+        ok = next((r for r in items if r.status == "ok"), None)
+        path = out_dir / label / f"{ok.task}.json" if ok is not None else None
+        found[label] = [read_task_json(path)] if path is not None and path.is_file() else []
+    return found
+
+
 def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     print(config_header(cfg), flush=True)  # first: what a log was made with, before anything can fail
     device = pick_device(cfg.device, 0, key="device")
@@ -193,12 +212,13 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
     torch.manual_seed(cfg.seed)
     bundle = build_model(cfg.model, device)
     initial = {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}
+    base_sha = state_dict_sha256(bundle.model, cfg.model.name) if cfg.model.wise_ft_alpha is not None else ""
     cache = EmbeddingCache(cfg.cache_dir) if cfg.cache_dir else None
     results: dict[str, list[TaskResult]] = {}
     alphas: dict[str, float] = {}  # label -> WiSE-FT alpha, for the alpha sweep plot
     names = model_labels(checkpoints, cfg.model.name, cfg.model.pretrained, out_dir)
     for checkpoint, name in zip(checkpoints, names, strict=True):
-        for label, state, extra in _weights(cfg, checkpoint, initial, name):
+        for label, state, extra in _weights(cfg, checkpoint, initial, name, base_sha):
             what = "the model as configured" if checkpoint is None else checkpoint
             log.info(
                 "evaluating %s (%s) on suite %s: results in %s/%s", label, what, suite.name, out_dir, label
@@ -218,7 +238,9 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
         print(f"\nshard {shard[0]}/{shard[1]} done; once all are: python -m bmca_clip.eval.merge {out_dir}")
         return results
     print(format_domain_table(results, infos) + "\n\n" + format_table(results, infos))
-    intervals = compare_and_write(results, infos, out_dir, cfg.compare_baseline, alphas)
+    identities = model_identities(_records(out_dir, results))  # as merge.py reads them: the same sweep
+    intervals = compare_and_write(results, infos, out_dir, cfg.compare_baseline, alphas, identities)
     md, csv = write_summary(results, out_dir, infos, intervals)
-    print(f"\nresults: {out_dir}/<model>/<task>.json, summary: {md}, {csv}, summary.png")
+    per_class = write_per_class_report(results, out_dir, infos)
+    print(f"\nresults: {out_dir}/<model>/<task>.json, summary: {md}, {csv}, summary.png, {per_class.name}")
     return results

@@ -148,6 +148,9 @@ COVERAGE: dict[str, Compose | Run | Shell | Exclude] = {
     "python eval.py suite=all model=ViT-L-14 model.pretrained=commonpool_xl_clip_s13b_b90k 'checkpoint=[null,runs/bmca_clip]'": Compose(),
     "python eval.py suite=all shard=2/4 ...": Compose(),
     "python eval.py task=conf/tasks/synthetic_color.yaml model=bmca-small checkpoint=runs/demo": Run(TINY_EVAL, creates=("runs/eval/synthetic_color/summary.md",)),
+    "python eval.py task=conf/tasks/synthetic_modality.yaml model=bmca-small 'suite.protocols=[zero_shot,linear_probe]'": Run(
+        TINY_EVAL, creates=("runs/eval/synthetic_modality/untrained/synthetic_modality@linear_probe.json", "runs/eval/synthetic_modality/per_class.md")
+    ),
     "python -m bmca_clip.eval.merge runs/eval/all": Run({"runs/eval/all": "runs/eval/demo"}, needs=("eval",)),
     # Linear probes and few-shot (k-shot) scores
     "python eval.py suite=demo model=bmca-small checkpoint=runs/demo 'suite.protocols=[zero_shot,linear_probe,k_shot]' output_dir=runs/eval/demo_probes": Run(

@@ -57,6 +57,8 @@ def test_a_folder_gives_every_yaml_in_it_in_name_order(tmp_path):
         (["task="], "task= is empty"),
         ([f"task={SHIPPED}", "suite=demo"], "and suite=demo: give one"),
         ([f"task={SHIPPED}", "suite.tasks=[pcam]"], "and suite.tasks=[pcam]: give one"),
+        ([f"task={SHIPPED}", "suite.expect_tasks=1"], "only suite.protocols=[...] may be set"),
+        ([f"task={SHIPPED}", "+suite.protocols=[k_shot]"], "and +suite.protocols=[k_shot]: give one"),
         ([f"task={SHIPPED}", f"task={SHIPPED}"], "task= given 2 times"),
     ],
 )
@@ -64,6 +66,28 @@ def test_bad_task_arguments_are_one_line(args, says):
     with pytest.raises(ArgvError) as err:
         one_off_argv(["eval.py", *args])
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_one_off_task_takes_the_suite_protocols(tmp_path):
+    modality = str(REPO / "conf/tasks/synthetic_modality.yaml")
+    cfg = _suite([f"task={modality}", "suite.protocols=[zero_shot,linear_probe,k_shot]"])
+    assert cfg.suite.name == "synthetic_modality" and cfg.suite.protocols == [
+        "zero_shot",
+        "linear_probe",
+        "k_shot",
+    ]
+    tasks = suite_from_config(cfg.suite).tasks
+    assert [(t.name, t.type) for t in tasks] == [
+        ("synthetic_modality", "classification"),
+        ("synthetic_modality@linear_probe", "linear_probe"),
+        ("synthetic_modality@k_shot", "k_shot"),
+    ]
+    # A task without a train_split keeps its zero-shot score; a protocol not known is the suite's one line.
+    no_train = write_task_yaml(tmp_path, "colors", COLOR_TASK_BODY)
+    cfg = _suite([f"task={no_train}", "suite.protocols=[zero_shot,linear_probe]"])
+    assert [t.name for t in suite_from_config(cfg.suite).tasks] == ["colors"]
+    with pytest.raises(TaskError, match="linear_prob"):
+        suite_from_config(_suite([f"task={modality}", "suite.protocols=[linear_prob]"]).suite)
 
 
 def test_not_a_yaml_an_empty_folder_and_a_quote_in_the_path(tmp_path):
