@@ -230,15 +230,16 @@ def compare_and_write(
     baseline: str | None = None,
     alphas: dict[str, float] | None = None,
     identities: dict[str, dict] | None = None,
-) -> dict[tuple[str, str], tuple[float, float]]:
+) -> tuple[dict[tuple[str, str], tuple[float, float]], str]:
     """The paired comparison of the models (two or more: comparison.json, .md, printed; WiSE-FT blends:
-    alpha_sweep.png); returns the joint intervals of every model's means, for summary.png's whiskers.
+    alpha_sweep.png); returns the joint intervals of every model's means, for summary.png's whiskers, and
+    the comparison as a Markdown section for summary.md ("" with one model).
     alphas: each blend's alpha (default: as the JSON records say, wise_alphas); identities: each model's
     weights (default: as the JSON records say, model_identities), which place unblended models at a
     sweep's alpha 0 or 1 (sweep_endpoints)."""
     from bmca_clip.eval.compare import compare, mean_intervals  # torch: merge.py imports this lazily
 
-    comparison = compare(results_by_model, tasks, baseline)
+    comparison, section = compare(results_by_model, tasks, baseline), ""
     if len(comparison["models"]) > 1 and not comparison["tasks"]:
         reasons = "; ".join(f"{t}: {why}" for t, why in comparison["skipped"].items())
         print(f"\nno paired comparison: no task has per-item results of every model ({reasons})")
@@ -249,4 +250,5 @@ def compare_and_write(
         ends = sweep_endpoints(alphas, identities or model_identities(results_by_model))
         sweep = plot_alpha_sweep(comparison, alphas, Path(out_dir) / "alpha_sweep.png", ends)
         print(f"comparison: {md_path}, {json_path}" + (f", {sweep}" if sweep else ""))
-    return mean_intervals(comparison)
+        section = f"## Paired comparison against {comparison['baseline']}\n\n{format_comparison(comparison)}"
+    return mean_intervals(comparison), section

@@ -1,12 +1,14 @@
-"""Combine per-task results into one summary: `python -m bmca_clip.eval.merge DIR [DIR ...] [--out DIR]`.
+"""Combine per-task results into one summary: `python -m bmca_clip.eval.merge DIR [DIR ...] [--out DIR]
+[--baseline LABEL]`.
 
 Each DIR is an eval output_dir holding `<model>/<task>.json` records and `suite.json` (records.py), from a
 whole run or from any number of shards (shards may share one output_dir or each have their own). The
 summary is the one a single run writes (summary.write_summary: summary.md, summary.csv,
-summary_domains.csv, summary.png; per_class_report: per_class.md), in --out (default: the first DIR).
-A task of the suite with no JSON for a model is listed as missing, a failed one as failed. When two records hold the same model and task,
-an ok one wins over a failed one; two ok ones must have the same config_hash, else merging stops and
-names both files.
+summary_domains.csv, summary.png; per_class_report: per_class.md; with two models or more the paired
+comparison, against --baseline, else the compare_baseline the run recorded in suite.json, else the first
+model), in --out (default: the first DIR). A task of the suite with no JSON for a model is listed as
+missing, a failed one as failed. When two records hold the same model and task, an ok one wins over a
+failed one; two ok ones must have the same config_hash, else merging stops and names both files.
 
 Exit status: 0 every task of the suite has an ok result for every model; 3 the summary is written but
 some results are failed or missing (the last line on stderr names them: run the same eval again, ok
@@ -84,20 +86,33 @@ def collect(dirs: Sequence[str | Path]) -> tuple[dict[str, list[dict]], list[dic
     return records, tasks
 
 
-def merge(dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """Write the summary of everything in dirs to out_dir (default dirs[0]); returns (md, csv) paths."""
+def recorded_baseline(dirs: Sequence[str | Path]) -> str | None:
+    """The compare_baseline the runs recorded in their suite.json (the first that names one), or None."""
+    for folder in map(Path, dirs):
+        path = folder / SUITE_FILE
+        if path.is_file() and (baseline := json.loads(path.read_text()).get("compare_baseline")):
+            return baseline
+    return None
+
+
+def merge(
+    dirs: Sequence[str | Path], out_dir: str | Path | None = None, baseline: str | None = None
+) -> tuple[Path, Path]:
+    """Write the summary of everything in dirs to out_dir (default dirs[0]); returns (md, csv) paths.
+    baseline: the comparison's (default: the runs' compare_baseline, else the first model)."""
     records, tasks = collect(dirs)
-    return _write(records, tasks, out_dir or dirs[0])
+    return _write(records, tasks, out_dir or dirs[0], baseline or recorded_baseline(dirs))
 
 
 def _write(
-    records: dict[str, list[dict]], tasks: list[dict] | None, out_dir: str | Path
+    records: dict[str, list[dict]], tasks: list[dict] | None, out_dir: str | Path, baseline: str | None
 ) -> tuple[Path, Path]:
     from bmca_clip.eval.compare_report import compare_and_write  # torch, for the paired bootstrap only
 
     print(format_domain_table(records, tasks) + "\n\n" + format_table(records, tasks))
     write_per_class_report(records, out_dir, tasks)
-    return write_summary(records, out_dir, tasks, compare_and_write(records, tasks, out_dir))
+    intervals, compared = compare_and_write(records, tasks, out_dir, baseline)
+    return write_summary(records, out_dir, tasks, intervals, [compared] if compared else [])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -112,12 +127,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="where to write the summary (default: first dir)"
     )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="model label the paired comparison is against (default: the eval run's compare_baseline, "
+        "else the first model)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or args.dirs[0]
     with exit_on_user_error(where=str(out), disk_hint="--out"):
         records, tasks = collect(args.dirs)
-        md, csv = _write(records, tasks, out)
+        md, csv = _write(records, tasks, out, args.baseline or recorded_baseline(args.dirs))
     print(f"\nsummary: {md}, {csv}, summary_domains.csv, summary.png, per_class.md")
     # After the summary: a Slurm merge job (or a script) that ends 0 means every number is there.
     if line := failed_tasks_line(records, None if tasks is None else [t["name"] for t in tasks]):

@@ -81,11 +81,17 @@ def task_info(task) -> dict:
 
 
 def write_suite_file(
-    out_dir: str | Path, suite_name: str, tasks: Sequence[dict], models: Sequence[str]
+    out_dir: str | Path,
+    suite_name: str,
+    tasks: Sequence[dict],
+    models: Sequence[str],
+    compare_baseline: str | None = None,
 ) -> Path:
-    """out_dir/suite.json: the suite's tasks (all of them, also when sharded) and the model labels."""
+    """out_dir/suite.json: the suite's tasks (all of them, also when sharded), the model labels and the
+    run's compare_baseline (null: the first model), which eval.merge's comparison takes too."""
     path = Path(out_dir) / SUITE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"suite": suite_name, "tasks": list(tasks), "models": list(models)}
+    body["compare_baseline"] = compare_baseline
     atomic_write(path, json.dumps(body, indent=2) + "\n")
     return path

@@ -62,7 +62,8 @@ Per-task JSON (`<out_dir>/<model folder>/<task>.json`, written atomically), sche
 Summary (`write_summary`), from results in memory or JSON records (merge.py):
     summary.md          per-domain table (mean of the main metric over the domain's tasks, then the
                         mean over tasks and the mean over domains), per-task table (value [CI low, CI
-                        high]), chance beside each, then failed and missing tasks; in percent
+                        high]), chance beside each, then failed and missing tasks; in percent; with
+                        two models or more, the paired comparison's table (comparison.md's, ↑ / ↓)
     summary.csv         tidy, one row per (model, task): model, task, type, domain, status (ok | failed
                         | missing), main_metric, value, ci_low, ci_high, chance; fractions like the JSON
     summary_domains.csv one row per (model, scope, name): scope "domain" (name = the domain), "tasks"
@@ -72,8 +73,9 @@ Summary (`write_summary`), from results in memory or JSON records (merge.py):
     per_class.md        each task's per-class numbers as tables (per_class_report.py), one per model
     comparison.md/.json with two models or more: the paired comparison (compare_report.py), and
     alpha_sweep.png     with two WiSE-FT blends of a checkpoint or more: metric vs alpha per domain
-    suite.json          {suite, tasks [{name, type, domain, main_metric}], models}: what a run was asked
-                        to do, so that merge.py can mark what never arrived as missing
+    suite.json          {suite, tasks [{name, type, domain, main_metric}], models, compare_baseline}: what
+                        a run was asked to do, so that merge.py can mark what never arrived as missing and
+                        compare against the same baseline
 """
 
 from __future__ import annotations

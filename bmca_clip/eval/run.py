@@ -232,15 +232,15 @@ def run(cfg: EvaluateConfig) -> dict[str, list[TaskResult]]:
             if "wise_ft_alpha" in extra:
                 alphas[label] = extra["wise_ft_alpha"]
     infos = [task_info(task) for task in suite.tasks]
-    write_suite_file(out_dir, suite.name, infos, list(results))
+    write_suite_file(out_dir, suite.name, infos, list(results), cfg.compare_baseline)
     if shard is not None:
         print(format_table(results))
         print(f"\nshard {shard[0]}/{shard[1]} done; once all are: python -m bmca_clip.eval.merge {out_dir}")
         return results
     print(format_domain_table(results, infos) + "\n\n" + format_table(results, infos))
     identities = model_identities(_records(out_dir, results))  # as merge.py reads them: the same sweep
-    intervals = compare_and_write(results, infos, out_dir, cfg.compare_baseline, alphas, identities)
-    md, csv = write_summary(results, out_dir, infos, intervals)
+    intervals, compared = compare_and_write(results, infos, out_dir, cfg.compare_baseline, alphas, identities)
+    md, csv = write_summary(results, out_dir, infos, intervals, [compared] if compared else [])
     per_class = write_per_class_report(results, out_dir, infos)
     print(f"\nresults: {out_dir}/<model>/<task>.json, summary: {md}, {csv}, summary.png, {per_class.name}")
     return results

@@ -234,16 +234,19 @@ def write_summary(
     out_dir: str | Path,
     tasks: Sequence[dict] | None = None,
     intervals: dict[tuple[str, str], tuple[float, float]] | None = None,
+    sections: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """Write summary.md, summary.csv, summary_domains.csv and summary.png to out_dir (see the module
     docstring); returns the paths of summary.md and summary.csv. intervals: (model, domain or "all
-    domains") -> the mean's 95% interval (compare.mean_intervals), the PNG's whiskers."""
+    domains") -> the mean's 95% interval (compare.mean_intervals), the PNG's whiskers; sections: more
+    Markdown for summary.md's end (the paired comparison, with its ↑ / ↓)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(results_by_model, tasks)
     intro = f"Main metric {CI_NOTE}. Means are unweighted; (k/n) marks a mean over k of n, not comparable."
     markdown = ["# Zero-shot evaluation", "", intro, "", "## Per domain", "", format_domain_table(summary)]
     markdown += ["", "## Per task", "", format_table(summary), *_problems(summary)]
+    markdown += [text for section in sections for text in ("", section)]
     md_path, csv_path = out_dir / "summary.md", out_dir / "summary.csv"
     atomic_write(md_path, "\n".join(markdown) + "\n")
     rows = []

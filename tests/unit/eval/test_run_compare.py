@@ -11,6 +11,8 @@ import torch
 from bmca_clip.config import EvaluateConfig, to_object
 from bmca_clip.errors import ComparisonError
 from bmca_clip.eval import run as eval_run
+from bmca_clip.eval.compare_report import format_comparison
+from bmca_clip.eval.merge import merge
 from bmca_clip.eval.paired import arrays_of, metric_of
 from bmca_clip.model import ModelConfig, build_model
 from tests.helpers.config import compose_config
@@ -42,6 +44,15 @@ def test_a_wise_ft_sweep_is_compared_pairwise_and_plotted(corpus, tmp_path, caps
     assert "Paired comparison against tuned-wise1" in (out / "comparison.md").read_text()
     assert "tuned-wise0 − tuned-wise1" in capsys.readouterr().out
     assert (out / "alpha_sweep.png").stat().st_size > 1000 and (out / "summary.png").is_file()
+    # summary.md ends with the same table, its significant differences marked; eval.merge writes it alike
+    summary = (out / "summary.md").read_text()
+    table = format_comparison(comparison)
+    assert summary.endswith(f"## Paired comparison against tuned-wise1\n\n{table}\n")
+    assert "tuned-wise0 − tuned-wise1" in table and any(mark in table for mark in "↑↓·")
+    merge([out], tmp_path / "merged")  # against the run's compare_baseline, which suite.json records
+    assert (tmp_path / "merged" / "summary.md").read_text().endswith(table + "\n")
+    merge([out], tmp_path / "other", baseline="tuned-wise0")
+    assert "tuned-wise1 − tuned-wise0" in (tmp_path / "other" / "summary.md").read_text()
     for label, task_results in results.items():
         for result, row in zip(task_results, comparison["tasks"], strict=True):
             record = json.loads((out / label / f"{result.task}.json").read_text())
