@@ -15,7 +15,8 @@ lowest sensitivity, the ones a reader of a long table looks for first.
     multilabel                       label | support | average precision (no interval is stored)
     retrieval                        no section (no classes)
 
-A failed task, or a record written before results held per-class numbers, gets one line saying so.
+A failed task, a k-shot result (a mean over draws of several classifiers: none is "the" classifier whose
+classes to report), or a record written before results held per-class numbers gets one line saying so.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def _model_lines(item) -> list[str]:
     if _field(item, "status") != "ok":
         return ["_failed: no per-class results._"]
     per_class = _field(item, "per_class")
+    if not per_class and _field(item, "type") == "k_shot":
+        return ["_k-shot scores are means over draws of several classifiers: no per-class results._"]
     if not per_class:
         return ["_no per-class results in this record (scored before they were recorded; run it again)._"]
     if "average_precision" in per_class:

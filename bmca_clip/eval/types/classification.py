@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from bmca_clip.errors import TaskError
@@ -89,14 +90,17 @@ def score(
     """The task's metrics of zero-shot predictions, and chance 1/K."""
     classifier = encoder.classifier(task.classes, task.templates)
     feats, labels = encoder.images(loader)
-    logits = 100.0 * feats @ classifier.float().cpu()
-    scores = compute_classification_metrics(task.metrics, logits, labels.long(), clusters=dataset.clusters)
+    return scored(task, 100.0 * feats @ classifier.float().cpu(), labels.long(), dataset.clusters)
+
+
+def scored(task: Task, logits: Tensor, labels: Tensor, clusters: Clusters | None) -> tuple[Scores, float]:
+    """Everything a classifier's logits [n, K] give (zero-shot's or a linear probe's): the task's metrics
+    with their CIs, per-class results, the main metric's per-item inputs; and chance 1/K."""
+    scores = compute_classification_metrics(task.metrics, logits, labels, clusters=clusters)
     if torch.isfinite(logits).all():  # else every metric is None already, with the reason
-        scores.per_class = per_class_record(
-            logits.argmax(dim=1), labels, task.classes, clusters=dataset.clusters
-        )
+        scores.per_class = per_class_record(logits.argmax(dim=1), labels, task.classes, clusters=clusters)
     if scores.metrics.get(task.main_metric) is not None:
-        scores.items = classification_items(task.main_metric, logits, labels, dataset.clusters)
+        scores.items = classification_items(task.main_metric, logits, labels, clusters)
     return scores, 1.0 / len(task.classes)
 
 

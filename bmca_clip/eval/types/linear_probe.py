@@ -1,6 +1,6 @@
 """Task type linear_probe: logistic regression on the frozen image features of the task's train split,
-scored on its test split with the task's metrics (each with its bootstrap CI, and the main metric's
-per-item inputs for paired comparisons, as zero-shot).
+scored on its test split as zero-shot's classifier is (classification.scored): the task's metrics with
+their bootstrap CIs, per-class results, and the main metric's per-item inputs for paired comparisons.
 
 The task is a classification task with a `train_split` (tasks.py; a suite's `protocols: [linear_probe]`
 derives `<task>@linear_probe` from one, protocols.py). Both splits' features come through the Encoder, so
@@ -17,8 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from bmca_clip.errors import TaskError
 from bmca_clip.eval import probe
 from bmca_clip.eval.encoders import Encoder
-from bmca_clip.eval.metrics import Scores, classification_metric, compute_classification_metrics
-from bmca_clip.eval.paired import classification_items
+from bmca_clip.eval.metrics import Scores, classification_metric
 from bmca_clip.eval.spec import Task
 from bmca_clip.eval.types import classification
 from bmca_clip.eval.types.base import TaskType
@@ -51,15 +50,12 @@ def score(task: Task, dataset: Dataset, encoder: Encoder, loader: DataLoader) ->
     except ValueError as exc:
         raise TaskError(f"task '{task.name}': train split: {exc}") from None
     fitted = probe.fit_logistic(train_feats, train_labels, n_classes, l2)
-    logits, labels = fitted.logits(feats), labels.long()
-    scores = compute_classification_metrics(task.metrics, logits, labels, clusters=dataset.clusters)
-    if scores.metrics[task.main_metric] is not None:
-        scores.items = classification_items(task.main_metric, logits, labels, dataset.clusters)
+    scores, chance = classification.scored(task, fitted.logits(feats), labels.long(), dataset.clusters)
     scores.notes["probe"] = (
         f"logistic regression, l2={l2:g} chosen by {task.main_metric} on a {probe.VAL_FRACTION:.0%} "
         f"stratified validation split (seed {PROBE_SEED}), refit on all {len(train_labels)} train items"
     )
-    return scores, 1.0 / n_classes
+    return scores, chance
 
 
 def probe_type(score_fn, **extra) -> TaskType:

@@ -77,11 +77,12 @@ def test_multilabel_failed_old_and_retrieval_records():
             _record("old", None),  # written before per_class existed: no key at all
             _record("broken", None, status="failed", n=None),
             _record("flickr", None, kind="retrieval"),
+            _record("chest@k_shot", None, kind="k_shot"),
         ],
         "B": [_record("chest", multilabel, kind="multilabel")],
     }
     del results["A"][1]["per_class"]
-    tasks = [{"name": n} for n in ("flickr", "old", "chest", "broken")]
+    tasks = [{"name": n} for n in ("flickr", "old", "chest", "broken", "chest@k_shot")]
     text = format_per_class(results, tasks)
     chest = text.split("## chest")[1]
     assert _rows(chest, "### A (n=10)") == {"effusion": ["3", "75.0"], "edema": ["0", "n/a"]}
@@ -89,6 +90,7 @@ def test_multilabel_failed_old_and_retrieval_records():
     assert text.index("## old") < text.index("## chest") < text.index("## broken")  # the suite's order
     assert "_no per-class results in this record" in text.split("## old")[1].split("\n## ")[0]
     assert "_failed" in text.split("## broken")[1]
+    assert "k-shot scores are means over draws" in text.split("## chest@k_shot")[1]
     assert text.split("## chest")[1].split("\n## ")[0].count("### ") == 2  # both models, one table each
 
 

@@ -73,6 +73,7 @@ def test_a_linear_probe_learns_separable_colours_and_reuses_the_cache(tmp_path):
     assert result.metrics["balanced_accuracy"] == result.metrics["accuracy"] == 1.0
     assert result.ci is not None and "l2=" in result.notes["probe"]
     assert result.items["metric"] == "balanced_accuracy" and result.items["n"] == 16  # for paired comparisons
+    assert result.per_class["recall"] == [1.0] * 4 and result.per_class["support"] == [4] * 4  # per class too
     # a stored result is reused only for the same train split too (identity.py)
     assert result.data["train"]["fingerprint"] not in (None, result.data["fingerprint"])
     again, calls = _run(task, tmp_path, cache_dir=tmp_path / "cache")
