@@ -1,0 +1,178 @@
+"""The train splits of the shipped tasks that declare one (conf/tasks/*.yaml `train_split`), read from
+stand-ins of their real hub repos served by FakeHub: each YAML as shipped, both splits built as the
+linear_probe / k_shot protocols build them (protocols.expand, datasets.build_dataset), and a suite with
+`protocols: [zero_shot, linear_probe, k_shot]` scored end to end for one task of each loader family.
+
+The stand-ins (tests/helpers/shipped_train_repos.py) follow the layouts TASKS.md §0.2 / §0.3 and
+TASK_AUDIT.md describe:
+- danjacobellis/*mnist_224 (6 tasks, loader hf_dataset): parquet splits train / validation / test with
+  columns path (string), label (sequence<uint8>, the class at [0]) and image; a card whose configs name
+  each split's files. Assumed (unread on the hub): the shard file names, that the configs list all three
+  splits, and that the train split's label is typed as the test split's.
+- TahaKoleilat/BiomedCoOp (8 tasks, loader zip_split_json): <NAME>.zip and split_<NAME>.json at the repo
+  root, the JSON {"train", "val", "test": [[relpath, label, classname], ...]}. Assumed: the JSONs sit at
+  the hub root (TASK_AUDIT.md "open" 5: the hub listing stops after Kvasir.zip), the zip's folders
+  (<NAME>/<class>/<file>, relpaths without <NAME>/), and that train entries carry the test entries' class
+  names (the label_map keys, or the class itself for the YAMLs without a label_map).
+Every split holds items of every class in its own order, so a wrong split shows in the labels.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+
+import pytest
+from huggingface_hub import constants as hf_constants
+
+from bmca_clip.eval.datasets import build_dataset
+from bmca_clip.eval.harness import evaluate_suite
+from bmca_clip.eval.protocols import expand
+from bmca_clip.eval.suite import suite_from_config
+from bmca_clip.eval.tasks import load_task
+from tests.helpers.config import REPO
+from tests.helpers.eval_loaders import to_tensor
+from tests.helpers.hub import FakeHub
+from tests.helpers.shipped_train_repos import (
+    PER_CLASS,
+    coop_names,
+    shipped_yaml,
+    split_labels,
+    write_shipped_repos,
+)
+
+MEDMNIST = ["bloodmnist8", "dermamnist7", "octmnist4", "organamnist_ct11", "retinamnist_dr5"]
+MEDMNIST += ["tissuemnist_kidney8"]
+COOP = ["brain_tumor_mri4", "busi_breast_us3", "covid_qu_ex_cxr4", "ct_kidney4", "fundus_disease4"]
+COOP += ["kather2016_crc8", "knee_oa_kl5", "kvasir_gi8"]
+SHIPPED = MEDMNIST + COOP
+SYNTHETIC = ["synthetic_color", "synthetic_modality"]  # local data, covered by their own tests
+
+
+def test_the_list_is_every_shipped_task_with_a_train_split():
+    declared = sorted(
+        path.rsplit("/", 1)[-1].removesuffix(".yaml")
+        for path in glob.glob(str(REPO / "conf/tasks/*.yaml"))
+        if "train_split" in shipped_yaml(path.rsplit("/", 1)[-1].removesuffix(".yaml"))
+    )
+    assert declared == sorted(SHIPPED + SYNTHETIC)
+    loaders = {name: shipped_yaml(name)["source"]["loader"] for name in SHIPPED}
+    assert {loaders[n] for n in MEDMNIST} == {"hf_dataset"} and {loaders[n] for n in COOP} == {
+        "zip_split_json"
+    }
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Stand-ins of the 7 repos behind the 14 tasks on one FakeHub, at main (the YAMLs pin no revision)."""
+    root = tmp_path_factory.mktemp("shipped-train")
+    with FakeHub() as server, server.use(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hf_constants, "HF_HUB_CACHE", str(root / "hf-cache"))
+        for repo_id, folder in write_shipped_repos(root / "repos", SHIPPED).items():
+            server.add_dataset(repo_id, folder)
+        yield root
+
+
+def _probe_task(name: str):
+    """The shipped task as the linear_probe protocol derives it (`<name>@linear_probe`)."""
+    shipped = load_task(name)
+    assert shipped.source.revision is None and shipped.train_split is not None
+    (probed,) = expand((shipped,), ("linear_probe",))
+    return shipped, probed
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_train_split_reads_the_train_items_with_the_test_splits_labels(served, name):
+    shipped, probed = _probe_task(name)
+    n = len(shipped.classes)
+    assert probed.train_split.split == "train" and probed.train_split.repo_id == shipped.source.repo_id
+    dataset = build_dataset(probed, served, to_tensor)
+    train = dataset.train
+    assert dataset.labels == split_labels("test", n)
+    assert train.labels == split_labels("train", n) and len(train) == PER_CLASS["train"] * n
+    assert sorted(set(train.labels)) == list(range(n))  # every class reached through the train split too
+    assert all("test" in dataset.images.describe(i) for i in range(len(dataset)))
+    assert all("train" in train.images.describe(i) for i in range(len(train)))
+    # The same class checks ran on both splits, with the same outcome.
+    assert train.notes.get("class_order") == dataset.notes.get("class_order")
+    if shipped.source.loader == "zip_split_json":
+        assert "checked" in dataset.notes["class_order"]  # the JSON's names, through label_map if any
+    image, label = train[0][:2]
+    assert image.shape[0] == 3 and int(label) == n - 1
+
+
+@pytest.mark.parametrize("name", ["bloodmnist8", "kvasir_gi8"])
+def test_a_train_split_whose_class_names_disagree_is_refused_as_the_test_split_is(
+    tmp_path, name, monkeypatch
+):
+    """A stand-in whose train split alone names its classes in another order (zip_split_json) or holds a
+    label beyond the classes (hf_dataset) must not be scored: the train split is checked like the test
+    split."""
+    import json
+
+    from bmca_clip.eval.tasks import TaskError
+
+    task = shipped_yaml(name)
+    repos = write_shipped_repos(tmp_path / "repos", [name])
+    folder = repos[task["source"]["repo_id"]]
+    if task["source"]["loader"] == "zip_split_json":
+        path = folder / task["source"]["split_file"]
+        splits = json.loads(path.read_text())
+        names = coop_names(task)
+        splits["train"] = [[rel, (c + 1) % len(names), names[c]] for rel, c, _ in splits["train"]]
+        path.write_text(json.dumps(splits))
+    else:
+        import datasets
+
+        from tests.helpers.eval_hub_repos import image_bytes, write_hf_file
+
+        for shard in folder.glob("data/train-*"):
+            shard.unlink()
+        features = {
+            "path": datasets.Value("string"),
+            "label": datasets.Sequence(datasets.Value("uint8")),
+            "image": datasets.Image(),
+        }
+        bad = {"path": ["train/0.png"], "label": [[len(task["classes"])]], "image": [{"bytes": image_bytes((0, 0, 0)), "path": None}]}
+        write_hf_file(folder / "data/train-00000-of-00001.parquet", bad, features)
+    with FakeHub() as server, server.use():
+        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        server.add_dataset(task["source"]["repo_id"], folder)
+        _, probed = _probe_task(name)
+        with pytest.raises(TaskError) as info:
+            build_dataset(probed, tmp_path, to_tensor)
+    message = str(info.value)
+    print("MESSAGE", message)
+    assert "\n" not in message and name in message
+
+
+@pytest.mark.parametrize("name", ["bloodmnist8", "brain_tumor_mri4"])
+def test_a_suite_scores_zero_shot_linear_probe_and_k_shot_on_the_stand_in(served, clip, name):
+    model, preprocess, tokenizer = clip
+    suite = suite_from_config(
+        {"name": "hubprobe", "tasks": [name], "protocols": ["zero_shot", "linear_probe", "k_shot"]}
+    )
+    assert [t.name for t in suite.tasks] == [name, f"{name}@linear_probe", f"{name}@k_shot"]
+    results = evaluate_suite(suite, model, preprocess, tokenizer, "cpu", served, batch_size=16)
+    by_name = {r.task: r for r in results}
+    assert all(r.status == "ok" for r in results), [(r.task, r.error) for r in results]
+    n_classes = len(load_task(name).classes)
+    for result in results:
+        assert result.n == n_classes * PER_CLASS["test"]
+        assert 0.0 <= result.main_value <= 1.0 and math.isclose(result.chance, 1 / n_classes)
+    probe = by_name[f"{name}@linear_probe"]
+    assert f"all {n_classes * PER_CLASS['train']} train items" in probe.notes["probe"]
+    assert probe.metrics.keys() >= {"balanced_accuracy", "accuracy"}
+    shot = by_name[f"{name}@k_shot"]
+    shots = load_task(f"{name}").shots or (1, 2, 4, 8, 16)
+    for k in shots:
+        assert 0.0 <= shot.metrics[f"balanced_accuracy@{k}shot"] <= 1.0
+        assert shot.metrics[f"balanced_accuracy@{k}shot_std"] >= 0.0
+    assert shot.main_value == shot.metrics[f"balanced_accuracy@{max(shots)}shot"]
+    # 2 train items per class: for k > 2 every draw holds all of them, and the notes say so.
+    assert shot.notes["k_shot_classes"] == (
+        f"a class has only {PER_CLASS['train']} train items: for k > {PER_CLASS['train']} it gives all "
+        "of them every draw"
+    )
+    # k >= 2: every draw is the whole train split, so the draws agree.
+    assert all(shot.metrics[f"balanced_accuracy@{k}shot_std"] == 0.0 for k in shots if k >= 2)
