@@ -39,7 +39,18 @@ def class_colour(k: int, n: int) -> tuple[int, int, int]:
     return (step * k, 255 - step * k, (97 * k) % 256)
 
 
-def _card(features: dict) -> str:
+def medmnist_features() -> dict:
+    """The `datasets` features of a danjacobellis/*mnist_224 split (TASK_AUDIT.md DJ224)."""
+    import datasets
+
+    return {
+        "path": datasets.Value("string"),
+        "label": datasets.Sequence(datasets.Value("uint8")),
+        "image": datasets.Image(),
+    }
+
+
+def _card() -> str:
     """What push_to_hub writes: dataset_info (features, splits) and configs naming each split's files."""
     info = {
         "features": [
@@ -66,14 +77,7 @@ def write_medmnist224(folder: Path, task: dict) -> None:
     name each split's files. Assumed, not read from the hub: the shard names and that the card's configs
     list the splits (without configs the loader's data/<split>-* convention finds the same files), and
     that the train split's label column is typed as the test split's (the card's features are per repo)."""
-    import datasets
-
-    n = len(task["classes"])
-    features = {
-        "path": datasets.Value("string"),
-        "label": datasets.Sequence(datasets.Value("uint8")),
-        "image": datasets.Image(),
-    }
+    n, features = len(task["classes"]), medmnist_features()
     for split in MEDMNIST_SPLITS:
         labels = split_labels(split, n)
         columns = {
@@ -81,11 +85,13 @@ def write_medmnist224(folder: Path, task: dict) -> None:
             "label": [[c] for c in labels],
             "image": [{"bytes": image_bytes(class_colour(c, n), size=16), "path": None} for c in labels],
         }
-        shards = [columns] if split != "train" else [_rows(columns, 0, 2 * n // 3), _rows(columns, 2 * n // 3)]
+        shards = (
+            [columns] if split != "train" else [_rows(columns, 0, 2 * n // 3), _rows(columns, 2 * n // 3)]
+        )
         for i, shard in enumerate(shards):
             name = f"data/{split}-{i:05d}-of-{len(shards):05d}-{7 + i:04x}a.parquet"
             write_hf_file(folder / name, shard, features)
-    (folder / "README.md").write_text(_card(features))
+    (folder / "README.md").write_text(_card())
 
 
 def _rows(columns: dict, start: int, stop: int | None = None) -> dict:
@@ -129,9 +135,3 @@ def write_shipped_repos(root: Path, names: list[str]) -> dict[str, Path]:
         folder = repos.setdefault(repo_id, root / repo_id.replace("/", "--"))
         {"hf_dataset": write_medmnist224, "zip_split_json": write_biomedcoop}[loader](folder, task)
     return repos
-
-
-def image_name(dataset, i: int) -> str:
-    """Where item i of a built dataset was read from (its file or zip member)."""
-    return dataset.images.describe(i)
-

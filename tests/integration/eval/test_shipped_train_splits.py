@@ -20,6 +20,7 @@ Every split holds items of every class in its own order, so a wrong split shows 
 from __future__ import annotations
 
 import glob
+import json
 import math
 
 import pytest
@@ -29,13 +30,14 @@ from bmca_clip.eval.datasets import build_dataset
 from bmca_clip.eval.harness import evaluate_suite
 from bmca_clip.eval.protocols import expand
 from bmca_clip.eval.suite import suite_from_config
-from bmca_clip.eval.tasks import load_task
+from bmca_clip.eval.tasks import TaskError, load_task
 from tests.helpers.config import REPO
+from tests.helpers.eval_hub_repos import image_bytes, write_hf_file
 from tests.helpers.eval_loaders import to_tensor
 from tests.helpers.hub import FakeHub
 from tests.helpers.shipped_train_repos import (
     PER_CLASS,
-    coop_names,
+    medmnist_features,
     shipped_yaml,
     split_labels,
     write_shipped_repos,
@@ -101,49 +103,48 @@ def test_the_train_split_reads_the_train_items_with_the_test_splits_labels(serve
     assert image.shape[0] == 3 and int(label) == n - 1
 
 
-@pytest.mark.parametrize("name", ["bloodmnist8", "kvasir_gi8"])
-def test_a_train_split_whose_class_names_disagree_is_refused_as_the_test_split_is(
-    tmp_path, name, monkeypatch
-):
-    """A stand-in whose train split alone names its classes in another order (zip_split_json) or holds a
-    label beyond the classes (hf_dataset) must not be scored: the train split is checked like the test
-    split."""
-    import json
-
-    from bmca_clip.eval.tasks import TaskError
-
-    task = shipped_yaml(name)
-    repos = write_shipped_repos(tmp_path / "repos", [name])
-    folder = repos[task["source"]["repo_id"]]
-    if task["source"]["loader"] == "zip_split_json":
-        path = folder / task["source"]["split_file"]
-        splits = json.loads(path.read_text())
-        names = coop_names(task)
-        splits["train"] = [[rel, (c + 1) % len(names), names[c]] for rel, c, _ in splits["train"]]
-        path.write_text(json.dumps(splits))
-    else:
-        import datasets
-
-        from tests.helpers.eval_hub_repos import image_bytes, write_hf_file
-
-        for shard in folder.glob("data/train-*"):
-            shard.unlink()
-        features = {
-            "path": datasets.Value("string"),
-            "label": datasets.Sequence(datasets.Value("uint8")),
-            "image": datasets.Image(),
-        }
-        bad = {"path": ["train/0.png"], "label": [[len(task["classes"])]], "image": [{"bytes": image_bytes((0, 0, 0)), "path": None}]}
-        write_hf_file(folder / "data/train-00000-of-00001.parquet", bad, features)
+def _refused(tmp_path, monkeypatch, name: str, folder) -> str:
+    """The one-line TaskError of building `<name>@linear_probe` from folder, served alone."""
     with FakeHub() as server, server.use():
         monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        server.add_dataset(task["source"]["repo_id"], folder)
-        _, probed = _probe_task(name)
+        server.add_dataset(shipped_yaml(name)["source"]["repo_id"], folder)
         with pytest.raises(TaskError) as info:
-            build_dataset(probed, tmp_path, to_tensor)
+            build_dataset(_probe_task(name)[1], tmp_path, to_tensor)
     message = str(info.value)
-    print("MESSAGE", message)
-    assert "\n" not in message and name in message
+    assert "\n" not in message and f"task '{name}@linear_probe'" in message
+    return message
+
+
+def test_a_medmnist_train_label_beyond_the_classes_is_refused(tmp_path, monkeypatch):
+    task = shipped_yaml("bloodmnist8")
+    folder = write_shipped_repos(tmp_path / "repos", ["bloodmnist8"])[task["source"]["repo_id"]]
+    for shard in folder.glob("data/train-*"):
+        shard.unlink()
+    image = {"bytes": image_bytes((0, 0, 0), size=16), "path": None}
+    bad = {"path": ["train/0.png"], "label": [[8]], "image": [image]}
+    write_hf_file(folder / "data/train-00000-of-00001.parquet", bad, medmnist_features())
+    message = _refused(tmp_path, monkeypatch, "bloodmnist8", folder)
+    assert (
+        "data/train-00000-of-00001.parquet column 'label'" in message and "label 8 is out of range" in message
+    )
+
+
+def test_a_label_the_split_json_names_two_ways_is_refused(tmp_path, monkeypatch):
+    """A train entry whose label and class name disagree (label 1, named as class 0) must not be scored.
+    The loader took each label's name from every split and kept one of two names silently (the last in
+    sorted order: here the right one), so the item was fitted as class 1 unnoticed."""
+    task = shipped_yaml("kvasir_gi8")
+    folder = write_shipped_repos(tmp_path / "repos", ["kvasir_gi8"])[task["source"]["repo_id"]]
+    path = folder / task["source"]["split_file"]
+    splits = json.loads(path.read_text())
+    relpath, label, name = splits["train"][-1]
+    assert (label, name) == (0, "dyed lifted polyps")
+    splits["train"][-1] = [relpath, 1, name]
+    path.write_text(json.dumps(splits))
+    message = _refused(tmp_path, monkeypatch, "kvasir_gi8", folder)
+    assert "split_Kvasir.json" in message
+    assert "label 1 has 2 class names: 'dyed resection margins' (test 1, train 2, val 1), " in message
+    assert "'dyed lifted polyps' (train 1)" in message
 
 
 @pytest.mark.parametrize("name", ["bloodmnist8", "brain_tumor_mri4"])
