@@ -26,6 +26,7 @@ import math
 import pytest
 from huggingface_hub import constants as hf_constants
 
+from bmca_clip.eval.cache import dataset_fingerprint
 from bmca_clip.eval.datasets import build_dataset
 from bmca_clip.eval.harness import evaluate_suite
 from bmca_clip.eval.protocols import expand
@@ -99,6 +100,10 @@ def test_the_train_split_reads_the_train_items_with_the_test_splits_labels(serve
     assert train.notes.get("class_order") == dataset.notes.get("class_order")
     if shipped.source.loader == "zip_split_json":
         assert "checked" in dataset.notes["class_order"]  # the JSON's names, through label_map if any
+    # Both splits were read at one commit, and the embedding cache keys them apart (cache.py).
+    assert train.notes["hub_commit"] == dataset.notes["hub_commit"] and len(train.notes["hub_commit"]) == 40
+    fingerprints = dataset_fingerprint(dataset), dataset_fingerprint(train)
+    assert None not in fingerprints and fingerprints[0] != fingerprints[1]
     image, label = train[0][:2]
     assert image.shape[0] == 3 and int(label) == n - 1
 
@@ -162,6 +167,13 @@ def test_a_suite_scores_zero_shot_linear_probe_and_k_shot_on_the_stand_in(served
         assert result.n == n_classes * PER_CLASS["test"]
         assert 0.0 <= result.main_value <= 1.0 and math.isclose(result.chance, 1 / n_classes)
     probe = by_name[f"{name}@linear_probe"]
+    for result in (probe, by_name[f"{name}@k_shot"]):  # both splits identified, at the commit read
+        assert "data_identity" not in result.notes
+        assert (
+            result.data["train"]["hub_commit"]
+            == result.data["hub_commit"]
+            == by_name[name].data["hub_commit"]
+        )
     assert f"all {n_classes * PER_CLASS['train']} train items" in probe.notes["probe"]
     assert probe.metrics.keys() >= {"balanced_accuracy", "accuracy"}
     shot = by_name[f"{name}@k_shot"]
