@@ -29,4 +29,6 @@ def build_dataset(task: Task, data_root: str | Path, preprocess: Callable) -> Da
         train = replace(task, source=task.train_split)
         train_table = apply_filter(train, LOADERS[train.source.loader].read(train, data_root))
         dataset.train = TASK_TYPES[task.type].build(train, train_table, preprocess)
+        # As for the test split: the commit read, which identity.py checks against the hub's.
+        dataset.train.notes = {**train_table.notes, **dataset.train.notes}
     return dataset

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,31 @@ def _locate(task: Task, where: str, relpaths: list[str], names: set[str]) -> lis
     return members
 
 
+def _names_by_label(task: Task, where: str, splits: dict) -> dict[int, str]:
+    """Each label's class name, from every split: a class absent from one split still has its name from
+    another (verify.py checks them). A label named two ways (say a train entry [path, 1, <class 0's name>])
+    is refused: which is right cannot be told, and keeping either would mislabel the other's items."""
+    seen: dict[int, dict[str, Counter]] = {}  # label -> name -> entries per split
+    for split, entries in splits.items():
+        for e in entries if isinstance(entries, list) else []:
+            if isinstance(e, list) and len(e) == 3 and type(e[1]) is int and isinstance(e[2], str):
+                seen.setdefault(e[1], {}).setdefault(e[2], Counter())[split] += 1
+    for label, by_name in sorted(seen.items()):
+        if len(by_name) > 1:
+            ranked = sorted(by_name.items(), key=lambda item: -item[1].total())
+            shown = ", ".join(
+                f"{name!r} ({', '.join(f'{split} {n}' for split, n in sorted(counts.items()))})"
+                for name, counts in ranked[:SHOW]
+            )
+            raise fail(
+                task,
+                where,
+                f"label {label} has {len(by_name)} class names: {shown}; each label needs one name in "
+                "every split (fix the split JSON, or point split_file at a consistent one)",
+            )
+    return {label: next(iter(by_name)) for label, by_name in seen.items()}
+
+
 def read_zip_split_json(task: Task, data_root: str | Path) -> Table:
     source = task.source
     folder = fetch(task, [glob.escape(source.archive), glob.escape(source.split_file)])
@@ -78,10 +104,7 @@ def read_zip_split_json(task: Task, data_root: str | Path) -> Table:
     members = _locate(task, f"{source.repo_id}:{source.archive}", [e[0] for e in entries], names)
     zip_reader = _ZipMembers(archive)
     labels = [e[1] for e in entries]
-    # Class names from every split: a class absent from this one still has its name elsewhere (verify.py).
-    every = [e for split in splits.values() if isinstance(split, list) for e in split]
-    named = {(e[1], e[2]) for e in every if isinstance(e, list) and len(e) == 3 and isinstance(e[1], int)}
-    names_by_label = dict(sorted(named))
+    names_by_label = _names_by_label(task, where, splits)
     table = Table(
         where,
         {"label": labels, "classname": [e[2] for e in entries]},
