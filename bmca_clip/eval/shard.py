@@ -6,8 +6,8 @@ array: (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP + 1 
 `--array=0-3` and `--array=1-4` both give shares 1/4 .. 4/4.
 
 Shares are balanced by a static cost per task, its expected number of images (`n_expected`, or
-DEFAULT_COST when the task does not say): images dominate the time, since a task's prompts number in
-the tens or hundreds. Tasks are assigned greedily, the most expensive first, each to the share with the
+DEFAULT_COST when the task does not say; probe variants add their train split, TRAIN_PER_TEST times as
+many): images dominate the time, since a task's prompts number in the tens or hundreds. Tasks are assigned greedily, the most expensive first, each to the share with the
 least cost so far (longest processing time first, within 4/3 of the best possible split). The result
 depends only on the suite, so every job of an array computes the same split without talking to the
 others; each share keeps the suite's order. `python -m bmca_clip.eval.merge` combines the shares.
@@ -22,6 +22,9 @@ from collections.abc import Mapping, Sequence
 from bmca_clip.errors import TaskShardError
 
 DEFAULT_COST = 5000  # images assumed for a task without n_expected: a mid-sized test set of the catalogue
+# n_expected counts test images; a probe's train split is ~3.5x that (MedMNIST's 7:1:2 train:val:test).
+TRAIN_PER_TEST = 3.5
+PROBE_TYPES = ("linear_probe", "k_shot")
 _SPEC = re.compile(r"([0-9]+)/([0-9]+)")
 
 
@@ -65,9 +68,11 @@ def resolve_shard(spec: str | None, environ: Mapping[str, str] = os.environ) -> 
 
 
 def task_cost(task) -> float:
-    """Static cost of a task: its expected number of images, DEFAULT_COST when unknown."""
+    """Static cost of a task: its expected number of images, DEFAULT_COST when unknown; a probe
+    (linear_probe, k_shot) also encodes its train split, TRAIN_PER_TEST times the test split's size."""
     n = getattr(task, "n_expected", None)
-    return float(n) if n else float(DEFAULT_COST)
+    cost = float(n) if n else float(DEFAULT_COST)
+    return cost * (1 + TRAIN_PER_TEST) if getattr(task, "type", None) in PROBE_TYPES else cost
 
 
 def assign(costs: Sequence[float], n_shards: int) -> list[list[int]]:

@@ -14,7 +14,16 @@ from bmca_clip.eval import merge
 from bmca_clip.eval import run as eval_run
 from bmca_clip.eval.harness import TaskResult
 from bmca_clip.eval.report import write_task_json
-from bmca_clip.eval.shard import DEFAULT_COST, assign, parse_shard, resolve_shard, select, shard_from_env
+from bmca_clip.eval.shard import (
+    DEFAULT_COST,
+    TRAIN_PER_TEST,
+    assign,
+    parse_shard,
+    resolve_shard,
+    select,
+    shard_from_env,
+    task_cost,
+)
 from tests.helpers.config import compose_config
 
 
@@ -52,6 +61,16 @@ def test_select_uses_n_expected_and_keeps_suite_order():
     assert [t.name for t in first] == ["b"]  # 90000 outweighs 100 + DEFAULT_COST + 400
     assert [t.name for t in second] == ["a", "c", "d"] and DEFAULT_COST + 500 < 90000
     assert select(tasks, None) == tuple(tasks)
+
+
+def test_a_probe_costs_its_train_split_too():
+    zero_shot = SimpleNamespace(name="t", type="classification", n_expected=1000)
+    probes = [SimpleNamespace(name=f"t@{k}", type=k, n_expected=1000) for k in ("linear_probe", "k_shot")]
+    assert task_cost(zero_shot) == 1000
+    assert [task_cost(p) for p in probes] == [1000 * (1 + TRAIN_PER_TEST)] * 2
+    # the two probes (4500 each) go to different shares; the zero-shot task to the first (a tie)
+    shares = [[t.name for t in select([zero_shot, *probes], (i, 2))] for i in (1, 2)]
+    assert shares == [["t", "t@linear_probe"], ["t@k_shot"]]
 
 
 def test_shard_from_the_command_line_or_a_slurm_array():
