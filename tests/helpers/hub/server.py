@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socketserver
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -31,6 +32,13 @@ class _Server(ThreadingHTTPServer):
         # HTTPServer.server_bind calls socket.getfqdn(), a DNS lookup that can hang on a machine without network.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+
+def _drop_transformers_hf_api() -> None:
+    """Forget transformers' shared HfApi, which keeps the endpoint it was made with (FakeHub.use)."""
+    module = sys.modules.get("transformers.utils.hub")
+    if module is not None and hasattr(module, "_hf_api"):
+        module._hf_api = None
 
 
 class FakeHub:
@@ -167,7 +175,10 @@ class FakeHub:
         huggingface_hub reads HF_ENDPOINT once, at import, into `constants.ENDPOINT` (and the module-level
         `hf_api.api` used by `huggingface_hub.list_repo_files` & co. copies it at import), so setting the
         environment variable alone is not enough: the constants are patched too. HfApi objects made before the
-        block keep their old endpoint. `token` sets HF_TOKEN for the block (any real HF_TOKEN is hidden).
+        block keep their old endpoint; transformers' shared one (transformers.utils.hub.hf_api(), made on
+        first use) is dropped before and after the block, else a tokenizer load in a later block would call
+        this server once it has gone and wait out ~45 s of retries. `token` sets HF_TOKEN for the block (any
+        real HF_TOKEN is hidden).
         """
         import huggingface_hub.constants as hf_constants  # before the env changes, so saved values are the real ones
         from huggingface_hub import hf_api
@@ -188,9 +199,11 @@ class FakeHub:
             for obj, name, value in patches:
                 setattr(obj, name, value)
             _http.close_session()  # its pooled connections may point at a server that has gone
+            _drop_transformers_hf_api()
             yield self
         finally:
             _http.close_session()
+            _drop_transformers_hf_api()
             for obj, name, value in reversed(saved_attrs):
                 setattr(obj, name, value)
             set_env(saved_env)
