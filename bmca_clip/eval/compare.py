@@ -156,8 +156,8 @@ def _choose_baseline(models: Sequence[str], baseline: str | None) -> str:
         return models[0]
     if baseline not in models:
         raise ComparisonError(
-            f"compare_baseline={baseline} is not one of the evaluated models ({', '.join(models)}); "
-            "pass one of these labels"
+            f"compare_baseline={baseline} (eval.merge: --baseline) is not one of the evaluated models "
+            f"({', '.join(models)}); pass one of these labels"
         )
     return baseline
 
