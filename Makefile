@@ -23,8 +23,12 @@ demo: install
 	$(PY) train.py experiment=demo
 	$(PY) eval.py suite=demo model=bmca-small 'checkpoint=[null,runs/demo]' output_dir=runs/demo/eval
 
+# Two pytest-xdist workers, each taking whole test files (module fixtures, the Slurm cluster and a file's
+# order stay in one process): most of the suite's time is subprocesses starting and polling, which two
+# workers overlap (17 min instead of 27 on the 2-core CI VM; docs/benchmarks.md). TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The other end of each range pyproject.toml claims: its floor versions, installed over .venv's (--no-deps,
 # first on PYTHONPATH), must pass the tests that exercise them (make test covers the newest). Needs PyPI.
