@@ -76,14 +76,18 @@ def format_comparison(comparison: dict) -> str:
     return "\n".join(lines)
 
 
+def titled(comparison: dict, level: str = "#") -> str:
+    """The comparison under its heading: comparison.md's (level "#"), summary.md's section ("##")."""
+    return f"{level} Paired comparison against {comparison['baseline']}\n\n{format_comparison(comparison)}"
+
+
 def write_comparison(comparison: dict, out_dir: str | Path) -> tuple[Path, Path]:
     """comparison.json and comparison.md in out_dir; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "comparison.json", out_dir / "comparison.md"
     atomic_write(json_path, json.dumps(comparison, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
-    title = f"# Paired comparison against {comparison['baseline']}\n\n"
-    atomic_write(md_path, title + format_comparison(comparison) + "\n")
+    atomic_write(md_path, titled(comparison) + "\n")
     return json_path, md_path
 
 
@@ -250,5 +254,5 @@ def compare_and_write(
         ends = sweep_endpoints(alphas, identities or model_identities(results_by_model))
         sweep = plot_alpha_sweep(comparison, alphas, Path(out_dir) / "alpha_sweep.png", ends)
         print(f"comparison: {md_path}, {json_path}" + (f", {sweep}" if sweep else ""))
-        section = f"## Paired comparison against {comparison['baseline']}\n\n{format_comparison(comparison)}"
+        section = titled(comparison, "##")
     return mean_intervals(comparison), section

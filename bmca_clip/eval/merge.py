@@ -101,17 +101,22 @@ def merge(
     """Write the summary of everything in dirs to out_dir (default dirs[0]); returns (md, csv) paths.
     baseline: the comparison's (default: the runs' compare_baseline, else the first model)."""
     records, tasks = collect(dirs)
-    return _write(records, tasks, out_dir or dirs[0], baseline or recorded_baseline(dirs))
+    return _write(records, tasks, dirs, out_dir or dirs[0], baseline)
 
 
 def _write(
-    records: dict[str, list[dict]], tasks: list[dict] | None, out_dir: str | Path, baseline: str | None
+    records: dict[str, list[dict]],
+    tasks: list[dict] | None,
+    dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    baseline: str | None,
 ) -> tuple[Path, Path]:
+    """Every summary file in out_dir; the comparison against baseline, else the one dirs recorded."""
     from bmca_clip.eval.compare_report import compare_and_write  # torch, for the paired bootstrap only
 
     print(format_domain_table(records, tasks) + "\n\n" + format_table(records, tasks))
     write_per_class_report(records, out_dir, tasks)
-    intervals, compared = compare_and_write(records, tasks, out_dir, baseline)
+    intervals, compared = compare_and_write(records, tasks, out_dir, baseline or recorded_baseline(dirs))
     return write_summary(records, out_dir, tasks, intervals, [compared] if compared else [])
 
 
@@ -138,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = args.out or args.dirs[0]
     with exit_on_user_error(where=str(out), disk_hint="--out"):
         records, tasks = collect(args.dirs)
-        md, csv = _write(records, tasks, out, args.baseline or recorded_baseline(args.dirs))
+        md, csv = _write(records, tasks, args.dirs, out, args.baseline)
     print(f"\nsummary: {md}, {csv}, summary_domains.csv, summary.png, per_class.md")
     # After the summary: a Slurm merge job (or a script) that ends 0 means every number is there.
     if line := failed_tasks_line(records, None if tasks is None else [t["name"] for t in tasks]):

@@ -54,7 +54,10 @@ def _rates_table(per_class: dict) -> list[str]:
     header += ["specificity [95% CI]"] if "specificity" in per_class else []
     rows = []
     for k, name in enumerate(per_class["classes"]):
-        rates = [_rate(per_class[r][k], (per_class.get(f"{r}_ci") or [None] * (k + 1))[k]) for r in names]
+        rates = [
+            _rate(per_class[r][k], per_class[f"{r}_ci"][k] if per_class.get(f"{r}_ci") else None)
+            for r in names
+        ]
         rows.append([str(name), _number(per_class["support"][k]), *rates])
     scored = [(r, c) for r, c in zip(per_class["recall"], per_class["classes"], strict=True) if r is not None]
     lines = []

@@ -7,10 +7,11 @@ array: (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP + 1 
 
 Shares are balanced by a static cost per task, its expected number of images (`n_expected`, or
 DEFAULT_COST when the task does not say; probe variants add their train split, TRAIN_PER_TEST times as
-many): images dominate the time, since a task's prompts number in the tens or hundreds. Tasks are assigned greedily, the most expensive first, each to the share with the
-least cost so far (longest processing time first, within 4/3 of the best possible split). The result
-depends only on the suite, so every job of an array computes the same split without talking to the
-others; each share keeps the suite's order. `python -m bmca_clip.eval.merge` combines the shares.
+many): images dominate the time, since a task's prompts number in the tens or hundreds. Tasks are
+assigned greedily, the most expensive first, each to the share with the least cost so far (longest
+processing time first, within 4/3 of the best possible split). The result depends only on the suite,
+so every job of an array computes the same split without talking to the others; each share keeps the
+suite's order. `python -m bmca_clip.eval.merge` combines the shares.
 """
 
 from __future__ import annotations

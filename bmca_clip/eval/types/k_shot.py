@@ -77,4 +77,4 @@ def score(task: Task, dataset: Dataset, encoder: Encoder, loader: DataLoader) ->
     return scores, 1.0 / n_classes
 
 
-K_SHOT = probe_type(score, grouped=True)
+K_SHOT = probe_type(score)

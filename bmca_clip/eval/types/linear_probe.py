@@ -58,9 +58,10 @@ def score(task: Task, dataset: Dataset, encoder: Encoder, loader: DataLoader) ->
     return scores, chance
 
 
-def probe_type(score_fn, **extra) -> TaskType:
+def probe_type(score_fn) -> TaskType:
     """A classification task scored by classifiers fitted on the train split's image features: the
-    classification type's columns, encodings, metrics and dataset, with its own `score`."""
+    classification type's columns, encodings, metrics and dataset, with its own `score`; grouped, as its
+    main metric has a bootstrap CI over the test items (or their clusters)."""
     return TaskType(
         columns=classification.CLASSIFICATION.columns,
         needs_prompts=True,  # class names name the labels; the templates are not used
@@ -71,8 +72,8 @@ def probe_type(score_fn, **extra) -> TaskType:
         build=classification.build,
         score=score_fn,
         needs_train=True,
-        **extra,
+        grouped=True,
     )
 
 
-LINEAR_PROBE = probe_type(score, grouped=True)
+LINEAR_PROBE = probe_type(score)
